@@ -1,0 +1,43 @@
+"""Saxe-style deep linear network learning a linear teacher, against theory.
+
+    python scripts/run.py --config=configs/deep_linear.py
+
+PLACEHOLDER
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_seeds = 64
+  config.precision = "float32"  # "float64" for theory-precision checks
+  config.output_dir = "runs/deep_linear"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "deep_linear"
+  config.model.depth = 2
+  config.model.width = 64
+
+  config.init = ml_collections.ConfigDict()
+  config.init.name = "random"  # or "aligned"
+  config.init.scale = 0.05     # random: W_l ~ N(0, scale^2 / fan_in)
+  config.init.u0 = 1e-3        # aligned: initial strength of every teacher mode
+
+  config.task = ml_collections.ConfigDict()
+  config.task.name = "linear_teacher"
+  config.task.seed = 0
+  config.task.d_in = 8
+  config.task.d_out = 8
+  config.task.num_samples = 64
+  config.task.singular_values = (3.0, 2.0, 1.0, 0.5)
+  config.task.noise_var = 0.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.optimizer = "sgd"
+  config.train.lr = 0.005
+  config.train.num_steps = 4000
+  config.train.log_every = 20
+  config.train.batch_size = 0  # 0: full batch
+  return config

@@ -1,0 +1,18 @@
+"""Experiments by model name: `get(config.model.name)` -> module with
+`validate(config)` and `run(config, progress) -> {arrays, summary, table, plot}`."""
+
+from __future__ import annotations
+
+import importlib
+
+from dynamics import config as cfg
+
+EXPERIMENTS = {"deep_linear": "dynamics.experiments.deep_linear"}
+
+
+def get(config):
+  """The experiment module named by `config.model.name`, validated config."""
+  name = cfg.one_of(config, "model.name", tuple(EXPERIMENTS))
+  module = importlib.import_module(EXPERIMENTS[name])
+  module.validate(config)
+  return module

@@ -1,0 +1,129 @@
+"""The shared metrics module: theory beside simulation, on plain arrays.
+
+Every experiment, test, plot and report computes its agreement figures with
+these functions, so the number a test asserts, the number in `summary.json`
+and the number on a figure are the same number. Nothing here knows about a
+model; inputs are numpy or jax arrays, outputs numpy arrays or floats.
+
+Time is the last axis of a trajectory unless `axis` says otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def relative_error(empirical, predicted, *, axis: int = -1,
+                   reduce: str = "max") -> np.ndarray:
+  """Error of a trajectory relative to the scale of the prediction.
+
+  `r(t) = |e(t) - p(t)| / max_t |p(t)|`, reduced over time by its maximum
+  (`reduce='max'`, a relative sup-norm error) or its mean (`'mean'`).
+  Normalising by the trajectory's own scale keeps the figure meaningful
+  where the prediction passes through 0 (a sigmoid starting at `u0 ~ 0`).
+
+  Args:
+    empirical, predicted: broadcastable arrays with a time axis `axis`.
+    reduce: `'max'` or `'mean'`.
+
+  Returns:
+    The broadcast shape without the time axis.
+  """
+  e, p = np.broadcast_arrays(np.asarray(empirical, np.float64),
+                             np.asarray(predicted, np.float64))
+  scale = np.max(np.abs(p), axis=axis, keepdims=True)
+  r = np.abs(e - p) / np.where(scale > 0, scale, 1.0)
+  if reduce == "max":
+    return np.max(r, axis=axis)
+  if reduce == "mean":
+    return np.mean(r, axis=axis)
+  raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}.")
+
+
+def r_squared(empirical, predicted, *, axis: int = -1) -> np.ndarray:
+  """Coefficient of determination `1 - SS_res / SS_tot` of the prediction."""
+  e, p = np.broadcast_arrays(np.asarray(empirical, np.float64),
+                             np.asarray(predicted, np.float64))
+  ss_res = np.sum((e - p) ** 2, axis=axis)
+  ss_tot = np.sum((e - np.mean(e, axis=axis, keepdims=True)) ** 2, axis=axis)
+  return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, np.inf)
+
+
+def time_to_fraction(t, u, target, fraction: float = 0.5) -> np.ndarray:
+  """First time a trajectory reaches `fraction * target`, interpolated.
+
+  The trajectory moves from `u[..., 0]` towards `target`; the level counts
+  as reached once `u` is at or past it in that direction (so a trajectory
+  already past the level gives `t[0]`). Linear interpolation between the two
+  samples around the crossing; `nan` when the level is never reached.
+
+  Args:
+    t: `[T]` increasing times.
+    u: `[..., T]` trajectories.
+    target: broadcastable to `u[..., 0]` (the asymptote, e.g. `s`).
+    fraction: the level as a fraction of `target`.
+
+  Returns:
+    `u.shape[:-1]`.
+  """
+  t, u = np.asarray(t, np.float64), np.asarray(u, np.float64)
+  level = fraction * np.broadcast_to(np.asarray(target, np.float64),
+                                     u.shape[:-1])[..., None]
+  direction = np.where(level[..., 0] >= u[..., 0], 1.0, -1.0)[..., None]
+  reached = direction * (u - level) >= 0
+  first = np.argmax(reached, axis=-1)
+  ever = np.any(reached, axis=-1)
+  prev = np.maximum(first - 1, 0)
+  take = lambda a, i: np.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+  u1, u0 = take(u, first), take(u, prev)
+  t1, t0 = t[first], t[prev]
+  lv = level[..., 0]
+  w = np.where(u1 != u0, (lv - u0) / np.where(u1 != u0, u1 - u0, 1.0), 1.0)
+  out = np.where(first == 0, t[0], t0 + np.clip(w, 0.0, 1.0) * (t1 - t0))
+  return np.where(ever, out, np.nan)
+
+
+def seed_stats(x, *, axis: int = 0, confidence: float = 0.95) -> dict:
+  """Mean, standard deviation and a Student-t confidence interval of the mean.
+
+  Non-finite entries (diverged seeds) are left out and counted in `n`.
+
+  Returns:
+    dict of arrays shaped like `x` without `axis`: `mean`, `std` (ddof 1),
+    `sem`, `ci_low`, `ci_high`, `n`.
+  """
+  x = np.asarray(x, np.float64)
+  ok = np.isfinite(x)
+  n = ok.sum(axis=axis)
+  xz = np.where(ok, x, 0.0)
+  mean = xz.sum(axis=axis) / np.maximum(n, 1)
+  dev = np.where(ok, x - np.expand_dims(mean, axis), 0.0)
+  std = np.sqrt((dev**2).sum(axis=axis) / np.maximum(n - 1, 1))
+  sem = std / np.sqrt(np.maximum(n, 1))
+  half = stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sem
+  half = np.where(n > 1, half, np.nan)
+  mean = np.where(n > 0, mean, np.nan)
+  return {"mean": mean, "std": np.where(n > 1, std, np.nan), "sem": sem,
+          "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def compare(empirical, predicted, *, axis: int = -1) -> dict:
+  """Every agreement figure of a trajectory against its prediction.
+
+  Args:
+    empirical: `[..., T]` (e.g. `[seeds, modes, T]`).
+    predicted: broadcastable to `empirical`.
+    axis: the time axis.
+
+  Returns:
+    dict of arrays with the time axis removed: `max_rel_error`,
+    `mean_rel_error` (see `relative_error`) and `r2`.
+  """
+  return {
+      "max_rel_error": relative_error(empirical, predicted, axis=axis,
+                                      reduce="max"),
+      "mean_rel_error": relative_error(empirical, predicted, axis=axis,
+                                       reduce="mean"),
+      "r2": r_squared(empirical, predicted, axis=axis),
+  }

@@ -1,0 +1,100 @@
+r"""Deep linear network `f(x) = W_N ... W_1 x` as an `(init, apply)` pair.
+
+Parameters are a list `[W_1, ..., W_N]` with `W_l` of shape
+`[n_l, n_{l-1}]`, `n_0 = d_in`, `n_N = d_out`, hidden widths `n_l = width`.
+Shapes and loss follow `docs/conventions.md`; the theory of this model is
+`theory/deep_linear.py`.
+
+Initialisations:
+  * `'random'`: `W_l ~ N(0, scale^2 / n_{l-1})` entrywise.
+  * `'aligned'`: the balanced, decoupled initialisation of Saxe et al. (2014):
+    `W_1 = R_1 diag(a) V^T`, `W_l = R_l diag(a) R_{l-1}^T`,
+    `W_N = U diag(a) R_{N-1}^T`, `a = u0^(1/N)`, with random orthonormal
+    `R_l: [width, M]`, so that `W_N ... W_1 = U diag(u0) V^T` and every mode
+    follows `theory.deep_linear.mode_strength` exactly under gradient flow.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from dynamics.linalg import orthonormal
+
+Params = list  # [W_1, ..., W_N]
+
+
+def layer_sizes(d_in: int, d_out: int, width: int, depth: int) -> list[int]:
+  return [d_in] + [width] * (depth - 1) + [d_out]
+
+
+def init_random(key: jax.Array, sizes: list[int], scale: ArrayLike = 1.0,
+                dtype=jnp.float32) -> Params:
+  """`W_l ~ N(0, scale^2 / fan_in)`; `sizes = [d_in, n_1, ..., d_out]`."""
+  keys = jax.random.split(key, len(sizes) - 1)
+  return [scale * jax.random.normal(k, (n_out, n_in), dtype) / jnp.sqrt(n_in)
+          for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def init_aligned(key: jax.Array, sizes: list[int], u0: ArrayLike,
+                 u_modes: jax.Array, v_modes: jax.Array) -> Params:
+  """Balanced decoupled init with end-to-end map `U diag(u0) V^T`.
+
+  Args:
+    key: draws the hidden-layer rotations `R_l`.
+    sizes: `[d_in, width, ..., width, d_out]`, every width >= M.
+    u0: `[M]` (or scalar) initial mode strengths, >= 0.
+    u_modes: `U`, `[d_out, M]`, orthonormal columns.
+    v_modes: `V`, `[d_in, M]`, orthonormal columns.
+  """
+  depth, m, dtype = len(sizes) - 1, u_modes.shape[1], u_modes.dtype
+  a = jnp.broadcast_to(jnp.asarray(u0, dtype), (m,)) ** (1.0 / depth)
+  keys = jax.random.split(key, max(depth - 1, 1))
+  frames = [v_modes] + [orthonormal(k, n, m, dtype)
+                        for k, n in zip(keys, sizes[1:-1])] + [u_modes]
+  return [(r_out * a) @ r_in.T for r_in, r_out in zip(frames[:-1], frames[1:])]
+
+
+def apply(params: Params, x: jax.Array) -> jax.Array:
+  """`f(x) = W_N ... W_1 x` for `x: [P, d_in]`, returns `[P, d_out]`."""
+  for w in params:
+    x = x @ w.T
+  return x
+
+
+def end_to_end(params: Params) -> jax.Array:
+  """`W = W_N ... W_1`, `[d_out, d_in]`."""
+  w = params[0]
+  for layer in params[1:]:
+    w = layer @ w
+  return w
+
+
+def mode_strengths(params: Params, u_modes: jax.Array,
+                   v_modes: jax.Array) -> jax.Array:
+  """`u_i = U[:, i]^T W_N ... W_1 V[:, i]`, shape `[M]`."""
+  return jnp.einsum("im,ij,jm->m", u_modes, end_to_end(params), v_modes)
+
+
+def effective_u0(params: Params, u_modes: jax.Array,
+                 v_modes: jax.Array) -> jax.Array:
+  """Initial strength of the aligned solution that a small random init joins.
+
+  Depth 2 (Saxe et al. 2014, sec. 3): with `a = W_1 V_i` and `b = W_2^T U_i`,
+  the early linear phase `da/dt = s b, db/dt = s a` grows `a + b` as `e^{st}`
+  and shrinks `a - b`, so `u = a.b` approaches `||a + b||^2 / 4 e^{2st}`,
+  the small-`u` limit of the aligned sigmoid with `u0 = ||a + b||^2 / 4`.
+  Depth 1 has no transient: `u0 = U_i^T W V_i`. Depth >= 3 has no such
+  reduction and raises.
+
+  Returns:
+    `[M]`.
+  """
+  if len(params) == 1:
+    return mode_strengths(params, u_modes, v_modes)
+  if len(params) != 2:
+    raise ValueError("effective_u0 is defined for depth 1 and 2 only; the "
+                     "theory for depth >= 3 needs the aligned init.")
+  a, b = params[0] @ v_modes, params[1].T @ u_modes
+  return 0.25 * jnp.sum((a + b) ** 2, axis=0)

@@ -1,0 +1,155 @@
+"""Deep linear networks trained by the engine against theory.deep_linear."""
+
+import jax
+import numpy as np
+import pytest
+
+from dynamics import experiments, metrics
+from dynamics import train as engine
+from dynamics.experiments import deep_linear as exp
+from dynamics.models import deep_linear as model
+from dynamics.tasks.linear_teacher import linear_teacher
+from tests.helpers import load_config
+from theory import deep_linear as theory
+
+
+def aligned_config(depth, lr, horizon=16.0):
+  c = load_config("deep_linear")
+  c.precision = "float64"
+  c.num_seeds = 3
+  c.init.name, c.init.u0 = "aligned", 1e-3
+  c.model.depth, c.model.width = depth, 10
+  c.train.lr = lr
+  c.train.num_steps = int(round(horizon / lr))
+  c.train.log_every = c.train.num_steps // 160
+  return c
+
+
+def u_errors(config):
+  """Max relative error of every u_i(t) of every seed: `[seeds, modes]`."""
+  out = exp.run(config)["arrays"]
+  emp = np.moveaxis(out["u"], 1, -1)
+  pred = theory.mode_strength(out["t"], out["s"], out["u0"][0], config.model.depth)
+  return metrics.compare(emp, np.moveaxis(np.asarray(pred), 0, -1))["max_rel_error"]
+
+
+@pytest.mark.parametrize("depth, horizon", [(2, 16.0), (3, 24.0)])
+def test_aligned_init_follows_exact_solution(depth, horizon):
+  with jax.enable_x64(True):
+    err = u_errors(aligned_config(depth, 1e-3, horizon))
+    err_coarse = u_errors(aligned_config(depth, 2e-3, horizon))
+  # Gradient descent differs from the flow by O(lr) (about 1.5 lr s_max per
+  # mode here); the issue's bound is 1e-2 at small lr.
+  assert err.shape == (3, 8)
+  assert np.max(err) < 1e-2, err
+  # ... and that is the whole discrepancy: it halves with the step size.
+  top = err[:, :4]
+  np.testing.assert_allclose(err_coarse[:, :4] / top, 2.0, rtol=0.1)
+
+
+def test_random_init_learning_times():
+  c = load_config("deep_linear")
+  c.num_seeds = 16
+  c.model.depth, c.model.width = 2, 128
+  c.init.name, c.init.scale = "random", 0.05
+  c.train.lr, c.train.num_steps, c.train.log_every = 0.01, 1200, 5
+  result = exp.run(c)
+  rows = result["summary"]["modes"]
+  t = result["arrays"]["t"]
+  u = np.moveaxis(result["arrays"]["u"], 1, -1)[:, :4]
+  measured = metrics.time_to_fraction(t, u, result["arrays"]["s"][:4])
+  predicted = np.stack([theory.learning_time(result["arrays"]["s"][:4], u0[:4], 2)
+                        for u0 in result["arrays"]["u0"]])
+  # Small-init approximation (effective u0, no mode coupling) plus O(lr):
+  # a few percent; the issue's bound is 10%.
+  np.testing.assert_array_less(np.abs(measured / predicted - 1), 0.10)
+  assert max(r["learning_time_rel_error_max"] for r in rows) < 0.10
+
+
+def test_seed_independent_of_batch():
+  c = aligned_config(2, 0.01, 4.0)
+  c.init.name = "random"
+  keys = engine.seed_keys(c.seed, 8)
+  # The randomness is bitwise the same: seed i's key is fold_in(PRNGKey(seed), i)
+  # whatever batch it is in, and so are its initial parameters.
+  np.testing.assert_array_equal(keys[3], jax.random.fold_in(jax.random.PRNGKey(c.seed), 3))
+  np.testing.assert_array_equal(engine.seed_keys(c.seed, 1, start=3)[0], keys[3])
+  sizes = model.layer_sizes(8, 8, 10, 2)
+  init = lambda k: model.init_random(k, sizes, 0.1)
+  for alone, batched in zip(init(keys[3]), jax.vmap(init)(keys)):
+    np.testing.assert_array_equal(alone, batched[3])
+  with jax.enable_x64(True):
+    train, hp = exp.make_train(c), exp.hparams(c)
+    batch = engine.run_seeds(train, keys, hp)
+    alone = engine.run_seeds(train, keys[3:4], hp)
+  # Trajectories agree to rounding, not bitwise: XLA picks a different dot
+  # kernel (reduction order) for a batch of 1 than of 8, a 1-ulp difference
+  # (3e-7 relative in float32, checked here in float64).
+  for name in ("loss", "u"):
+    np.testing.assert_allclose(alone[name][0], batch[name][3], rtol=1e-12, atol=1e-14)
+  assert not np.allclose(batch["loss"][0], batch["loss"][3])
+
+
+def test_aligned_init_is_balanced_and_exact():
+  with jax.enable_x64(True):
+    task = linear_teacher(jax.random.PRNGKey(1), d_in=6, d_out=5, num_samples=40,
+                          singular_values=np.array([2.0, 1.0, 0.5]), dtype=np.float64)
+    u0 = np.array([0.1, 0.2, 0.3, 0.0, 0.0])
+    params = model.init_aligned(jax.random.PRNGKey(2), [6, 7, 9, 5], u0,
+                                task.u_modes, task.v_modes)
+    np.testing.assert_allclose(model.end_to_end(params),
+                               task.u_modes @ np.diag(u0) @ task.v_modes.T, atol=1e-12)
+    for lower, upper in zip(params[:-1], params[1:]):
+      np.testing.assert_allclose(upper.T @ upper, lower @ lower.T, atol=1e-12)
+
+
+def test_task_is_whitened_with_prescribed_spectrum():
+  with jax.enable_x64(True):
+    task = linear_teacher(jax.random.PRNGKey(0), d_in=8, d_out=4, num_samples=30,
+                          singular_values=np.array([3.0, 1.0]), dtype=np.float64)
+    np.testing.assert_allclose(task.x.T @ task.x / 30, np.eye(8), atol=1e-12)
+    np.testing.assert_allclose(task.s, [3.0, 1.0, 0.0, 0.0], atol=1e-12)
+    noisy = linear_teacher(jax.random.PRNGKey(0), d_in=8, d_out=4, num_samples=30,
+                           singular_values=np.array([3.0, 1.0]), noise_var=0.1,
+                           dtype=np.float64)
+    # SVD signs follow the teacher's, so mode i means the same direction.
+    assert np.all(np.sum(noisy.u_modes[:, :2] * task.u_modes[:, :2], 0) > 0.9)
+
+
+def test_minibatch_and_optimizers_run():
+  for optimizer, batch in (("sgd", 16), ("momentum", 0), ("adam", 0)):
+    c = aligned_config(2, 0.01, 2.0)
+    c.precision = "float32"
+    c.train.optimizer, c.train.batch_size = optimizer, batch
+    out = exp.run(c)["arrays"]
+    assert out["loss"].shape == (3, c.train.num_steps // c.train.log_every + 1)
+    assert np.all(np.isfinite(out["loss"])) and out["loss"][0, -1] < out["loss"][0, 0]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("train.lr", -0.1),
+    ("model.width", 0),
+    ("model.depth", 0),
+    ("task.singular_values", (3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.1, 0.1, 0.1)),
+    ("model.name", "transformer"),
+    ("train.num_steps", 1001),
+    ("init.name", "orthogonal"),
+    ("precision", "float16"),
+    ("task.num_samples", 4),
+    ("num_seeds", 0),
+])
+def test_bad_config_names_the_field(field, value, monkeypatch):
+  c = load_config("deep_linear")
+  section, _, name = field.rpartition(".")
+  (c[section] if section else c)[name] = value
+  monkeypatch.setattr(engine, "trajectory", lambda *a, **k: pytest.fail("compiled"))
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    experiments.get(c)
+    exp.run(c)
+
+
+def test_aligned_width_must_hold_the_modes():
+  c = load_config("deep_linear")
+  c.init.name, c.model.width = "aligned", 4
+  with pytest.raises(ValueError, match=r"model\.width"):
+    experiments.get(c)

@@ -1,0 +1,289 @@
+r"""Exact gradient-flow solutions of deep linear networks.
+
+A depth-`N` linear network `f(x) = W_N ... W_1 x` trained by gradient flow on
+the loss of `docs/conventions.md`, `L = (1/2P) sum_mu ||y_mu - f(x_mu)||^2`,
+with whitened inputs (`Sigma_xx = I`) and `Sigma_yx = U diag(s) V^T`, has
+end-to-end gradient `W - Sigma_yx`. From a balanced, decoupled ("aligned")
+initialisation, `W_l = R_l diag(a) R_{l-1}^T` with orthonormal `R_0 = V`,
+`R_N = U`, every mode keeps its singular vectors and its strength
+`u_i = a_i^N` obeys (Saxe, McClelland & Ganguli 2014, eq. 6-8; Arora, Cohen &
+Hazan 2018, thm. 1)
+
+    tau du/dt = N u^(2 - 2/N) (s - u).                                  (1)
+
+Time follows the conventions: `t = lr * k` after `k` full-batch gradient
+descent steps, so `tau = 1` reproduces gradient descent at small `lr`.
+
+Closed forms used here:
+  * N = 1: `u = s + (u0 - s) exp(-t/tau)`.
+  * N = 2: `u = s u0 / (u0 (1 - e^{-a}) + s e^{-a})`, `a = 2 s t / tau`,
+    which is Saxe et al.'s `s e^{a} / (e^{a} - 1 + s/u0)` divided through by
+    `e^{a}`, so it cannot overflow, and written with `(1 - e^{-a})/s` so that
+    `s = 0` is finite.
+  * N >= 3: with `z = (u/s)^(1/N)`, separating variables in (1) gives
+    `t = tau / (N s^(2-2/N)) [F(z) - F(z0)]`, where partial fractions over the
+    N-th roots of unity `w_k = exp(2 pi i k/N)` give
+
+        F(z) = N z^(2-N) / (2-N) - sum_k Re[w_k^2 Log(z - w_k)].
+
+    The `k = 0` term is `-log|1 - z|`. `mode_strength` inverts `t(z)` by
+    bisection in `q = -log|1 - z|`, in which `t` is monotone and which keeps
+    full relative precision as `u -> s`; `learning_time` evaluates it directly.
+    Derivation in `docs/deep_linear.md`.
+
+All functions are pure jax.numpy, safe under `jit` and `vmap` (argument value
+checks run only on concrete inputs), and accurate to float precision in
+float64 (`jax_enable_x64`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
+
+from theory import _checks
+
+_BISECTION_STEPS = 110  # halves [q0, 40] below float64 resolution
+_Q_MAX = 40.0  # 1 - z = e^-40 ~ 4e-18: u equals s to float64 precision
+
+
+def _float(x) -> jax.Array:
+  return jnp.asarray(x, dtype=jnp.result_type(float))
+
+
+def mode_velocity(u: ArrayLike, s: ArrayLike, depth: int = 2,
+                  tau: float = 1.0) -> jax.Array:
+  """Right-hand side of eq. (1): `du/dt = N u^(2-2/N) (s - u) / tau`."""
+  n = _checks.check_depth(depth)
+  u, s = _float(u), _float(s)
+  return n * u ** (2.0 - 2.0 / n) * (s - u) / tau
+
+
+def _big_f(z: jax.Array, q: jax.Array, n: int) -> jax.Array:
+  """`F(z)` of the module docstring, with its `k = 0` term `q = -log|1-z|`."""
+  out = n * z ** (2 - n) / (2 - n) + q
+  for k in range(1, n):
+    th = 2.0 * math.pi * k / n
+    c, sn = math.cos(th), math.sin(th)
+    log_abs = 0.5 * jnp.log((z - c) ** 2 + sn**2)
+    arg = jnp.arctan2(-sn * jnp.ones_like(z), z - c)
+    out = out - (math.cos(2 * th) * log_abs - math.sin(2 * th) * arg)
+  return out
+
+
+def _z_of_q(q: jax.Array, growth: jax.Array) -> jax.Array:
+  return jnp.where(growth, -jnp.expm1(-q), 1.0 + jnp.exp(-q))
+
+
+def _deep_setup(s, u0, n, tau):
+  """Shared set-up of the N >= 3 implicit solution on safe values."""
+  degenerate = (s == 0) | (u0 == 0) | (u0 == s)
+  s_ = jnp.where(degenerate, 1.0, s)
+  u0_ = jnp.where(degenerate, 0.5, u0)
+  growth = u0_ < s_
+  z0 = (u0_ / s_) ** (1.0 / n)
+  q0 = -jnp.log(jnp.abs(1.0 - z0))
+  c = tau / (n * s_ ** (2.0 - 2.0 / n))  # t = c [F(z) - F(z0)]
+  return s_, growth, z0, q0, c, _big_f(z0, q0, n)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _deep_mode_strength(t, s, u0, n, tau):
+  s_, growth, z0, q0, c, f0 = _deep_setup(s, u0, n, tau)
+  # dt/dq >= c (growth) or c z0^(2-2N) (decay): an upper bracket for q(t).
+  slope = c * jnp.where(growth, 1.0, z0 ** (2.0 - 2.0 * n))
+  hi = jnp.clip(q0 + t / slope, q0, jnp.maximum(q0, _Q_MAX))
+  lo = jnp.broadcast_to(q0, hi.shape)
+
+  def bisect(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    below = c * (_big_f(_z_of_q(mid, growth), mid, n) - f0) < t
+    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (lo, hi))
+  u = s_ * _z_of_q(0.5 * (lo + hi), growth) ** n
+  # s = 0: tau du/dt = -N u^(1+p), p = 2 - 2/N, so u^-p = u0^-p + p N t/tau.
+  p = 2.0 - 2.0 / n
+  u0_pos = jnp.where(u0 > 0, u0, 1.0)
+  u_s0 = (u0_pos ** (-p) + p * n * t / tau) ** (-1.0 / p)
+  u = jnp.where(s == 0, u_s0, u)
+  u = jnp.where(u0 == s, s, u)
+  return jnp.where(u0 == 0, 0.0, u)
+
+
+def _one_minus_exp_over(a):
+  """`(1 - e^{-a}) / a`, equal to 1 at `a = 0` and accurate near it."""
+  small = a < 1e-4
+  a_ = jnp.where(small, 1.0, a)
+  return jnp.where(small, 1.0 - a / 2 + a * a / 6, -jnp.expm1(-a_) / a_)
+
+
+def _check_mode_args(t, s, u0, depth, tau):
+  n = _checks.check_depth(depth)
+  for name, x in (("t", t), ("s", s)):
+    _checks.check_finite_nonnegative(name, x)
+  if n == 1:  # u = s + (u0 - s) e^{-t/tau} holds for any real u0
+    _checks.check_finite("u0", u0)
+  else:  # balanced networks have u = a^N >= 0
+    _checks.check_finite_nonnegative("u0", u0)
+  _checks.check_positive("tau", tau)
+  _checks.check_ndim("t", t, (0, 1))
+  _checks.check_ndim("s", s, (0, 1))
+  _checks.check_ndim("u0", u0, (0, 1))
+  try:
+    np.broadcast_shapes(np.shape(s), np.shape(u0))
+  except ValueError:
+    raise ValueError(f"`s` (shape {np.shape(s)}) and `u0` (shape "
+                     f"{np.shape(u0)}) must have the same shape or be "
+                     "scalars.") from None
+  return n
+
+
+def mode_strength(t: ArrayLike, s: ArrayLike, u0: ArrayLike, depth: int = 2,
+                  tau: float = 1.0) -> jax.Array:
+  """Strength `u(t)` of each mode under eq. (1), `tau du/dt = N u^(2-2/N)(s-u)`.
+
+  Convention: `docs/conventions.md` (loss with factor 1/2 and mean over
+  samples, `t = lr * steps`, `tau = 1` for plain gradient descent).
+
+  Args:
+    t: times, `[T]` (or a scalar), finite and >= 0.
+    s: singular values of `Sigma_yx`, scalar or `[M]`, >= 0.
+    u0: initial strengths, scalar or `[M]`, >= 0 for depth >= 2 (balanced
+      networks have `u = a^N >= 0`), any finite value for depth 1. `u0 = 0` stays 0 for depth >= 2; `u0 > s` decays to s.
+    depth: number of weight matrices `N`, an integer >= 1.
+    tau: time constant, > 0.
+
+  Returns:
+    `[T, M]` (or `[T]` when `s` and `u0` are scalars).
+  """
+  n = _check_mode_args(t, s, u0, depth, tau)
+  s, u0 = jnp.broadcast_arrays(_float(s), _float(u0))
+  t = _float(t)
+  t = t[..., None] if s.ndim else t
+  return _mode_strength(t, s, u0, n, _float(tau))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _mode_strength(t, s, u0, n, tau):
+  if n == 1:
+    return s + (u0 - s) * jnp.exp(-t / tau)
+  if n == 2:
+    a = 2.0 * s * t / tau
+    denom = u0 * (2.0 * t / tau) * _one_minus_exp_over(a) + jnp.exp(-a)
+    return u0 / denom
+  return _deep_mode_strength(t, s, u0, n, tau)
+
+
+def learning_time(s: ArrayLike, u0: ArrayLike, depth: int = 2,
+                  tau: float = 1.0, fraction: float = 0.5) -> jax.Array:
+  """Time at which a mode first reaches `fraction * s`, from eq. (1).
+
+  Closed forms: depth 1 `tau log((s - u0) / (s (1 - f)))`; depth 2
+  `tau/(2s) log(f (s - u0) / (u0 (1 - f)))` (Saxe et al. 2014, eq. 10);
+  depth >= 3 the implicit solution `c [F(f^(1/N)) - F(z0)]` of the module
+  docstring. Returns 0 when `u0` is already at or past the target on the way
+  to `s`, and `inf` when the target is never reached (it lies beyond `s`, or
+  `u0 = 0` with depth >= 2). Convention: `docs/conventions.md`.
+
+  Args:
+    s: singular values, scalar or `[M]`, >= 0.
+    u0: initial strengths, scalar or `[M]`, >= 0.
+    depth: integer >= 1.
+    tau: time constant, > 0.
+    fraction: target as a fraction of `s`, > 0 (values > 1 for decaying
+      modes, `u0 > s`).
+
+  Returns:
+    Times shaped like `broadcast(s, u0)`.
+  """
+  n = _check_mode_args(0.0, s, u0, depth, tau)
+  _checks.check_positive("fraction", fraction)
+  s, u0 = jnp.broadcast_arrays(_float(s), _float(u0))
+  return _learning_time(s, u0, n, _float(tau), _float(fraction))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _learning_time(s, u0, n, tau, f):
+  growth = u0 <= s
+  target = f * s
+  reached = jnp.where(growth, target <= u0, target >= u0)
+  never = ~reached & jnp.where(growth, f >= 1.0, f <= 1.0)
+  never = never | ((u0 == 0) & (s > 0) & (n >= 2) & ~reached)
+  # Safe values on the masked-out entries keep every branch finite.
+  ok = ~(reached | never)
+  s_ = jnp.where(ok, s, 1.0)
+  u0_ = jnp.where(ok, u0, 0.25)
+  f_ = jnp.where(ok, f, 0.5)
+  if n == 1:
+    t = tau * jnp.log((s_ - u0_) / (s_ * (1.0 - f_)))
+  elif n == 2:
+    t = tau / (2 * s_) * jnp.log(f_ * (s_ - u0_) / (u0_ * (1.0 - f_)))
+  else:
+    _, grow, _, _, c, f0 = _deep_setup(s_, u0_, n, tau)
+    zf = f_ ** (1.0 / n)
+    t = c * (_big_f(zf, -jnp.log(jnp.abs(1.0 - zf)), n) - f0)
+  return jnp.where(reached, 0.0, jnp.where(never, jnp.inf, t))
+
+
+def _svd(sigma_yx):
+  _checks.check_ndim("sigma_yx", sigma_yx, (2,))
+  v = _checks.concrete(sigma_yx)
+  if v is not None and not np.all(np.isfinite(v)):
+    raise ValueError("`sigma_yx` must be finite.")
+  return jnp.linalg.svd(_float(sigma_yx), full_matrices=False)
+
+
+def _check_u0_modes(u0, num_modes):
+  if np.ndim(u0) == 1 and np.shape(u0)[0] != num_modes:
+    raise ValueError(f"`u0` has {np.shape(u0)[0]} modes but `sigma_yx` has "
+                     f"{num_modes} singular values (min(d_out, d_in)).")
+  _checks.check_ndim("u0", u0, (0, 1))
+
+
+def predicted_map(t: ArrayLike, sigma_yx: ArrayLike, u0: ArrayLike,
+                  depth: int = 2, tau: float = 1.0) -> jax.Array:
+  """End-to-end map `W(t) = U diag(u(t)) V^T` of an aligned network.
+
+  Args:
+    t: times `[T]`.
+    sigma_yx: input-output covariance `Y^T X / P`, `[d_out, d_in]`.
+    u0: initial strength of every mode, scalar or `[min(d_out, d_in)]`, in
+      the order of decreasing singular value.
+    depth, tau: as in `mode_strength`.
+
+  Returns:
+    `[T, d_out, d_in]`.
+  """
+  u_mat, s, vt = _svd(sigma_yx)
+  _check_u0_modes(u0, s.shape[0])
+  u = mode_strength(t, s, jnp.broadcast_to(_float(u0), s.shape), depth, tau)
+  return jnp.einsum("im,...m,mj->...ij", u_mat, u, vt)
+
+
+def predicted_loss(t: ArrayLike, sigma_yx: ArrayLike, u0: ArrayLike,
+                   depth: int = 2, tau: float = 1.0,
+                   sigma_yy_trace: float | None = None) -> jax.Array:
+  """Training loss `1/2 sum_i (s_i - u_i(t))^2` of an aligned network.
+
+  With `sigma_yy_trace = tr(Y^T Y / P)` the irreducible part
+  `1/2 (tr Sigma_yy - sum_i s_i^2)` is added, giving the full loss of the
+  conventions, `(1/2P) sum_mu ||y_mu - W x_mu||^2`, for whitened inputs.
+
+  Returns:
+    `[T]`.
+  """
+  _, s, _ = _svd(sigma_yx)
+  _check_u0_modes(u0, s.shape[0])
+  u = mode_strength(t, s, jnp.broadcast_to(_float(u0), s.shape), depth, tau)
+  loss = 0.5 * jnp.sum((s - u) ** 2, axis=-1)
+  if sigma_yy_trace is not None:
+    _checks.check_finite_nonnegative("sigma_yy_trace", sigma_yy_trace)
+    loss = loss + 0.5 * (sigma_yy_trace - jnp.sum(s**2))
+  return loss
