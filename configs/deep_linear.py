@@ -2,7 +2,15 @@
 
     python scripts/run.py --config=configs/deep_linear.py
 
-PLACEHOLDER
+Depth 2, width 64, small random init, teacher singular values (3, 2, 1, 0.5),
+64 seeds, 4000 full-batch GD steps at lr 0.005 (t = lr x steps = 20). About
+15 s on a 2-core CPU, compile included.
+
+Expect: every mode's measured half-learning time within ~4% of the theory
+(the aligned solution started from each seed's effective u0), max relative
+error of u_i(t) ~1-4%, loss R^2 > 0.999. Exact agreement (error O(lr)) with
+`--config.init.name=aligned`; theory-precision checks with
+`--config.precision=float64`. docs/deep_linear.md explains each gap.
 """
 
 import ml_collections

@@ -149,7 +149,9 @@ def predict(config, task, out: dict) -> dict | None:
     return None
   u = jax.vmap(lambda u0_: theory.mode_strength(t, task.s, u0_,
                                                 config.model.depth))(u0)
-  irreducible = task.sigma_yy_trace - jnp.sum(task.s**2)
+  # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for
+  # whitened inputs); without noise it is 0 and rounds to +-1e-7 in float32.
+  irreducible = jnp.maximum(task.sigma_yy_trace - jnp.sum(task.s**2), 0.0)
   loss = 0.5 * jnp.sum((task.s - u) ** 2, axis=-1) + 0.5 * irreducible
   return {"t": t, "u": np.asarray(u), "loss": np.asarray(loss), "u0": u0}
 

@@ -1,0 +1,89 @@
+"""The engine: logging schedule, minibatches, and sharding over devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dynamics import train as engine
+from tests.helpers import ROOT
+
+
+def quadratic_run(key, lr, num_steps=20, log_every=5):
+  """GD on L = |theta|^2 / 2 contracts theta by (1 - lr) per step."""
+  theta0 = jax.random.normal(key, (3,))
+  loss = lambda th, x: 0.5 * jnp.sum(th**2) + 0.0 * jnp.sum(x)
+  return engine.trajectory(
+      theta0, loss_fn=loss, data=(jnp.zeros((4, 1)),), optimizer=optax.sgd(lr),
+      metrics_fn=lambda th: {"theta": th}, num_steps=num_steps,
+      log_every=log_every)
+
+
+def test_logs_at_steps_zero_to_num_steps():
+  state, m = quadratic_run(jax.random.PRNGKey(0), 0.1)
+  theta0 = m["theta"][0]
+  assert m["theta"].shape == (5, 3) and int(state.step) == 20
+  expected = theta0 * (0.9 ** np.arange(0, 21, 5))[:, None]
+  np.testing.assert_allclose(m["theta"], expected, rtol=1e-5)
+
+
+def test_progress_callback_reaches_num_steps():
+  seen = []
+  theta0 = jnp.ones(2)
+  engine.trajectory(theta0, loss_fn=lambda th, x: jnp.sum(th**2), data=(jnp.zeros((2, 1)),),
+                    optimizer=optax.sgd(0.1), metrics_fn=lambda th: {}, num_steps=30,
+                    log_every=10, progress=seen.append)
+  jax.effects_barrier()
+  assert sorted(seen) == [10, 20, 30]
+
+
+def test_minibatches_differ_by_step_and_seed():
+  x = jnp.arange(10.0)[:, None]
+  # The gradient of mean(x * theta) is the batch mean, so theta records the
+  # batches drawn; full batch would move it by lr * 4.5 every step.
+  loss = lambda th, x: jnp.mean(x[:, 0]) * th
+  run = lambda key: engine.trajectory(
+      jnp.zeros(()), loss_fn=loss, data=(x,), optimizer=optax.sgd(1.0),
+      metrics_fn=lambda th: {"theta": th}, num_steps=6, log_every=1, key=key,
+      batch_size=3)[1]["theta"]
+  a, b = run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(1))
+  steps = -np.diff(np.asarray(a))
+  assert len(set(np.round(steps, 6))) > 1 and not np.allclose(a, b)
+  np.testing.assert_array_equal(a, run(jax.random.PRNGKey(0)))
+
+
+def test_bad_log_every():
+  try:
+    quadratic_run(jax.random.PRNGKey(0), 0.1, num_steps=7, log_every=5)
+  except ValueError as e:
+    assert "log_every" in str(e)
+  else:
+    raise AssertionError("num_steps not a multiple of log_every was accepted")
+
+
+def test_four_devices_equal_one():
+  """5 seeds over 4 fake CPU devices (padded to 8) equal the 1-device run."""
+  script = textwrap.dedent("""
+      import sys, numpy as np, jax
+      sys.path.insert(0, %r)
+      from tests.dynamics.test_train import quadratic_run
+      from dynamics import train as engine
+      assert jax.device_count() == 4, jax.devices()
+      run = lambda k, lr: quadratic_run(k, lr)[1]["theta"]
+      keys = engine.seed_keys(0, 5)
+      four = engine.run_seeds(run, keys, 0.1)
+      one = engine.run_seeds(run, keys, 0.1, devices=jax.devices()[:1])
+      assert four.shape == (5, 5, 3)
+      np.testing.assert_array_equal(four, one)
+      print("ok")
+  """ % ROOT)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
