@@ -48,4 +48,12 @@ def get_config():
   config.train.num_steps = 4000
   config.train.log_every = 20
   config.train.batch_size = 0  # 0: full batch
+
+  # scripts/sweep.py runs the grid of these axes (field paths as above);
+  # scripts/run.py ignores them. Learning rate and init scale stack into one
+  # vmapped call; each depth is compiled separately.
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.train = ml_collections.ConfigDict({"lr": (0.005, 0.01)})
+  config.sweep.init = ml_collections.ConfigDict({"scale": (0.02, 0.05)})
+  config.sweep.model = ml_collections.ConfigDict({"depth": (1, 2)})
   return config

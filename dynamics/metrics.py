@@ -30,15 +30,21 @@ def relative_error(empirical, predicted, *, axis: int = -1,
   Returns:
     The broadcast shape without the time axis.
   """
-  e, p = np.broadcast_arrays(np.asarray(empirical, np.float64),
-                             np.asarray(predicted, np.float64))
-  scale = np.max(np.abs(p), axis=axis, keepdims=True)
-  r = np.abs(e - p) / np.where(scale > 0, scale, 1.0)
+  r = pointwise_relative_error(empirical, predicted, axis=axis)
   if reduce == "max":
     return np.max(r, axis=axis)
   if reduce == "mean":
     return np.mean(r, axis=axis)
   raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}.")
+
+
+def pointwise_relative_error(empirical, predicted, *, axis: int = -1
+                             ) -> np.ndarray:
+  """`r(t) = |e(t) - p(t)| / max_t |p(t)|`, before reducing over time."""
+  e, p = np.broadcast_arrays(np.asarray(empirical, np.float64),
+                             np.asarray(predicted, np.float64))
+  scale = np.nanmax(np.abs(p), axis=axis, keepdims=True)
+  return np.abs(e - p) / np.where(scale > 0, scale, 1.0)
 
 
 def r_squared(empirical, predicted, *, axis: int = -1) -> np.ndarray:

@@ -31,10 +31,11 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class TrainState(NamedTuple):
-  params: PyTree     # model parameters
-  opt_state: PyTree  # optax state
-  key: jax.Array     # [] per-seed key, folded with the step for minibatches
-  step: jax.Array    # [] int32, optimizer steps taken
+  params: PyTree          # model parameters
+  opt_state: PyTree       # optax state
+  key: jax.Array          # [] per-seed key, folded with the step for minibatches
+  step: jax.Array         # [] int32, optimizer steps taken
+  diverged_at: jax.Array  # [] int32, first step whose loss was not finite; -1
 
 
 def make_optimizer(name: str, lr, *, momentum: float = 0.9
@@ -84,7 +85,7 @@ def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
     raise ValueError(f"num_steps={num_steps} must be a multiple of "
                      f"log_every={log_every}.")
   num_samples = jax.tree_util.tree_leaves(data)[0].shape[0]
-  grad_fn = jax.grad(loss_fn)
+  grad_fn = jax.value_and_grad(loss_fn)
   key = jax.random.key(0) if key is None else key
 
   def step(state: TrainState, _):
@@ -93,10 +94,13 @@ def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
       idx = jax.random.choice(jax.random.fold_in(state.key, state.step),
                               num_samples, (batch_size,), replace=False)
       batch = jax.tree_util.tree_map(lambda a: a[idx], data)
-    grads = grad_fn(state.params, *batch)
+    loss, grads = grad_fn(state.params, *batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(params, opt_state, state.key, state.step + 1), None
+    diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
+                            state.step, state.diverged_at)
+    return TrainState(params, opt_state, state.key, state.step + 1,
+                      diverged_at), None
 
   def chunk(state: TrainState, _):
     state, _ = jax.lax.scan(step, state, None, length=log_every)
@@ -105,7 +109,7 @@ def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
     return state, metrics_fn(state.params)
 
   state = TrainState(params, optimizer.init(params), key,
-                     jnp.zeros((), jnp.int32))
+                     jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
   first = metrics_fn(params)
   state, logged = jax.lax.scan(chunk, state, None,
                                length=num_steps // log_every)
@@ -123,30 +127,49 @@ def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:
 
 def run_seeds(train: Callable, keys: jax.Array, *args,
               devices: list | None = None) -> PyTree:
-  """`jit(vmap(train))(keys, *args)` with the seed axis sharded over devices.
+  """`jit(vmap(train))(keys, *args)`, the seed axis sharded over devices.
 
-  The seed axis is padded to a multiple of the device count with copies of
-  the last key and the padding is dropped from the result, so every seed's
-  output is independent of the number of devices. `args` are broadcast to
-  every seed.
-
-  Args:
-    train: `train(key, *args) -> pytree of arrays`.
-    keys: `[S]` (or `[S, 2]` raw) keys from `seed_keys`.
-    devices: defaults to `jax.devices()`.
+  `args` (e.g. the hyperparameter dict) are shared by every seed; see
+  `run_rows` for padding and sharding.
 
   Returns:
     The outputs of `train` with a leading seed axis `[S, ...]`.
   """
+  return run_rows(vmap_rows(train, len(args), batched=False), keys, *args,
+                  batched=False, devices=devices)
+
+
+def vmap_rows(train: Callable, num_args: int, batched: bool = True):
+  """`jit(vmap(train))` over a row axis: one key per row and, if `batched`,
+  one slice of every leaf of the `num_args` other arguments. Build it once
+  and reuse it, so that chunks of a sweep share one compiled executable."""
+  axes = (0,) + ((0 if batched else None),) * num_args
+  return jax.jit(jax.vmap(train, in_axes=axes))
+
+
+def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
+             devices: list | None = None) -> PyTree:
+  """Runs `fn = vmap_rows(...)` over rows sharded on `devices`.
+
+  The row axis is sharded over `devices` (default `jax.devices()`) with a
+  1-D `Mesh` and `NamedSharding`; it is padded to a multiple of the device
+  count with copies of the last row, and the padding is dropped from the
+  result, so a row's output does not depend on the device count.
+  """
   devices = jax.devices() if devices is None else devices
-  num_seeds = keys.shape[0]
-  pad = -num_seeds % len(devices)
+  rows = keys.shape[0]
+  pad = -rows % len(devices)
+  pad_rows = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
   if pad:
-    keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
-  batched = jax.jit(jax.vmap(train, in_axes=(0,) + (None,) * len(args)))
+    keys = pad_rows(keys)
+    if batched:
+      args = jax.tree_util.tree_map(pad_rows, args)
   if len(devices) > 1:
-    mesh = jax.sharding.Mesh(np.array(devices), ("seeds",))
-    keys = jax.device_put(keys, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec("seeds")))
-  out = batched(keys, *args)
-  return jax.tree_util.tree_map(lambda a: a[:num_seeds], out)
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), ("rows",)),
+        jax.sharding.PartitionSpec("rows"))
+    keys = jax.device_put(keys, sharding)
+    if batched:
+      args = jax.device_put(args, sharding)
+  out = fn(keys, *args)
+  return jax.tree_util.tree_map(lambda a: a[:rows], out)

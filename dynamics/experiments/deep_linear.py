@@ -26,6 +26,12 @@ from theory import deep_linear as theory
 
 INITS = ("random", "aligned")
 
+# Config fields that change no shape, and their key in `hparams`: a sweep
+# stacks grid points differing only in these into one vmapped call.
+HPARAMS = {"train.lr": "lr", "init.scale": "scale", "init.u0": "u0",
+           "task.noise_var": "noise_var",
+           "task.singular_values": "singular_values"}
+
 
 def validate(config) -> None:
   """Raises ValueError naming the first bad field; runs before any tracing."""
@@ -68,13 +74,8 @@ def validate(config) -> None:
 def hparams(config) -> dict:
   """The shape-preserving hyperparameters, as arrays `train` can be vmapped over."""
   dtype = cfg.float_dtype(config.precision)
-  return {
-      "lr": jnp.asarray(config.train.lr, dtype),
-      "scale": jnp.asarray(config.init.scale, dtype),
-      "u0": jnp.asarray(config.init.u0, dtype),
-      "noise_var": jnp.asarray(config.task.noise_var, dtype),
-      "singular_values": jnp.asarray(config.task.singular_values, dtype),
-  }
+  return {key: jnp.asarray(cfg.get(config, field), dtype)
+          for field, key in HPARAMS.items()}
 
 
 def make_task(config, hp: dict):
@@ -91,7 +92,8 @@ def loss_fn(params, x, y):
 
 
 def make_train(config, progress=None):
-  """`train(key, hp) -> {'loss': [L], 'u': [L, K], 'u0_eff': [K]}`."""
+  """`train(key, hp) -> {'loss': [L], 'u': [L, K], 'u0_eff': [K],
+  'diverged_at': []}` (`u0_eff` for depth <= 2 only)."""
   validate(config)
   m = config.model
   sizes = model.layer_sizes(config.task.d_in, config.task.d_out, m.width,
@@ -116,13 +118,13 @@ def make_train(config, progress=None):
       return {"loss": loss_fn(p, task.x, task.y),
               "u": model.mode_strengths(p, task.u_modes, task.v_modes)}
 
-    _, logged = engine.trajectory(
+    state, logged = engine.trajectory(
         params, loss_fn=loss_fn, data=(task.x, task.y),
         optimizer=engine.make_optimizer(config.train.optimizer, hp["lr"]),
         metrics_fn=metrics_fn, num_steps=config.train.num_steps,
         log_every=config.train.log_every, key=data_key, batch_size=batch,
         progress=progress)
-    return {**out, **logged}
+    return {**out, **logged, "diverged_at": state.diverged_at}
 
   return train
 
@@ -156,6 +158,13 @@ def predict(config, task, out: dict) -> dict | None:
   return {"t": t, "u": np.asarray(u), "loss": np.asarray(loss), "u0": u0}
 
 
+def _nan(reduce, x) -> float:
+  """`reduce` over the finite entries (diverged or unfinished seeds are
+  counted separately); nan when there are none."""
+  x = np.asarray(x, np.float64)
+  return float(reduce(x)) if np.any(np.isfinite(x)) else float("nan")
+
+
 def summarize(config, task, out: dict, pred: dict | None) -> dict:
   """Per teacher mode and for the loss: theory beside simulation."""
   steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
@@ -178,22 +187,23 @@ def summarize(config, task, out: dict, pred: dict | None) -> dict:
     t_th = np.asarray(jax.vmap(lambda u0_: theory.learning_time(
         s[:m], u0_[:m], config.model.depth))(pred["u0"]))  # [S, M]
     loss_cmp = metrics.compare(out["loss"], pred["loss"])
-    summary["loss"] = {k: float(np.max(v)) if k != "r2" else float(np.min(v))
+    summary["loss"] = {k: _nan(np.nanmin if k == "r2" else np.nanmax, v)
                        for k, v in loss_cmp.items()}
   for i in range(m):
     row = {"mode": i, "s": float(s[i]),
            "learning_time_measured": float(emp_stats["mean"][i]),
            "learning_time_measured_ci": [float(emp_stats["ci_low"][i]),
                                          float(emp_stats["ci_high"][i])],
-           "learning_time_seed_std": float(emp_stats["std"][i])}
+           "learning_time_seed_std": float(emp_stats["std"][i]),
+           "seeds_not_reached": int(np.sum(np.isnan(t_emp[:, i])))}
     if pred is not None:
       rel_t = np.abs(t_emp[:, i] - t_th[:, i]) / t_th[:, i]
       row.update({
           "learning_time_predicted": float(np.mean(t_th[:, i])),
-          "learning_time_rel_error_max": float(np.max(rel_t)),  # nan: not reached
-          "u_max_rel_error_mean": float(np.mean(u_cmp["max_rel_error"][:, i])),
-          "u_max_rel_error_worst": float(np.max(u_cmp["max_rel_error"][:, i])),
-          "u_r2_min": float(np.min(u_cmp["r2"][:, i])),
+          "learning_time_rel_error_max": _nan(np.nanmax, rel_t),
+          "u_max_rel_error_mean": _nan(np.nanmean, u_cmp["max_rel_error"][:, i]),
+          "u_max_rel_error_worst": _nan(np.nanmax, u_cmp["max_rel_error"][:, i]),
+          "u_r2_min": _nan(np.nanmin, u_cmp["r2"][:, i]),
       })
     summary["modes"].append(row)
   return summary
@@ -257,19 +267,14 @@ def plot(config, task, out: dict, pred: dict | None, path: str) -> None:
   plt.close(fig)
 
 
-def run(config, progress=None) -> dict:
-  """Trains every seed and sets theory beside it.
+def analyze(config, out: dict) -> dict:
+  """Theory and comparison for the trained seeds `out` (numpy, `[S, ...]`).
 
   Returns:
-    dict with `arrays` (for `trajectories.npz`), `summary`, `table`, and
-    `plot(path)`, the figure writer.
+    dict with `arrays` (for `trajectories.npz`; `[S, L, ...]` entries become
+    table columns), `summary`, `table`, and `plot(path)`, the figure writer.
   """
-  validate(config)
-  hp = hparams(config)
-  train = make_train(config, progress=progress)
-  keys = engine.seed_keys(config.seed, config.num_seeds)
-  out = jax.tree_util.tree_map(np.asarray, engine.run_seeds(train, keys, hp))
-  task = make_task(config, hp)
+  task = make_task(config, hparams(config))
   pred = predict(config, task, out)
   summary = summarize(config, task, out, pred)
   steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
@@ -281,3 +286,12 @@ def run(config, progress=None) -> dict:
                    "u0": pred["u0"]})
   return {"arrays": arrays, "summary": summary, "table": table(summary),
           "plot": lambda path: plot(config, task, out, pred, path)}
+
+
+def run(config, progress=None) -> dict:
+  """Trains every seed in one compiled call and analyzes it (see `analyze`)."""
+  validate(config)
+  train = make_train(config, progress=progress)
+  keys = engine.seed_keys(config.seed, config.num_seeds)
+  out = engine.run_seeds(train, keys, hparams(config))
+  return analyze(config, jax.tree_util.tree_map(np.asarray, out))

@@ -6,6 +6,8 @@ r"""Linear teacher task with exactly whitened inputs.
 (random orthonormal `U_t: [d_out, M]`, `V_t: [d_in, M]`), so without noise
 `Sigma_yx = Y^T X / P = W_t` exactly. With noise the theory must use the
 empirical `Sigma_yx`; its SVD is returned with signs matched to the teacher's.
+The `K = min(d_in, d_out)` modes always have a well-defined basis, so mode
+`i` means the same direction in every seed, batch and grid point.
 Conventions: `docs/conventions.md`.
 """
 
@@ -42,18 +44,25 @@ def linear_teacher(key: jax.Array, *, d_in: int, d_out: int, num_samples: int,
     noise_var: label-noise variance.
   """
   s_t = jnp.asarray(singular_values, dtype)
-  m = s_t.shape[0]
+  m, k = s_t.shape[0], min(d_in, d_out)
   k_x, k_u, k_v, k_noise = jax.random.split(key, 4)
   x = whiten(jax.random.normal(k_x, (num_samples, d_in), dtype))
-  u_t = orthonormal(k_u, d_out, m, dtype)
-  v_t = orthonormal(k_v, d_in, m, dtype)
-  y = x @ (v_t * s_t) @ u_t.T
+  # Complete frames: the teacher uses the first M columns; the rest fix a
+  # basis of the directions it leaves untaught (degenerate without noise).
+  u_t, v_t = orthonormal(k_u, d_out, k, dtype), orthonormal(k_v, d_in, k, dtype)
+  s_full = jnp.concatenate([s_t, jnp.zeros(k - m, dtype)])
+  y = x @ (v_t * s_full) @ u_t.T
   y = y + jnp.sqrt(noise_var) * jax.random.normal(k_noise, y.shape, dtype)
   sigma_yx = y.T @ x / num_samples
-  u_modes, s, vt = jnp.linalg.svd(sigma_yx, full_matrices=False)
-  # Singular vectors are defined up to a sign per mode; match the teacher's.
-  sign = jnp.sign(jnp.sum(u_modes[:, :m] * u_t, axis=0))
-  sign = jnp.concatenate([jnp.where(sign == 0, 1.0, sign),
-                          jnp.ones(s.shape[0] - m, dtype)])
-  return LinearTeacher(x, y, sigma_yx, u_modes * sign, s, vt.T * sign,
-                       jnp.sum(y * y) / num_samples)
+  # With noise every singular value is distinct (almost surely) and the SVD
+  # is unique up to a sign per mode, matched here to the teacher's frame.
+  # Without noise the SVD of the null space is arbitrary, so the teacher's
+  # frame and spectrum are used as they are (exact: sigma_yx = U diag(s) V^T).
+  u_svd, s_svd, vt_svd = jnp.linalg.svd(sigma_yx, full_matrices=False)
+  sign = jnp.sign(jnp.sum(u_svd * u_t, axis=0))
+  sign = jnp.where(sign == 0, 1.0, sign)
+  noisy = noise_var > 0
+  return LinearTeacher(
+      x, y, sigma_yx, jnp.where(noisy, u_svd * sign, u_t),
+      jnp.where(noisy, s_svd, s_full), jnp.where(noisy, vt_svd.T * sign, v_t),
+      jnp.sum(y * y) / num_samples)
