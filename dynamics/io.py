@@ -36,7 +36,9 @@ def tidy(arrays: dict, num_seeds: int, num_logs: int) -> pd.DataFrame:
   """One row per (seed, logged step): every `[S, L, ...]` array becomes columns.
 
   `[S, L]` arrays give a column of their name, `[S, L, K]` arrays give columns
-  `name_0 ... name_{K-1}`; `step` and `t` (`[L]`) are repeated per seed.
+  `name_0 ... name_{K-1}` (predictions `x_pred` give `x_0_pred ...`, so
+  every metric's prediction is its name + `_pred`); `step` and `t` (`[L]`)
+  are repeated per seed.
   """
   cols = {"seed": np.repeat(np.arange(num_seeds), num_logs)}
   for name in ("step", "t"):
@@ -49,6 +51,9 @@ def tidy(arrays: dict, num_seeds: int, num_logs: int) -> pd.DataFrame:
     flat = a.reshape(num_seeds * num_logs, -1)
     if a.ndim == 2:
       cols[name] = flat[:, 0]
+    elif name.endswith("_pred"):  # u_pred -> u_0_pred, beside u_0
+      base = name[:-len("_pred")]
+      cols.update({f"{base}_{i}_pred": flat[:, i] for i in range(flat.shape[1])})
     else:
       cols.update({f"{name}_{i}": flat[:, i] for i in range(flat.shape[1])})
   return pd.DataFrame(cols)

@@ -62,7 +62,9 @@ def time_to_fraction(t, u, target, fraction: float = 0.5) -> np.ndarray:
   The trajectory moves from `u[..., 0]` towards `target`; the level counts
   as reached once `u` is at or past it in that direction (so a trajectory
   already past the level gives `t[0]`). Linear interpolation between the two
-  samples around the crossing; `nan` when the level is never reached.
+  samples around the crossing; `nan` when the level is never reached. The
+  resolution is the logging interval (`lr * log_every` in theory time): log
+  densely enough to resolve the transition you time.
 
   Args:
     t: `[T]` increasing times.

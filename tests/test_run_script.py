@@ -31,7 +31,7 @@ def test_writes_a_complete_run_directory(tmp_path):
   with np.load(out_dir / "trajectories.npz", allow_pickle=False) as z:
     assert z["u"].shape == (4, 31, 8) and z["u_pred"].shape == (4, 31, 8)
   table = pd.read_parquet(out_dir / "trajectories.parquet")
-  assert len(table) == 4 * 31 and {"seed", "step", "t", "loss", "u_0", "u_pred_0"} <= set(table)
+  assert len(table) == 4 * 31 and {"seed", "step", "t", "loss", "u_0", "u_0_pred"} <= set(table)
   summary = json.loads((out_dir / "summary.json").read_text())
   assert len(summary["modes"]) == 4
   # The printed table and summary.json carry the same number.

@@ -51,7 +51,8 @@ def test_grid_equals_separate_runs(tmp_path):
       np.testing.assert_allclose(rows["loss"].to_numpy(), single["loss"].reshape(-1),
                                  rtol=1e-12)
   assert len(table) == 4 * 3 * 11
-  assert {"seed", "step", "t", "u_0", "u_pred_0", "loss_pred", "loss_rel_error",
+  assert {"seed", "step", "t", "u_0", "u_0_pred", "u_0_rel_error", "loss_pred",
+          "loss_rel_error",
           "diverged", "diverged_step"} <= set(table.columns)
   summary = pd.read_csv(tmp_path / "summary.csv")
   assert len(summary) == 4 and (summary["diverged_seeds"] == 0).all()

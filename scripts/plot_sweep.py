@@ -1,0 +1,73 @@
+"""A metric against a swept field, theory beside simulation, with seed bands.
+
+    python scripts/plot_sweep.py --dir=runs/depth_sweep --x=train.lr --metric=loss \\
+        [--step=-1] [--logy] [--out=runs/depth_sweep/loss_vs_lr.png]
+
+For every combination of the other swept fields: the seed mean of `metric` at
+logged step `--step` (default: the last) as a solid line, mean +- one standard
+deviation over seeds as a band, and the theory (`<metric>_pred`), where the
+experiment has one, dashed. Diverged seeds (masked values) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from dynamics import load_sweep
+
+_DIR = flags.DEFINE_string("dir", None, "Sweep directory.")
+_X = flags.DEFINE_string("x", None, "Swept field on the x axis, e.g. train.lr.")
+_METRIC = flags.DEFINE_string("metric", "loss", "Column of results.parquet.")
+_STEP = flags.DEFINE_integer("step", -1, "Logged step (index into the logged steps).")
+_LOGY = flags.DEFINE_bool("logy", False, "Logarithmic y axis.")
+_OUT = flags.DEFINE_string("out", None, "PNG path (default: DIR/METRIC_vs_X.png).")
+
+
+def main(argv):
+  del argv
+  table, _ = load_sweep(_DIR.value)
+  with open(os.path.join(_DIR.value, "grid.json")) as f:
+    swept = list(json.load(f)["points"][0])
+  if _X.value not in swept:
+    raise app.UsageError(f"--x must be a swept field: {swept}")
+  if _METRIC.value not in table.columns:
+    raise app.UsageError(f"--metric must be a column: {sorted(table.columns)}")
+  steps = np.sort(table["step"].unique())
+  at = table[table["step"] == steps[_STEP.value]]
+  others = [f for f in swept if f != _X.value]
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  groups = at.groupby(others) if others else [((), at)]
+  for i, (key, rows) in enumerate(groups):
+    key = key if isinstance(key, tuple) else (key,)
+    label = ", ".join(f"{f}={v}" for f, v in zip(others, key)) or "simulation"
+    stats = rows.groupby(_X.value)[_METRIC.value].agg(["mean", "std"])
+    x = stats.index.to_numpy(dtype=float)
+    color = f"C{i}"
+    ax.plot(x, stats["mean"], "o-", color=color, label=label)
+    ax.fill_between(x, stats["mean"] - stats["std"].fillna(0),
+                    stats["mean"] + stats["std"].fillna(0), color=color, alpha=0.2)
+    pred = f"{_METRIC.value}_pred"
+    if pred in rows.columns:
+      ax.plot(x, rows.groupby(_X.value)[pred].mean(), "--", color=color, lw=1.5,
+              label="theory" if i == 0 else None)
+  ax.set(xlabel=_X.value, ylabel=f"{_METRIC.value} at step {steps[_STEP.value]}",
+         title=f"{os.path.basename(os.path.abspath(_DIR.value))}: seed mean +- std")
+  if _LOGY.value:
+    ax.set_yscale("log")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out = _OUT.value or os.path.join(_DIR.value, f"{_METRIC.value}_vs_{_X.value}.png")
+  fig.savefig(out, dpi=120)
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["dir", "x"])
+  app.run(main)
