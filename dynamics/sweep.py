@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import NamedTuple
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -43,6 +45,7 @@ from dynamics import experiments, io, metrics
 from dynamics import train as engine
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
+DEFAULT_CHECKPOINT_EVERY_STEPS = 50_000
 
 
 class Group(NamedTuple):
@@ -120,7 +123,8 @@ def plan(config) -> tuple[list[dict], list[Group]]:
 
 
 def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
-              DEFAULT_MEMORY_BUDGET_MB, devices: list | None = None,
+              DEFAULT_MEMORY_BUDGET_MB, checkpoint_every_steps: int =
+              DEFAULT_CHECKPOINT_EVERY_STEPS, devices: list | None = None,
               verbose: bool = True) -> str:
   """Runs (or resumes) the sweep into `out_dir` and writes its results table.
 
@@ -129,6 +133,9 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
     out_dir: sweep directory; an existing one is resumed if it holds the same
       config and refused otherwise.
     memory_budget_mb: device memory for one chunk of rows.
+    checkpoint_every_steps: a chunk whose runs are longer than this is run
+      in segments of about this many steps, with an orbax checkpoint of the
+      scan state after each, so a killed sweep resumes mid-trajectory.
     devices: defaults to `jax.devices()`.
 
   Returns:
@@ -165,12 +172,22 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
     c0 = group.configs[0]
     experiment = experiments.get(c0)
     keys, hps = _rows(group, experiment)
-    fn = engine.vmap_rows(experiment.make_train(c0), 1, batched=True)
+    num_logs = c0.train.num_steps // c0.train.log_every
+    per_segment = max(1, checkpoint_every_steps // c0.train.log_every)
+    if per_segment < num_logs:
+      segments = _segmented(experiment, c0, num_logs, per_segment)
+    else:
+      fn = engine.vmap_rows(experiment.make_train(c0), 1, batched=True)
     for ci, sl in todo:
-      out = engine.run_rows(fn, keys[sl], jax.tree_util.tree_map(
-          lambda a: a[sl], hps), devices=devices)
-      _atomic_npz(_chunk_path(out_dir, gi, ci),
-                  {k: np.asarray(v) for k, v in out.items()})
+      rows_hps = jax.tree_util.tree_map(lambda a: a[sl], hps)
+      path = _chunk_path(out_dir, gi, ci)
+      if per_segment < num_logs:
+        out = segments(keys[sl], rows_hps, path + ".ckpt", devices)
+      else:
+        out = engine.run_rows(fn, keys[sl], rows_hps, devices=devices)
+      _atomic_npz(path, {k: np.asarray(v) for k, v in out.items()})
+      if os.path.isdir(path + ".ckpt"):
+        shutil.rmtree(path + ".ckpt")
       bar.update(1)
     if verbose:
       shape = {f: v for f, v in points[group.points[0]].items()
@@ -233,6 +250,56 @@ def _rows(group: Group, experiment):
       lambda x, n=c.num_seeds: jnp.broadcast_to(x, (n,) + x.shape),
       experiment.hparams(c)) for c in group.configs]
   return keys, jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *per_row)
+
+
+def _segmented(experiment, config, num_logs: int, per_segment: int):
+  """`run(keys, hps, ckpt_dir, devices)`: a chunk of rows in segments of
+  `per_segment` logged intervals. After each segment its logged metrics are
+  written (`seg_<start>.npz`), then an orbax checkpoint of the scan state
+  (`state_<done>`); a rerun restores the newest complete checkpoint and the
+  segments before it, and continues."""
+  start, advance = experiment.make_segments(config)
+  vstart = jax.jit(jax.vmap(start))
+  vadvance = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2)
+  checkpointer = ocp.StandardCheckpointer()
+
+  def run(keys, hps, ckpt_dir, devices):
+    rows = keys.shape[0]
+    keys, (hps,) = engine.pad_and_shard(keys, hps, devices=devices)
+    state, extras, first = vstart(keys, hps)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    saved = sorted(int(d.split("_")[1]) for d in os.listdir(ckpt_dir)
+                   if d.startswith("state_") and d[6:].isdigit())
+    done = saved[-1] if saved else 0
+    if done:
+      target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+      state = checkpointer.restore(os.path.join(ckpt_dir, f"state_{done:08d}"),
+                                   target)
+    logged = []
+    for a in range(0, done, per_segment):
+      with np.load(os.path.join(ckpt_dir, f"seg_{a:08d}.npz")) as z:
+        logged.append({k: z[k] for k in z.files})
+    while done < num_logs:
+      n = min(per_segment, num_logs - done)
+      state, seg = vadvance(state, hps, n)
+      seg = {k: np.asarray(v) for k, v in seg.items()}  # [rows, n, ...]
+      _atomic_npz(os.path.join(ckpt_dir, f"seg_{done:08d}.npz"), seg)
+      logged.append(seg)
+      done += n
+      checkpointer.save(os.path.join(ckpt_dir, f"state_{done:08d}"), state)
+      checkpointer.wait_until_finished()
+      for old in saved:
+        shutil.rmtree(os.path.join(ckpt_dir, f"state_{old:08d}"),
+                      ignore_errors=True)
+      saved = [done]
+    first = {k: np.asarray(v)[:, None] for k, v in first.items()}
+    out = {k: np.concatenate([first[k]] + [g[k] for g in logged], axis=1)
+           for k in first}
+    out.update({k: np.asarray(v) for k, v in extras.items()})
+    out["diverged_at"] = np.asarray(state.diverged_at)
+    return {k: v[:rows] for k, v in out.items()}
+
+  return run
 
 
 def _chunks(group: Group, budget_mb: float, num_devices: int) -> list[slice]:

@@ -54,6 +54,52 @@ def make_optimizer(name: str, lr, *, momentum: float = 0.9
   raise ValueError(f"Unknown optimizer {name!r}; known: {OPTIMIZERS}.")
 
 
+def init_state(params: PyTree, optimizer: optax.GradientTransformation,
+               key: jax.Array | None = None) -> TrainState:
+  """The state before the first step (`key` drives minibatches)."""
+  key = jax.random.key(0) if key is None else key
+  return TrainState(params, optimizer.init(params), key,
+                    jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
+
+
+def make_advance(*, loss_fn: Callable, data: tuple,
+                 optimizer: optax.GradientTransformation,
+                 metrics_fn: Callable[[PyTree], dict], log_every: int,
+                 batch_size: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> Callable:
+  """`advance(state, num_logs) -> (state, metrics)`: `num_logs * log_every`
+  optimizer steps as a scan of chunks, `metrics_fn` logged after each chunk
+  (leaves `[num_logs, ...]`). Arguments as in `trajectory`. Consecutive calls
+  continue one trajectory, so a long run can be checkpointed between them."""
+  grad_fn = jax.value_and_grad(loss_fn)
+  num_samples = jax.tree_util.tree_leaves(data)[0].shape[0]
+
+  def step(state: TrainState, _):
+    batch = data
+    if batch_size is not None and batch_size < num_samples:
+      idx = jax.random.choice(jax.random.fold_in(state.key, state.step),
+                              num_samples, (batch_size,), replace=False)
+      batch = jax.tree_util.tree_map(lambda a: a[idx], data)
+    loss, grads = grad_fn(state.params, *batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
+                            state.step, state.diverged_at)
+    return TrainState(params, opt_state, state.key, state.step + 1,
+                      diverged_at), None
+
+  def chunk(state: TrainState, _):
+    state, _ = jax.lax.scan(step, state, None, length=log_every)
+    if progress is not None:
+      jax.debug.callback(lambda s: progress(int(np.max(s))), state.step)
+    return state, metrics_fn(state.params)
+
+  def advance(state: TrainState, num_logs: int):
+    return jax.lax.scan(chunk, state, None, length=num_logs)
+
+  return advance
+
+
 def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
                optimizer: optax.GradientTransformation,
                metrics_fn: Callable[[PyTree], dict], num_steps: int,
@@ -79,43 +125,23 @@ def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
 
   Returns:
     `(state, metrics)` with metric leaves of shape `[num_steps/log_every+1,
-    ...]`.
+    ...]`; `state.diverged_at` is the first step whose loss was not finite.
   """
   if num_steps % log_every:
     raise ValueError(f"num_steps={num_steps} must be a multiple of "
                      f"log_every={log_every}.")
-  num_samples = jax.tree_util.tree_leaves(data)[0].shape[0]
-  grad_fn = jax.value_and_grad(loss_fn)
-  key = jax.random.key(0) if key is None else key
+  advance = make_advance(loss_fn=loss_fn, data=data, optimizer=optimizer,
+                         metrics_fn=metrics_fn, log_every=log_every,
+                         batch_size=batch_size, progress=progress)
+  state, logged = advance(init_state(params, optimizer, key),
+                          num_steps // log_every)
+  return state, join_logs(metrics_fn(params), [logged])
 
-  def step(state: TrainState, _):
-    batch = data
-    if batch_size is not None and batch_size < num_samples:
-      idx = jax.random.choice(jax.random.fold_in(state.key, state.step),
-                              num_samples, (batch_size,), replace=False)
-      batch = jax.tree_util.tree_map(lambda a: a[idx], data)
-    loss, grads = grad_fn(state.params, *batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
-                            state.step, state.diverged_at)
-    return TrainState(params, opt_state, state.key, state.step + 1,
-                      diverged_at), None
 
-  def chunk(state: TrainState, _):
-    state, _ = jax.lax.scan(step, state, None, length=log_every)
-    if progress is not None:
-      jax.debug.callback(lambda s: progress(int(np.max(s))), state.step)
-    return state, metrics_fn(state.params)
-
-  state = TrainState(params, optimizer.init(params), key,
-                     jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
-  first = metrics_fn(params)
-  state, logged = jax.lax.scan(chunk, state, None,
-                               length=num_steps // log_every)
-  metrics = jax.tree_util.tree_map(
-      lambda a, b: jnp.concatenate([a[None], b]), first, logged)
-  return state, metrics
+def join_logs(first: dict, segments: list) -> dict:
+  """Step-0 metrics (leaves `[...]`) followed by logged segments (`[n, ...]`)."""
+  return jax.tree_util.tree_map(
+      lambda a, *b: jnp.concatenate([a[None], *b]), first, *segments)
 
 
 def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:
@@ -147,18 +173,13 @@ def vmap_rows(train: Callable, num_args: int, batched: bool = True):
   return jax.jit(jax.vmap(train, in_axes=axes))
 
 
-def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
-             devices: list | None = None) -> PyTree:
-  """Runs `fn = vmap_rows(...)` over rows sharded on `devices`.
-
-  The row axis is sharded over `devices` (default `jax.devices()`) with a
-  1-D `Mesh` and `NamedSharding`; it is padded to a multiple of the device
-  count with copies of the last row, and the padding is dropped from the
-  result, so a row's output does not depend on the device count.
-  """
+def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
+                  devices: list | None = None):
+  """Pads the row axis to a multiple of the device count (copies of the last
+  row) and shards it over `devices` (default `jax.devices()`) with a 1-D
+  `Mesh` and `NamedSharding`. Returns `(keys, args)`."""
   devices = jax.devices() if devices is None else devices
-  rows = keys.shape[0]
-  pad = -rows % len(devices)
+  pad = -keys.shape[0] % len(devices)
   pad_rows = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
   if pad:
     keys = pad_rows(keys)
@@ -171,5 +192,15 @@ def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
     keys = jax.device_put(keys, sharding)
     if batched:
       args = jax.device_put(args, sharding)
+  return keys, args
+
+
+def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
+             devices: list | None = None) -> PyTree:
+  """Runs `fn = vmap_rows(...)` over rows sharded on `devices`; the padding
+  of `pad_and_shard` is dropped from the result, so a row's output does not
+  depend on the device count."""
+  rows = keys.shape[0]
+  keys, args = pad_and_shard(keys, *args, batched=batched, devices=devices)
   out = fn(keys, *args)
   return jax.tree_util.tree_map(lambda a: a[:rows], out)

@@ -24,6 +24,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _OUT = flags.DEFINE_string("out", None, "Sweep directory (created or resumed).")
 _BUDGET = flags.DEFINE_float("memory_budget_mb", sweep.DEFAULT_MEMORY_BUDGET_MB,
                              "Device memory for one chunk of (point x seed) rows.")
+_CKPT = flags.DEFINE_integer(
+    "checkpoint_every_steps", sweep.DEFAULT_CHECKPOINT_EVERY_STEPS,
+    "Runs longer than this are checkpointed (orbax) every this many steps.")
 
 
 def main(argv):
@@ -33,7 +36,8 @@ def main(argv):
   config = _CONFIG.value
   try:
     cfg.set_precision(config.get("precision", "float32"))
-    path = sweep.run_sweep(config, _OUT.value, memory_budget_mb=_BUDGET.value)
+    path = sweep.run_sweep(config, _OUT.value, memory_budget_mb=_BUDGET.value,
+                           checkpoint_every_steps=_CKPT.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

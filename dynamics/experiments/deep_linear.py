@@ -91,17 +91,23 @@ def loss_fn(params, x, y):
   return 0.5 * jnp.mean(jnp.sum((y - model.apply(params, x)) ** 2, axis=-1))
 
 
-def make_train(config, progress=None):
-  """`train(key, hp) -> {'loss': [L], 'u': [L, K], 'u0_eff': [K],
-  'diverged_at': []}` (`u0_eff` for depth <= 2 only)."""
+def make_segments(config, progress=None):
+  """`start(key, hp) -> (state, extras, first)` and
+  `advance(state, hp, num_logs) -> (state, logged)`: a run in resumable
+  pieces (`extras` are per-seed constants such as `u0_eff`, `first` the
+  step-0 metrics). `make_train` joins them into one call."""
   validate(config)
   m = config.model
   sizes = model.layer_sizes(config.task.d_in, config.task.d_out, m.width,
                             m.depth)
   num_teacher = len(config.task.singular_values)
-  batch = config.train.batch_size or None
+  optimizer = lambda hp: engine.make_optimizer(config.train.optimizer, hp["lr"])
 
-  def train(key, hp):
+  def metrics_fn(task):
+    return lambda p: {"loss": loss_fn(p, task.x, task.y),
+                      "u": model.mode_strengths(p, task.u_modes, task.v_modes)}
+
+  def start(key, hp):
     task = make_task(config, hp)
     init_key, data_key = jax.random.split(key)
     if config.init.name == "aligned":
@@ -110,21 +116,34 @@ def make_train(config, progress=None):
                                   task.v_modes)
     else:
       params = model.init_random(init_key, sizes, hp["scale"], task.x.dtype)
-    out = {}
+    extras = {}
     if m.depth <= 2:
-      out["u0_eff"] = model.effective_u0(params, task.u_modes, task.v_modes)
+      extras["u0_eff"] = model.effective_u0(params, task.u_modes, task.v_modes)
+    state = engine.init_state(params, optimizer(hp), data_key)
+    return state, extras, metrics_fn(task)(params)
 
-    def metrics_fn(p):
-      return {"loss": loss_fn(p, task.x, task.y),
-              "u": model.mode_strengths(p, task.u_modes, task.v_modes)}
+  def advance(state, hp, num_logs):
+    task = make_task(config, hp)
+    return engine.make_advance(
+        loss_fn=loss_fn, data=(task.x, task.y), optimizer=optimizer(hp),
+        metrics_fn=metrics_fn(task), log_every=config.train.log_every,
+        batch_size=config.train.batch_size or None,
+        progress=progress)(state, num_logs)
 
-    state, logged = engine.trajectory(
-        params, loss_fn=loss_fn, data=(task.x, task.y),
-        optimizer=engine.make_optimizer(config.train.optimizer, hp["lr"]),
-        metrics_fn=metrics_fn, num_steps=config.train.num_steps,
-        log_every=config.train.log_every, key=data_key, batch_size=batch,
-        progress=progress)
-    return {**out, **logged, "diverged_at": state.diverged_at}
+  return start, advance
+
+
+def make_train(config, progress=None):
+  """`train(key, hp) -> {'loss': [L], 'u': [L, K], 'u0_eff': [K],
+  'diverged_at': []}` (`u0_eff` for depth <= 2 only)."""
+  start, advance = make_segments(config, progress)
+
+  def train(key, hp):
+    state, extras, first = start(key, hp)
+    state, logged = advance(state, hp,
+                            config.train.num_steps // config.train.log_every)
+    return {**extras, **engine.join_logs(first, [logged]),
+            "diverged_at": state.diverged_at}
 
   return train
 

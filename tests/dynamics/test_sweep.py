@@ -178,3 +178,41 @@ def test_unwritable_dir_and_changed_config(tmp_path):
   c.train.num_steps = 400
   with pytest.raises(ValueError, match="different config"):
     run_sweep(c, str(tmp_path / "s"), verbose=False)
+
+
+def test_resume_mid_trajectory_from_orbax_checkpoint(tmp_path, monkeypatch):
+  c = small_config("float32")
+  c.sweep.model.width = (8,)
+  c.train.num_steps = 400                      # 4 segments of 100 steps
+  run_sweep(c, str(tmp_path / "ref"), checkpoint_every_steps=100, verbose=False)
+
+  class Killed(Exception):
+    pass
+
+  writes = []
+  real_npz = sweep._atomic_npz
+
+  def dying_npz(path, arrays):
+    if os.path.basename(path).startswith("seg_"):
+      writes.append(path)
+      if len(writes) == 3:                     # die while writing segment 3
+        raise Killed
+    real_npz(path, arrays)
+
+  monkeypatch.setattr(sweep, "_atomic_npz", dying_npz)
+  with pytest.raises(Killed):
+    run_sweep(c, str(tmp_path / "run"), checkpoint_every_steps=100, verbose=False)
+  ckpt = [d for d in os.listdir(tmp_path / "run" / "chunks") if d.endswith(".ckpt")]
+  assert len(ckpt) == 1
+  assert "state_00000010" in os.listdir(tmp_path / "run" / "chunks" / ckpt[0])
+  monkeypatch.setattr(sweep, "_atomic_npz", real_npz)
+  restored = []
+  real_restore = sweep.ocp.StandardCheckpointer.restore
+  monkeypatch.setattr(sweep.ocp.StandardCheckpointer, "restore",
+                      lambda self, *a, **k: restored.append(a[0]) or real_restore(self, *a, **k))
+  run_sweep(c, str(tmp_path / "run"), checkpoint_every_steps=100, verbose=False)
+  assert len(restored) == 1 and restored[0].endswith("state_00000010")
+  a, _ = load_sweep(str(tmp_path / "ref"))
+  b, _ = load_sweep(str(tmp_path / "run"))
+  pd.testing.assert_frame_equal(a, b)
+  assert not [d for d in os.listdir(tmp_path / "run" / "chunks") if d.endswith(".ckpt")]
