@@ -59,12 +59,30 @@ def tidy(arrays: dict, num_seeds: int, num_logs: int) -> pd.DataFrame:
   return pd.DataFrame(cols)
 
 
-def _json_default(x):
+def json_default(x):
+  """`json.dump(..., default=json_default)` for numpy scalars, arrays, tuples."""
   if isinstance(x, np.generic):
     return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
+  if isinstance(x, (np.ndarray, tuple)):
+    return np.asarray(x).tolist() if isinstance(x, np.ndarray) else list(x)
   raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def atomic_write(path: str, write) -> None:
+  """`write(binary_file)` into a temporary sibling, then rename over `path`:
+  `path` is either absent, the old file, or the complete new one."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
+                             prefix=f".{os.path.basename(path)}.")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_run(out_dir: str, config, result: dict) -> str:
@@ -82,7 +100,7 @@ def write_run(out_dir: str, config, result: dict) -> str:
     tidy(arrays, *loss.shape[:2]).to_parquet(
         os.path.join(tmp, "trajectories.parquet"), index=False)
     with open(os.path.join(tmp, "summary.json"), "w") as f:
-      json.dump(result["summary"], f, indent=2, default=_json_default)
+      json.dump(result["summary"], f, indent=2, default=json_default)
     result["plot"](os.path.join(tmp, "figure.png"))
     if os.path.exists(out_dir):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.",

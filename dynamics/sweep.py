@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import NamedTuple
 
@@ -156,7 +155,7 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
   _atomic_text(old, config_json)
   _atomic_text(os.path.join(out_dir, "grid.json"), json.dumps(
       {"points": points, "groups": [g.points for g in groups]}, indent=1,
-      default=_json_default))
+      default=io.json_default))
 
   devices = jax.devices() if devices is None else devices
   plans = [_chunks(g, memory_budget_mb, len(devices)) for g in groups]
@@ -345,12 +344,11 @@ def _collect(out_dir, points, groups, plans) -> pd.DataFrame:
   cols = ["point"] + [c for c in table.columns if c != "point"]
   table = table[cols].sort_values(["point", "seed", "step"], kind="stable")
   summary = pd.DataFrame(summaries).sort_values("point", kind="stable")
-  _atomic(os.path.join(out_dir, "arrays.npz"),
-          lambda f: np.savez(f, **arrays))
-  _atomic(os.path.join(out_dir, "summary.csv"),
-          lambda f: summary.to_csv(f, index=False))
-  _atomic(os.path.join(out_dir, "results.parquet"),
-          lambda f: table.to_parquet(f, index=False))
+  _atomic_npz(os.path.join(out_dir, "arrays.npz"), arrays)
+  io.atomic_write(os.path.join(out_dir, "summary.csv"),
+                  lambda f: summary.to_csv(f, index=False))
+  io.atomic_write(os.path.join(out_dir, "results.parquet"),
+                  lambda f: table.to_parquet(f, index=False))
   return summary
 
 
@@ -433,40 +431,16 @@ def _flat(d, prefix="", skip=()) -> dict:
 def _canonical(config) -> str:
   d = config.to_dict()
   d.pop("output_dir", None)
-  return json.dumps(d, indent=2, sort_keys=True, default=_json_default)
-
-
-def _json_default(x):
-  if isinstance(x, (np.generic,)):
-    return x.item()
-  if isinstance(x, tuple):
-    return list(x)
-  raise TypeError(type(x))
+  return json.dumps(d, indent=2, sort_keys=True, default=io.json_default)
 
 
 def _chunk_path(out_dir, group, chunk) -> str:
   return os.path.join(out_dir, "chunks", f"g{group:04d}_c{chunk:05d}.npz")
 
 
-def _atomic(path: str, write) -> None:
-  """`write(file)` into a temporary sibling, then rename over `path`."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
-                             prefix=f".{os.path.basename(path)}.")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _atomic_npz(path, arrays) -> None:
-  _atomic(path, lambda f: np.savez(f, **arrays))
+  io.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _atomic_text(path, text) -> None:
-  _atomic(path, lambda f: f.write(text.encode()))
+  io.atomic_write(path, lambda f: f.write(text.encode()))
