@@ -1,0 +1,248 @@
+r"""NNGP and NTK of a two-layer ReLU network, empirical NTKs, and the
+linearised network's predictions under gradient flow and gradient descent.
+
+The network (NTK parameterisation, as neural-tangents' `stax.Dense(...,
+parameterization='ntk')`):
+
+    h(x) = (w_std / sqrt(d)) W x + b_std b,       W: [m, d], b: [m]
+    f(x) = (w_std / sqrt(m)) v . relu(h(x)) + b_std b_out,   v: [m], b_out: []
+
+with every parameter standard normal at init; parameters as the dict
+`{'W', 'b', 'v', 'b_out'}` (`dynamics/models/relu_net.py`).
+
+Infinite-width kernels (Cho & Saul 2009; Jacot et al. 2018): with
+`K1(x, x') = w_std^2 x.x'/d + b_std^2`, `q = K1(x,x)`, `q' = K1(x',x')` and
+`cos(theta) = K1(x,x') / sqrt(q q')`,
+
+    E[relu(u) relu(u')]   = sqrt(q q') / (2 pi) (sin theta + (pi - theta) cos theta)
+    E[relu'(u) relu'(u')] = (pi - theta) / (2 pi)
+    NNGP = w_std^2 E[relu relu] + b_std^2
+    NTK  = NNGP + w_std^2 E[relu' relu'] K1.
+
+Training follows `docs/conventions.md`: loss `(1/2n) sum ||f - y||^2`, so the
+linearised network moves in function space as `df/dt = -(1/n) K (f - y)`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+import numpy as np
+
+from theory import _checks
+
+
+def _pair(x1, x2):
+  _checks.check_ndim("x1", x1, (2,))
+  _checks.check_ndim("x2", x2, (2,))
+  if np.shape(x1)[1] != np.shape(x2)[1]:
+    raise ValueError(f"`x1` and `x2` must have the same feature dimension, got "
+                     f"{np.shape(x1)[1]} and {np.shape(x2)[1]}.")
+  dtype = jnp.result_type(float)
+  return jnp.asarray(x1, dtype), jnp.asarray(x2, dtype)
+
+
+def _arccos_terms(x1, x2, w_std, b_std):
+  """`K1`, `E[relu relu]` and `E[relu' relu']` for every pair, `[n1, n2]`."""
+  _checks.check_finite_nonnegative("w_std", w_std)
+  _checks.check_finite_nonnegative("b_std", b_std)
+  x1, x2 = _pair(x1, x2)
+  d = x1.shape[1]
+  k12 = w_std**2 * x1 @ x2.T / d + b_std**2
+  q1 = w_std**2 * jnp.sum(x1 * x1, 1) / d + b_std**2
+  q2 = w_std**2 * jnp.sum(x2 * x2, 1) / d + b_std**2
+  norm = jnp.sqrt(q1[:, None] * q2[None, :])
+  zero = norm == 0  # a zero-variance unit is 0, and relu'(0) = 0
+  cos = jnp.clip(k12 / jnp.where(zero, 1.0, norm), -1.0, 1.0)
+  theta = jnp.arccos(cos)
+  relu_relu = norm / (2 * jnp.pi) * (jnp.sqrt(1 - cos**2) + (jnp.pi - theta) * cos)
+  drelu_drelu = jnp.where(zero, 0.0, (jnp.pi - theta) / (2 * jnp.pi))
+  return k12, jnp.where(zero, 0.0, relu_relu), drelu_drelu
+
+
+def relu_nngp(x1: ArrayLike, x2: ArrayLike, w_std: float = 1.0,
+              b_std: float = 0.0) -> jax.Array:
+  """Infinite-width NNGP kernel `E[f(x1) f(x2)]` of the two-layer ReLU net.
+
+  Args:
+    x1: `[n1, d]`; x2: `[n2, d]`.
+    w_std, b_std: weight and bias standard deviations (>= 0).
+
+  Returns:
+    `[n1, n2]`.
+  """
+  _, rr, _ = _arccos_terms(x1, x2, w_std, b_std)
+  return w_std**2 * rr + b_std**2
+
+
+def relu_ntk(x1: ArrayLike, x2: ArrayLike, w_std: float = 1.0,
+             b_std: float = 0.0) -> jax.Array:
+  """Infinite-width NTK `sum_p df(x1)/dp df(x2)/dp` of the two-layer ReLU net.
+
+  Returns:
+    `[n1, n2]`.
+  """
+  k1, rr, dd = _arccos_terms(x1, x2, w_std, b_std)
+  return w_std**2 * rr + b_std**2 + w_std**2 * dd * k1
+
+
+def empirical_ntk(apply_fn: Callable, params, x1: ArrayLike,
+                  x2: ArrayLike) -> jax.Array:
+  """Finite-width NTK `J(x1) J(x2)^T`, summed over every parameter leaf.
+
+  Args:
+    apply_fn: `apply_fn(params, x: [n, d]) -> [n]` (or `[n, 1]`), one scalar
+      output per input.
+    params: any pytree of arrays.
+    x1: `[n1, d]`; x2: `[n2, d]`.
+
+  Returns:
+    `[n1, n2]`.
+  """
+  x1, x2 = _pair(x1, x2)
+
+  def jac(x):
+    j = jax.jacrev(lambda p: apply_fn(p, x).reshape(x.shape[0]))(params)
+    return [leaf.reshape(x.shape[0], -1) for leaf in jax.tree_util.tree_leaves(j)]
+
+  return sum(a @ b.T for a, b in zip(jac(x1), jac(x2)))
+
+
+def relu_empirical_ntk(params: dict, x1: ArrayLike, x2: ArrayLike,
+                       w_std: float = 1.0, b_std: float = 0.0) -> jax.Array:
+  """`empirical_ntk` of the two-layer ReLU net without forming the Jacobian.
+
+  With `A = relu(H)`, `D = relu'(H)` (`H = h(x)`, `[n, m]`):
+  `Theta = (w^2/m) A1 A2^T + b^2 + (w^2/m) (D1 diag(v^2) D2^T) * K1`, the
+  `v`, `b_out`, and (`W`, `b`) terms; `O(n1 n2 m)` work, `O((n1+n2) m)`
+  memory. Equal to `empirical_ntk(relu_net.apply, ...)` to float precision.
+  """
+  x1, x2 = _pair(x1, x2)
+  m, d = params["W"].shape
+
+  def features(x):
+    h = w_std * x @ params["W"].T / jnp.sqrt(d) + b_std * params["b"]
+    return jax.nn.relu(h), (h > 0).astype(h.dtype)
+
+  a1, d1 = features(x1)
+  a2, d2 = features(x2)
+  k1 = w_std**2 * x1 @ x2.T / d + b_std**2
+  v2 = params["v"].reshape(m) ** 2
+  return w_std**2 / m * (a1 @ a2.T + ((d1 * v2) @ d2.T) * k1) + b_std**2
+
+
+def _eigh_train(k_train_train):
+  k = _checks.concrete(k_train_train)
+  _checks.check_ndim("k_train_train", k_train_train, (2,))
+  n1, n2 = np.shape(k_train_train)
+  if n1 != n2:
+    raise ValueError(f"`k_train_train` must be square, got {(n1, n2)}.")
+  if k is not None:
+    if not np.all(np.isfinite(k)):
+      raise ValueError("`k_train_train` must be finite.")
+    if not np.allclose(k, k.T, rtol=1e-5, atol=1e-8 * np.max(np.abs(k))):
+      raise ValueError("`k_train_train` must be symmetric.")
+  evals, evecs = jnp.linalg.eigh(jnp.asarray(k_train_train, jnp.result_type(float)))
+  # Eigenvalues below rounding are the kernel's null space: they neither
+  # decay nor are inverted (kernel regression with the pseudo-inverse).
+  tol = jnp.finfo(evals.dtype).eps * n1 * jnp.max(jnp.abs(evals))
+  return jnp.where(evals > tol, evals, 0.0), evecs
+
+
+def _predict(evals, evecs, y_train, decay, gain, f0_train, k_test_train,
+             f0_test):
+  """`f = y + V decay V^T (f0 - y)`; test `f0* + K*V gain V^T (y - f0)`."""
+  y = jnp.asarray(y_train, evecs.dtype)
+  vec = y.ndim == 1
+  y = y[:, None] if vec else y
+  f0 = jnp.zeros_like(y) if f0_train is None else jnp.asarray(
+      f0_train, y.dtype).reshape(y.shape)
+  r = evecs.T @ (f0 - y)                                  # [n, k]
+  f_train = y + jnp.einsum("ij,tj,jk->tik", evecs, decay, r)
+  out = f_train[..., 0] if vec else f_train
+  if k_test_train is None:
+    return out
+  kt = jnp.asarray(k_test_train, y.dtype)
+  if kt.ndim != 2 or kt.shape[1] != y.shape[0]:
+    raise ValueError(f"`k_test_train` must be [n_test, {y.shape[0]}], got "
+                     f"{kt.shape}.")
+  f0t = jnp.zeros((kt.shape[0], y.shape[1]), y.dtype) if f0_test is None else (
+      jnp.asarray(f0_test, y.dtype).reshape(kt.shape[0], y.shape[1]))
+  f_test = f0t - jnp.einsum("ij,tj,jk->tik", kt @ evecs, gain, r)
+  return out, (f_test[..., 0] if vec else f_test)
+
+
+def gradient_flow_mse(k_train_train: ArrayLike, y_train: ArrayLike,
+                      t: ArrayLike, f0_train: ArrayLike | None = None,
+                      k_test_train: ArrayLike | None = None,
+                      f0_test: ArrayLike | None = None):
+  """Linearised network under gradient flow on `(1/2n) sum ||f - y||^2`.
+
+  `f_t = y + exp(-t K/n) (f0 - y)` on the training set and
+  `f*_t = f0* + K*  K^{-1} (I - exp(-t K/n)) (y - f0)` on test points,
+  through one eigendecomposition `K = V diag(lam) V^T`; the factor
+  `(1 - e^{-t lam/n}) / lam` is evaluated as `(t/n) (1 - e^{-a})/a`, so
+  `t -> inf` gives kernel regression (pseudo-inverse) and `lam -> 0` is finite.
+  Time in the units of `docs/conventions.md` (`t = lr * steps`).
+
+  Args:
+    k_train_train: `[n, n]` symmetric PSD kernel.
+    y_train: `[n]` or `[n, k]`.
+    t: `[T]` times >= 0.
+    f0_train, f0_test: outputs at init (default 0).
+    k_test_train: `[n_test, n]`.
+
+  Returns:
+    `f_train: [T, n(, k)]`, or `(f_train, f_test)` when `k_test_train` is given.
+  """
+  _checks.check_finite_nonnegative("t", t)
+  _checks.check_ndim("t", t, (0, 1))
+  evals, evecs = _eigh_train(k_train_train)
+  n = evals.shape[0]
+  t = jnp.atleast_1d(jnp.asarray(t, evals.dtype))[:, None]
+  a = t * evals / n
+  small = a < 1e-6
+  a_ = jnp.where(small, 1.0, a)
+  gain = (t / n) * jnp.where(small, 1 - a / 2, -jnp.expm1(-a_) / a_)
+  return _predict(evals, evecs, y_train, jnp.exp(-a), gain, f0_train,
+                  k_test_train, f0_test)
+
+
+def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
+                         lr: float, steps: ArrayLike,
+                         f0_train: ArrayLike | None = None,
+                         k_test_train: ArrayLike | None = None,
+                         f0_test: ArrayLike | None = None):
+  """Linearised network after `k` gradient-descent steps of size `lr`.
+
+  `f_k = y + (I - lr K/n)^k (f0 - y)`, test points as in `gradient_flow_mse`
+  with `(1 - (1 - lr lam/n)^k) / lam`. Equals `gradient_flow_mse` at
+  `t = lr k` as `lr -> 0`.
+
+  Args:
+    lr: learning rate > 0.
+    steps: `[T]` step counts >= 0.
+    Other arguments as in `gradient_flow_mse`.
+  """
+  _checks.check_positive("lr", lr)
+  _checks.check_finite_nonnegative("steps", steps)
+  _checks.check_ndim("steps", steps, (0, 1))
+  evals, evecs = _eigh_train(k_train_train)
+  n = evals.shape[0]
+  k = jnp.atleast_1d(jnp.asarray(steps, evals.dtype))[:, None]
+  a = lr * evals / n
+  # (1 - a)^k via logs for accuracy at small a; a > 1 (steps past the edge
+  # of stability) oscillates with sign (-1)^k and grows.
+  log_abs = k * jnp.log(jnp.abs(jnp.where(a == 1, 0.5, 1 - a)))
+  sign = jnp.where(a > 1, 1 - 2 * jnp.mod(k, 2), 1.0)
+  decay = jnp.where(a == 1, (k == 0).astype(a.dtype), sign * jnp.exp(log_abs))
+  one_minus = jnp.where(a < 1, -jnp.expm1(k * jnp.log1p(-jnp.minimum(a, 0.5))),
+                        1 - decay)
+  one_minus = jnp.where(a < 0.5, one_minus, 1 - decay)
+  small = a < 1e-6
+  gain = jnp.where(small, k * lr / n, one_minus / jnp.where(small, 1.0, evals))
+  return _predict(evals, evecs, y_train, decay, gain, f0_train, k_test_train,
+                  f0_test)
