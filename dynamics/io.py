@@ -44,6 +44,9 @@ def tidy(arrays: dict, num_seeds: int, num_logs: int) -> pd.DataFrame:
   for name in ("step", "t"):
     if name in arrays:
       cols[name] = np.tile(np.asarray(arrays[name]), num_seeds)
+  for name, a in arrays.items():  # `row_x: [S]` -> column `x`, per seed row
+    if name.startswith("row_"):
+      cols[name[4:]] = np.repeat(np.asarray(a), num_logs)
   for name, a in arrays.items():
     a = np.asarray(a)
     if a.shape[:2] != (num_seeds, num_logs):

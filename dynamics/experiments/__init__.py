@@ -7,7 +7,8 @@ import importlib
 
 from dynamics import config as cfg
 
-EXPERIMENTS = {"deep_linear": "dynamics.experiments.deep_linear"}
+EXPERIMENTS = {"deep_linear": "dynamics.experiments.deep_linear",
+               "relu_ntk": "dynamics.experiments.relu_ntk"}
 
 
 def get(config):

@@ -1,0 +1,46 @@
+"""Two-layer ReLU networks of growing width against the NTK theory.
+
+    python scripts/run.py --config=configs/relu_ntk.py
+    python scripts/run.py --config=configs/relu_ntk.py --config.model.parameterization=mean_field
+
+Widths 64 to 16384, 4 seeds each, 64 train and 64 test points on the sphere
+in d = 8, a fixed random ReLU teacher, 400 full-batch GD steps at lr 1.
+Prints per width the NTK gap at init, the kernel drift and the distance to
+the linearised network, with their log-log slopes against width.
+
+Expect (ntk): all three fall as width^-1/2 (slopes near -0.5). With
+mean_field the kernel drift stays O(1): the NTK theory does not apply.
+docs/ntk.md has the measured numbers and the figure.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_seeds = 4
+  config.precision = "float32"
+  config.output_dir = "runs/relu_ntk"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "relu_ntk"
+  config.model.widths = (64, 256, 1024, 4096, 16384)
+  config.model.parameterization = "ntk"  # or "standard", "mean_field"
+  config.model.w_std = 1.0
+  config.model.b_std = 0.0
+
+  config.task = ml_collections.ConfigDict()
+  config.task.name = "sphere_teacher"
+  config.task.seed = 0
+  config.task.d = 8
+  config.task.num_train = 64
+  config.task.num_test = 64
+  config.task.teacher_width = 16
+
+  config.train = ml_collections.ConfigDict()
+  config.train.optimizer = "sgd"
+  config.train.lr = 1.0
+  config.train.num_steps = 400
+  config.train.log_every = 20
+  return config
