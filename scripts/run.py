@@ -36,7 +36,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   start = time.perf_counter()
-  with Progress(config.train.num_steps, desc=config.model.name) as progress:
+  total = getattr(experiment, "total_steps", lambda c: c.train.num_steps)(config)
+  with Progress(total, desc=config.model.name) as progress:
     result = experiment.run(config, progress=progress)
   result["summary"]["wall_time_s"] = time.perf_counter() - start
   print(result["table"])

@@ -1,5 +1,7 @@
 """Experiments by model name: `get(config.model.name)` -> module with
-`validate(config)` and `run(config, progress) -> {arrays, summary, table, plot}`."""
+`validate(config)` and `run(config, progress) -> {arrays, summary, table, plot}`,
+optionally `total_steps(config)` (progress bar; default `train.num_steps`),
+and for sweeps `HPARAMS`, `hparams`, `make_train`, `make_segments`, `analyze`."""
 
 from __future__ import annotations
 

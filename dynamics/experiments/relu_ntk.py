@@ -111,6 +111,11 @@ def make_train(config, width: int, progress=None):
   return train
 
 
+def total_steps(config) -> int:
+  """Steps over every width, for the progress bar."""
+  return config.train.num_steps * len(config.model.widths)
+
+
 def _slope(widths, values) -> float:
   """Least-squares slope of log(value) against log(width)."""
   ok = np.isfinite(values) & (values > 0)
@@ -127,9 +132,11 @@ def run(config, progress=None) -> dict:
   widths = np.array([int(w) for w in config.model.widths])
   keys = engine.seed_keys(config.seed, config.num_seeds)
   rows, per_width = {}, []
-  for width in widths:
+  for i, width in enumerate(widths):
+    offset = i * config.train.num_steps
+    step_of = None if progress is None else (lambda s, o=offset: progress(o + s))
     out = jax.tree_util.tree_map(np.asarray, engine.run_seeds(
-        make_train(config, int(width), progress), keys, hparams(config)))
+        make_train(config, int(width), step_of), keys, hparams(config)))
     lin = lambda k, kt, s: ntk.gradient_descent_mse(
         k, y, lr, steps, out["f_train"][s, 0], kt, out["f_test"][s, 0])
     emp = [lin(out["theta0"][s], out["theta0_test"][s], s) for s in range(len(keys))]
@@ -143,7 +150,8 @@ def run(config, progress=None) -> dict:
         "loss": out["loss"], "drift": out["drift"],
         "loss_pred": np.stack([0.5 * np.mean((np.asarray(e[0]) - y) ** 2, -1) for e in emp]),
         "test_loss": 0.5 * np.mean((out["f_test"] - np.asarray(yt)) ** 2, -1),
-        "row_width": np.full(len(keys), width)}
+        "row_width": np.full(len(keys), width),
+        "row_seed": np.arange(len(keys))}
     gap = np.linalg.norm(out["theta0"] - k_ana, axis=(1, 2)) / np.linalg.norm(k_ana)
     per_width.append({
         "width": int(width), "kernel_gap": metrics.seed_stats(gap),
