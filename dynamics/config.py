@@ -79,6 +79,17 @@ def numbers(config, field: str, minimum: float | None = None) -> tuple:
   return tuple(float(v) for v in seq)
 
 
+def schedule(config) -> tuple[float, int, int]:
+  """`train.lr > 0` and `train.num_steps`, a multiple of `train.log_every`."""
+  lr = positive(config, "train.lr")
+  num_steps = integer(config, "train.num_steps")
+  log_every = integer(config, "train.log_every")
+  if num_steps % log_every:
+    fail("train.num_steps", f"({num_steps}) must be a multiple of "
+         f"train.log_every ({log_every}).")
+  return lr, num_steps, log_every
+
+
 def set_precision(precision: str) -> None:
   """Turns on `jax_enable_x64` for `'float64'`; call before creating arrays."""
   if precision not in PRECISIONS:

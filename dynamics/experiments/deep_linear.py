@@ -59,12 +59,7 @@ def validate(config) -> None:
              f"task.d_out) = {min(d_in, d_out)} for the aligned init.")
   cfg.nonnegative(config, "task.noise_var")
   cfg.one_of(config, "train.optimizer", engine.OPTIMIZERS)
-  cfg.positive(config, "train.lr")
-  num_steps = cfg.integer(config, "train.num_steps")
-  log_every = cfg.integer(config, "train.log_every")
-  if num_steps % log_every:
-    cfg.fail("train.num_steps", f"({num_steps}) must be a multiple of "
-             f"train.log_every ({log_every}).")
+  cfg.schedule(config)
   batch = cfg.integer(config, "train.batch_size", minimum=0)
   if batch > num_samples:
     cfg.fail("train.batch_size", f"({batch}) exceeds task.num_samples "

@@ -46,12 +46,7 @@ def validate(config) -> None:
   cfg.integer(config, "task.num_test")
   cfg.integer(config, "task.teacher_width")
   cfg.one_of(config, "train.optimizer", ("sgd",))
-  cfg.positive(config, "train.lr")
-  num_steps = cfg.integer(config, "train.num_steps")
-  log_every = cfg.integer(config, "train.log_every")
-  if num_steps % log_every:
-    cfg.fail("train.num_steps", f"({num_steps}) must be a multiple of "
-             f"train.log_every ({log_every}).")
+  cfg.schedule(config)
 
 
 def hparams(config) -> dict:
