@@ -226,7 +226,7 @@ def _learning_time(s, u0, n, tau, f):
   elif n == 2:
     t = tau / (2 * s_) * jnp.log(f_ * (s_ - u0_) / (u0_ * (1.0 - f_)))
   else:
-    _, grow, _, _, c, f0 = _deep_setup(s_, u0_, n, tau)
+    *_, c, f0 = _deep_setup(s_, u0_, n, tau)
     zf = f_ ** (1.0 / n)
     t = c * (_big_f(zf, -jnp.log(jnp.abs(1.0 - zf)), n) - f0)
   return jnp.where(reached, 0.0, jnp.where(never, jnp.inf, t))
