@@ -1,0 +1,274 @@
+r"""One layer of linear self-attention learning linear regression in context.
+
+Task (docs/conventions.md, docs/linear_attention.md): a prompt draws
+`w ~ N(0, I_d)`, context inputs `x_1..x_N` and a query `x_q`, all
+`N(0, Lambda)`, labels `y_i = w.x_i + eps_i`, `eps ~ N(0, noise_var)`. The
+tokens are the columns of `Z = [[x_1 .. x_N, x_q], [y_1 .. y_N, 0]]` and the
+layer is
+
+    f(Z) = Z + W_PV Z M Z^T W_KQ Z / N,     M = diag(I_N, 0),
+
+with the prediction `y_hat = f(Z)[d, N]` (label row, query column). With
+`W_KQ = [[G, 0], [0, 0]]` and `W_PV = [[0, 0], [0, u]]` ("aligned") it is
+
+    y_hat = x_q^T Gamma h,    Gamma = u G^T,    h = (1/N) sum_i y_i x_i,
+
+and every function here speaks of this `Gamma`.
+
+Exact risk (Gaussian fourth moments; derivation in the docs), with
+`c = (tr Lambda + noise_var) / N`:
+
+    R(Gamma) = E (y_hat - y_q)^2
+             = noise_var + tr Lambda - 2 tr(Gamma Lambda^2)
+               + (1 + 1/N) tr(Gamma^T Lambda Gamma Lambda^2)
+               + c tr(Gamma^T Lambda Gamma Lambda).
+
+Its minimiser (Zhang, Frei & Bartlett 2024 for noise_var = 0) is
+`Gamma* = ((1 + 1/N) Lambda + c I)^{-1}`; for `Lambda = I` it is one step of
+gradient descent with `lr* = N / (N + 1 + d + noise_var)`.
+
+Gradient flow (conventions: `t = lr * steps`, `d theta/dt = -grad L`) on
+`L = R / 2` from the aligned init keeps the aligned form (the other blocks
+have zero population gradient there, by symmetry `w -> -w`), and with
+`E = Lambda Gamma ((1 + 1/N) Lambda^2 + c Lambda) - Lambda^2`
+
+    du/dt = -tr(G E),     dG/dt = -u E^T.
+
+For `Lambda = I`, `G = g I`: `gamma = u g` obeys
+`dgamma/dt = sqrt(C^2 + 4 d gamma^2) (1 - a gamma)` with the conserved
+`C = u^2 - d g^2` and `a = (N + 1 + d + noise_var) / N`, solved in closed
+form by `gamma = C/(2 sqrt d) sinh(phi)`, a Riccati equation in `e^phi`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+from scipy.integrate import solve_ivp
+
+from theory import _checks
+
+
+def _float(x) -> jnp.ndarray:
+  return jnp.asarray(x, dtype=jnp.result_type(float))
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def _check_cov(cov, d: int | None = None) -> jnp.ndarray:
+  """A symmetric positive semi-definite, non-zero `[d, d]` covariance."""
+  if np.ndim(cov) != 2 or np.shape(cov)[0] != np.shape(cov)[1]:
+    raise ValueError(f"`cov` must be a square matrix, got shape {np.shape(cov)}.")
+  if d is not None and np.shape(cov)[0] != d:
+    raise ValueError(f"`cov` must be [{d}, {d}], got shape {np.shape(cov)}.")
+  v = _checks.concrete(cov)
+  if v is not None:
+    v = v.astype(float)
+    if not np.all(np.isfinite(v)):
+      raise ValueError("`cov` must be finite.")
+    scale = max(np.abs(v).max(), np.finfo(float).tiny)
+    if np.abs(v - v.T).max() > 1e-6 * scale:
+      raise ValueError("`cov` must be symmetric.")
+    eig = np.linalg.eigvalsh((v + v.T) / 2)
+    if eig.min() < -1e-6 * scale:
+      raise ValueError(f"`cov` must be positive semi-definite, smallest "
+                       f"eigenvalue {eig.min():.3g}.")
+    if eig.max() <= 0:
+      raise ValueError("`cov` must be non-zero.")
+  return _float(cov)
+
+
+def _check_common(n_context, noise_var) -> int:
+  n = _check_int("n_context", n_context)
+  _checks.check_finite_nonnegative("noise_var", noise_var)
+  return n
+
+
+def gd_params(d: int, lr: ArrayLike) -> dict:
+  """Linear-attention parameters equal to one GD step from `w = 0`.
+
+  One step with learning rate `lr` on `(1/2N) sum_i (w.x_i - y_i)^2` gives
+  `w_1 = lr (1/N) sum_i y_i x_i`, predicting `y_hat = lr x_q^T h`: the
+  aligned parameters with `G = I_d`, `u = lr` (`Gamma = lr I`).
+
+  Returns:
+    `{'w_kq': [[I_d, 0], [0, 0]], 'w_pv': [[0, 0], [0, lr]]}`, both
+    `[d + 1, d + 1]`.
+  """
+  d = _check_int("d", d)
+  _checks.check_finite("lr", lr)
+  lr = _float(lr)
+  w_kq = jnp.zeros((d + 1, d + 1), lr.dtype).at[:d, :d].set(jnp.eye(d, dtype=lr.dtype))
+  w_pv = jnp.zeros((d + 1, d + 1), lr.dtype).at[d, d].set(lr)
+  return {"w_kq": w_kq, "w_pv": w_pv}
+
+
+def icl_risk(gamma: ArrayLike, cov: ArrayLike, n_context: int,
+             noise_var: ArrayLike = 0.0) -> jnp.ndarray:
+  """`E (x_q^T Gamma h - y_q)^2`, the exact in-context risk (module docstring).
+
+  Args:
+    gamma: `[d, d]` predictor matrix, or a scalar meaning `gamma * I`.
+    cov: `[d, d]` input covariance `Lambda` (symmetric PSD).
+    n_context: context length `N >= 1`.
+    noise_var: label noise variance, on the context and on the query label.
+  """
+  n = _check_common(n_context, noise_var)
+  cov = _check_cov(cov)
+  gamma = _float(gamma)
+  if gamma.ndim == 0:
+    gamma = gamma * jnp.eye(cov.shape[0], dtype=cov.dtype)
+  elif gamma.shape != cov.shape:
+    raise ValueError(f"`gamma` must be a scalar or {cov.shape}, got {gamma.shape}.")
+  c = (jnp.trace(cov) + noise_var) / n
+  cov2 = cov @ cov
+  quad = gamma.T @ cov @ gamma
+  return (noise_var + jnp.trace(cov) - 2 * jnp.trace(gamma @ cov2)
+          + (1 + 1 / n) * jnp.trace(quad @ cov2) + c * jnp.trace(quad @ cov))
+
+
+def optimal_preconditioner(cov: ArrayLike, n_context: int,
+                           noise_var: ArrayLike = 0.0) -> jnp.ndarray:
+  """`Gamma* = ((1 + 1/N) Lambda + (tr Lambda + noise_var)/N I)^{-1}`, `[d, d]`.
+
+  The minimiser of `icl_risk` (it solves `grad R = 0`, the risk being convex
+  in `Gamma`), reached by gradient flow on the linear-attention loss.
+  """
+  n = _check_common(n_context, noise_var)
+  cov = _check_cov(cov)
+  c = (jnp.trace(cov) + noise_var) / n
+  return jnp.linalg.inv((1 + 1 / n) * cov + c * jnp.eye(cov.shape[0], dtype=cov.dtype))
+
+
+def optimal_gd_lr(d: int, n_context: int, noise_var: ArrayLike = 0.0,
+                  cov: ArrayLike | None = None) -> jnp.ndarray:
+  """The best single GD learning rate, `argmin_eta icl_risk(eta I)`.
+
+  Isotropic inputs (`cov = None`, `Lambda = I_d`): `N / (N + 1 + d + noise_var)`,
+  so that `gd_params(d, optimal_gd_lr(...))` is the global optimum. For a
+  given `cov`: `tr L^2 / ((1 + 1/N) tr L^3 + c tr L^2)`, no longer optimal
+  among all `Gamma`.
+  """
+  d = _check_int("d", d)
+  n = _check_common(n_context, noise_var)
+  if cov is None:
+    return _float(n / (n + 1 + d + noise_var))
+  cov = _check_cov(cov, d)
+  c = (jnp.trace(cov) + noise_var) / n
+  cov2 = cov @ cov
+  return jnp.trace(cov2) / ((1 + 1 / n) * jnp.trace(cov2 @ cov) + c * jnp.trace(cov2))
+
+
+def flow_velocity(u: ArrayLike, G: ArrayLike, cov: ArrayLike, n_context: int,
+                  noise_var: ArrayLike = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`(du/dt, dG/dt) = (-tr(G E), -u E^T)`: gradient flow on `icl_risk(u G^T) / 2`.
+
+  `E = dL/dGamma = Lambda Gamma ((1 + 1/N) Lambda^2 + c Lambda) - Lambda^2`.
+  """
+  n = _check_common(n_context, noise_var)
+  cov = _check_cov(cov)
+  u, G = _float(u), _float(G)
+  c = (jnp.trace(cov) + noise_var) / n
+  e = cov @ (u * G.T) @ ((1 + 1 / n) * cov @ cov + c * cov) - cov @ cov
+  return -jnp.trace(G @ e), -u * e.T
+
+
+def _isotropic_gamma(t, d, a, u0, g0):
+  """`gamma(t) = u g` in closed form (module docstring), float64 numpy."""
+  rd = np.sqrt(d)
+  big_c = u0**2 - d * g0**2
+  gamma0 = u0 * g0
+  if big_c == 0.0:  # balanced: logistic in gamma, gamma keeps its sign
+    if gamma0 == 0.0:
+      return np.zeros_like(t)
+    r = 2 * rd * np.sign(gamma0)
+    return gamma0 / (a * gamma0 + (1 - a * gamma0) * np.exp(-r * t))
+  k = abs(big_c) / (2 * rd)
+  b = a * k
+  e_plus = (1 + np.sqrt(1 + b * b)) / b          # e^phi at the fixed point
+  e0 = np.exp(np.arcsinh(gamma0 / k))
+  r0 = (e0 - e_plus) / (e0 + 1 / e_plus)          # < 1
+  r = r0 * np.exp(-2 * rd * np.sqrt(1 + b * b) * t)
+  e = (e_plus + r / e_plus) / (1 - r)
+  return k * (e - 1 / e) / 2
+
+
+def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
+                  noise_var: float = 0.0, cov: ArrayLike | None = None) -> dict:
+  r"""Population gradient flow from the aligned init `W_KQ = [[g0 I, 0], [0, 0]]`,
+  `W_PV = [[0, 0], [0, u0]]`, on `L = (1/2) E (y_hat - y_q)^2`.
+
+  Time is `t = lr * steps` (docs/conventions.md). Isotropic inputs
+  (`cov = None`) use the closed form of the module docstring; a given `cov`
+  is solved in its eigenbasis (`G` stays `Q diag(g_j) Q^T`, `d + 1` coupled
+  ODEs) with scipy's DOP853 at `rtol = 1e-11`. Computed in float64 numpy.
+
+  Args:
+    t: times `>= 0`, scalar or 1-D.
+    d, n_context: input dimension and context length `N`.
+    u0, g0: the aligned init.
+    noise_var: label noise variance.
+    cov: `[d, d]` input covariance; `None` means `I_d`.
+
+  Returns:
+    dict of numpy arrays over `t`: `'u'` (`[T]`), `'G'` (`[T, d, d]`),
+    `'gamma'` (`Gamma = u G^T`, `[T, d, d]`) and `'loss'` (`[T]`, `R / 2`);
+    for `cov = None` also the scalars `'g'` and `'ug'` (`[T]`).
+  """
+  d = _check_int("d", d)
+  n = _check_common(n_context, noise_var)
+  _checks.check_finite("u0", u0)
+  _checks.check_finite("g0", g0)
+  t = np.asarray(t, dtype=np.float64)
+  _checks.check_ndim("t", t, (0, 1))
+  _checks.check_finite_nonnegative("t", t)
+  scalar, t = t.ndim == 0, np.atleast_1d(t)
+  u0, g0, noise_var = float(u0), float(g0), float(noise_var)
+  if cov is None:
+    a = (n + 1 + d + noise_var) / n
+    gamma = _isotropic_gamma(t, d, a, u0, g0)
+    big_c = u0**2 - d * g0**2
+    s = np.sqrt(big_c**2 + 4 * d * gamma**2)        # u^2 + d g^2
+    if big_c > 0:        # u keeps its sign, u^2 = (C + s) / 2
+      u = np.sign(u0) * np.sqrt((big_c + s) / 2)
+      g = gamma / u
+    elif big_c < 0:      # g keeps its sign, d g^2 = (s - C) / 2
+      g = np.sign(g0) * np.sqrt((s - big_c) / (2 * d))
+      u = gamma / g
+    else:                # balanced: u^2 = d g^2 = s / 2
+      u = np.sign(u0) * np.sqrt(s / 2)
+      g = np.sign(g0) * np.sqrt(s / (2 * d))
+    eye = np.eye(d)
+    out = {"u": u, "g": g, "ug": gamma, "G": g[:, None, None] * eye,
+           "gamma": gamma[:, None, None] * eye,
+           "loss": 0.5 * (noise_var + d * (1 - 2 * gamma + a * gamma**2))}
+  else:
+    cov = np.asarray(_check_cov(cov, d), dtype=np.float64)
+    lam, q = np.linalg.eigh((cov + cov.T) / 2)
+    lam = np.clip(lam, 0.0, None)
+    c = (lam.sum() + noise_var) / n
+    m = (1 + 1 / n) * lam**2 + c * lam
+
+    def rhs(_, z):
+      e = lam * z[0] * z[1:] * m - lam**2
+      return np.concatenate([[-np.dot(z[1:], e)], -z[0] * e])
+
+    z0 = np.concatenate([[u0], np.full(d, g0)])
+    order = np.argsort(t)
+    sol = solve_ivp(rhs, (0.0, float(t.max())), z0, method="DOP853",
+                    t_eval=t[order], rtol=1e-11, atol=1e-14)
+    if not sol.success:
+      raise RuntimeError(f"gradient_flow: ODE solver failed: {sol.message}")
+    z = np.empty((len(t), d + 1))
+    z[order] = sol.y.T
+    u, gj = z[:, 0], z[:, 1:]
+    gam = u[:, None] * gj
+    G = np.einsum("ij,tj,kj->tik", q, gj, q)
+    out = {"u": u, "G": G, "gamma": u[:, None, None] * np.swapaxes(G, 1, 2),
+           "loss": 0.5 * (noise_var + np.sum(lam - 2 * gam * lam**2 + gam**2 * lam * m, 1))}
+  return {k: v[0] for k, v in out.items()} if scalar else out
