@@ -79,14 +79,14 @@ def numbers(config, field: str, minimum: float | None = None) -> tuple:
   return tuple(float(v) for v in seq)
 
 
-def schedule(config) -> tuple[float, int, int]:
-  """`train.lr > 0` and `train.num_steps`, a multiple of `train.log_every`."""
-  lr = positive(config, "train.lr")
-  num_steps = integer(config, "train.num_steps")
-  log_every = integer(config, "train.log_every")
+def schedule(config, section: str = "train") -> tuple[float, int, int]:
+  """`<section>.lr > 0` and `<section>.num_steps`, a multiple of `<section>.log_every`."""
+  lr = positive(config, f"{section}.lr")
+  num_steps = integer(config, f"{section}.num_steps")
+  log_every = integer(config, f"{section}.log_every")
   if num_steps % log_every:
-    fail("train.num_steps", f"({num_steps}) must be a multiple of "
-         f"train.log_every ({log_every}).")
+    fail(f"{section}.num_steps", f"({num_steps}) must be a multiple of "
+         f"{section}.log_every ({log_every}).")
   return lr, num_steps, log_every
 
 

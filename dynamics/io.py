@@ -99,9 +99,10 @@ def write_run(out_dir: str, config, result: dict) -> str:
       f.write(config.to_json(indent=2))
     arrays = {k: np.asarray(v) for k, v in result["arrays"].items()}
     np.savez(os.path.join(tmp, "trajectories.npz"), **arrays)
-    loss = arrays["loss"]
-    tidy(arrays, *loss.shape[:2]).to_parquet(
-        os.path.join(tmp, "trajectories.parquet"), index=False)
+    frame = result.get("frame")  # experiments with several parts give their own
+    if frame is None:
+      frame = tidy(arrays, *arrays["loss"].shape[:2])
+    frame.to_parquet(os.path.join(tmp, "trajectories.parquet"), index=False)
     with open(os.path.join(tmp, "summary.json"), "w") as f:
       json.dump(result["summary"], f, indent=2, default=json_default)
     result["plot"](os.path.join(tmp, "figure.png"))

@@ -38,13 +38,17 @@ class TrainState(NamedTuple):
   diverged_at: jax.Array  # [] int32, first step whose loss was not finite; -1
 
 
-def make_optimizer(name: str, lr, *, momentum: float = 0.9
-                   ) -> optax.GradientTransformation:
+def make_optimizer(name: str, lr, *, momentum: float = 0.9,
+                   decay_steps: int | None = None) -> optax.GradientTransformation:
   """An optax optimizer by name; `lr` may be traced (vmapped sweeps).
 
   `'sgd'` is plain gradient descent `theta <- theta - lr grad L`, whose
-  trajectories match gradient flow at time `t = lr * steps`.
+  trajectories match gradient flow at time `t = lr * steps`. `decay_steps`
+  decays `lr` to 0 by a cosine over that many steps (endpoint studies: it
+  removes the SGD noise floor; the time is then no longer `lr * steps`).
   """
+  if decay_steps:
+    lr = optax.cosine_decay_schedule(lr, decay_steps)
   if name == "sgd":
     return optax.sgd(lr)
   if name == "momentum":
@@ -72,11 +76,15 @@ def make_advance(*, loss_fn: Callable, data: tuple,
   (leaves `[num_logs, ...]`). Arguments as in `trajectory`. Consecutive calls
   continue one trajectory, so a long run can be checkpointed between them."""
   grad_fn = jax.value_and_grad(loss_fn)
-  num_samples = jax.tree_util.tree_leaves(data)[0].shape[0]
+  online = callable(data)
+  num_samples = None if online else jax.tree_util.tree_leaves(data)[0].shape[0]
 
   def step(state: TrainState, _):
-    batch = data
-    if batch_size is not None and batch_size < num_samples:
+    if online:  # a fresh batch every step
+      batch = data(jax.random.fold_in(state.key, state.step))
+    else:
+      batch = data
+    if not online and batch_size is not None and batch_size < num_samples:
       idx = jax.random.choice(jax.random.fold_in(state.key, state.step),
                               num_samples, (batch_size,), replace=False)
       batch = jax.tree_util.tree_map(lambda a: a[idx], data)
@@ -112,7 +120,9 @@ def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
   Args:
     params: initial parameters.
     loss_fn: `loss_fn(params, *data) -> scalar`.
-    data: arrays whose leading axis is the sample axis, e.g. `(x, y)`.
+    data: arrays whose leading axis is the sample axis, e.g. `(x, y)`; or
+      a sampler `data(key) -> tuple of arrays`, called every step with
+      `fold_in(key, step)` for online learning (fresh samples per step).
     optimizer: an optax transformation.
     metrics_fn: `metrics_fn(params) -> dict of arrays`, evaluated on the
       full data at steps `0, log_every, ..., num_steps`.

@@ -42,7 +42,7 @@ def main(argv):
   result["summary"]["wall_time_s"] = time.perf_counter() - start
   print(result["table"])
   path = io.write_run(config.output_dir, config, result)
-  print(f"{config.num_seeds} seeds in {result['summary']['wall_time_s']:.1f} s "
+  print(f"{config.model.name}: {result['summary']['wall_time_s']:.1f} s "
         f"(compile included); wrote {path}/ "
         "(config.json, trajectories.npz, trajectories.parquet, summary.json, "
         "figure.png)")

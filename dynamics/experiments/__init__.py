@@ -10,7 +10,8 @@ import importlib
 from dynamics import config as cfg
 
 EXPERIMENTS = {"deep_linear": "dynamics.experiments.deep_linear",
-               "relu_ntk": "dynamics.experiments.relu_ntk"}
+               "relu_ntk": "dynamics.experiments.relu_ntk",
+               "lsa_icl": "dynamics.experiments.lsa_icl"}
 
 
 def get(config):
