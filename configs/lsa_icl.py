@@ -45,6 +45,7 @@ def get_config():
   config.task.noise_var = 0.0
   config.task.covariances = ("isotropic", "skewed")
   config.task.condition_number = 4.0  # skewed: eigenvalues from 1 to 1/4, trace d
+  config.task.pool_size = 0           # 0: fresh prompts every step; else a fixed pool
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_prompts = 8192      # fixed prompts for the Monte-Carlo risk

@@ -1,7 +1,8 @@
 """One-layer linear self-attention learning linear regression in context.
 
 Three parts (`config.parts`), each a batch of seeds in one compiled call,
-trained online on fresh prompts (`dynamics.tasks.icl_regression`) with the
+trained online on fresh prompts (`dynamics.tasks.icl_regression`), or on a
+fixed pool of `task.pool_size` prompts shared by the seeds, with the
 loss `(1/2B) sum (y_hat - y_q)^2`, and set beside `theory.linear_attention`:
 
   * `'icl'`: small random init, every covariance in `task.covariances`. The
@@ -69,7 +70,11 @@ def validate(config) -> None:
   cfg.one_of(config, "train.optimizer", engine.OPTIMIZERS)
   cfg.one_of(config, "train.decay", DECAYS)
   cfg.schedule(config)
-  cfg.integer(config, "train.batch_size")
+  batch = cfg.integer(config, "train.batch_size")
+  pool = cfg.integer(config, "task.pool_size", minimum=0)
+  if pool and pool < batch:
+    cfg.fail("task.pool_size", f"({pool}) must be 0 (fresh prompts every step) or "
+             f">= train.batch_size ({batch}).")
   if "flow" in parts:
     if form != "merged":
       cfg.fail("model.form", "must be 'merged' for the 'flow' part (the aligned "
@@ -78,7 +83,10 @@ def validate(config) -> None:
     cfg.numbers(config, "flow.u0")
     cfg.numbers(config, "flow.g0")
     cfg.integer(config, "flow.num_seeds")
-    cfg.integer(config, "flow.batch_size")
+    flow_batch = cfg.integer(config, "flow.batch_size")
+    if pool and pool < flow_batch:
+      cfg.fail("task.pool_size", f"({pool}) must be >= flow.batch_size "
+               f"({flow_batch}) for the 'flow' part.")
     cfg.schedule(config, "flow")
   if "context" in parts:
     ns = cfg.numbers(config, "context.n_context", minimum=1)
@@ -120,9 +128,10 @@ def setting(config, cov_name: str, n_context: int) -> dict:
   k_eval = jax.random.fold_in(jax.random.fold_in(k_eval, n_context),
                               task.COVARIANCES.index(cov_name))
   evals = task.sample(k_eval, config.eval.num_prompts, n_context, cov_sqrt, noise)
+  k_pool = jax.random.fold_in(k_eval, 1)  # the training pool, when task.pool_size > 0
   gamma_star = theory.optimal_preconditioner(cov, n_context, noise)
   eta = theory.optimal_gd_lr(d, n_context, noise, cov=cov)
-  return {"cov": cov, "cov_sqrt": cov_sqrt, "eval": evals,
+  return {"cov": cov, "cov_sqrt": cov_sqrt, "eval": evals, "pool_key": k_pool,
           "gamma_star": gamma_star, "eta": eta,
           "risk_opt": theory.icl_risk(gamma_star, cov, n_context, noise),
           "risk_gd": theory.icl_risk(eta, cov, n_context, noise)}
@@ -154,6 +163,7 @@ def make_train(config, *, n_context: int, init: str, lr: float, num_steps: int,
   `setting` (shared by the seeds; a traced argument, so covariances of one
   shape share one compilation)."""
   m, d, noise = config.model, config.task.d, config.task.noise_var
+  pool = config.task.pool_size
   optimizer = engine.make_optimizer(config.train.optimizer if init == "random" else "sgd",
                                     lr, decay_steps=num_steps if decay else None)
 
@@ -176,11 +186,14 @@ def make_train(config, *, n_context: int, init: str, lr: float, num_steps: int,
               "g": jnp.trace(q["w_kq"][:d, :d]) / d,
               "residual": jnp.linalg.norm(y_hat - y_gamma) / jnp.linalg.norm(y_hat)}
 
-    sample = lambda k: tuple(task.sample(k, batch_size, n_context, ctx["cov_sqrt"], noise))
+    if pool:  # a fixed pool shared by the seeds, minibatches without replacement
+      data = tuple(task.sample(ctx["pool_key"], pool, n_context, ctx["cov_sqrt"], noise))
+    else:     # fresh prompts every step
+      data = lambda k: tuple(task.sample(k, batch_size, n_context, ctx["cov_sqrt"], noise))
     state, logged = engine.trajectory(
-        params, loss_fn=model.loss, data=sample, optimizer=optimizer,
+        params, loss_fn=model.loss, data=data, optimizer=optimizer,
         metrics_fn=metrics_fn, num_steps=num_steps, log_every=log_every,
-        key=data_key, progress=progress)
+        key=data_key, batch_size=batch_size if pool else None, progress=progress)
     final = model.merged(state.params)
     gd = ctx["eta"] * jnp.eye(d, dtype=ctx["cov"].dtype)
     return {**logged, "w_kq": final["w_kq"], "w_pv": final["w_pv"],

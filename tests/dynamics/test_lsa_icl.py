@@ -140,11 +140,22 @@ def test_run_script_writes_every_part(tmp_path):
                              la.icl_risk(la.optimal_preconditioner(cov, 8), cov, 8), rtol=1e-5)
 
 
+def test_finite_pool_of_prompts_overfits():
+  """A pool of 32 prompts (shared by the seeds) against fresh prompts: the
+  pool-trained layer generalises worse, as it must with so few tasks."""
+  over = {"task.covariances": ("isotropic",), "train.num_steps": 600, "num_seeds": 2,
+          "train.lr": 0.02}
+  online = lsa_icl.run(small(("icl",), **over))["summary"]["icl"][0]
+  pooled = lsa_icl.run(small(("icl",), **over, **{"task.pool_size": 32,
+                                                  "train.batch_size": 32}))["summary"]["icl"][0]
+  assert pooled["risk_measured"]["mean"] > 1.05 * online["risk_measured"]["mean"], (pooled, online)
+
+
 @pytest.mark.parametrize("field, value", [
     ("parts", ("icl", "nope")), ("task.covariances", ("isotropic", "diag")),
     ("task.n_context", 0), ("flow.lr", -1.0), ("flow.num_steps", 101),
     ("context.n_context", (4, 2.5)), ("train.decay", "linear"),
-    ("task.condition_number", 0.5)])
+    ("task.condition_number", 0.5), ("task.pool_size", 100)])
 def test_bad_config(field, value):
   c = load_config("lsa_icl")
   section, _, name = field.rpartition(".")
