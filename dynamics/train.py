@@ -58,6 +58,23 @@ def make_optimizer(name: str, lr, *, momentum: float = 0.9,
   raise ValueError(f"Unknown optimizer {name!r}; known: {OPTIMIZERS}.")
 
 
+def masked(optimizer: optax.GradientTransformation, mask: PyTree
+           ) -> optax.GradientTransformation:
+  """`optimizer` restricted to the entries where `mask` is 1 (a 0/1 pytree like
+  the parameters, e.g. `theory.pruning.prune_mask`): gradients are zeroed
+  there before the optimizer sees them and updates after, so a pruned
+  parameter set to 0 stays exactly 0 with any optax optimizer (momentum and
+  Adam state included)."""
+  keep = lambda tree: jax.tree_util.tree_map(
+      lambda x, m: jnp.where(m > 0, x, jnp.zeros_like(x)), tree, mask)
+
+  def update(grads, state, params=None):
+    updates, state = optimizer.update(keep(grads), state, params)
+    return keep(updates), state
+
+  return optax.GradientTransformation(optimizer.init, update)
+
+
 def init_state(params: PyTree, optimizer: optax.GradientTransformation,
                key: jax.Array | None = None) -> TrainState:
   """The state before the first step (`key` drives minibatches)."""
