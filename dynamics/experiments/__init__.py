@@ -11,7 +11,8 @@ from dynamics import config as cfg
 
 EXPERIMENTS = {"deep_linear": "dynamics.experiments.deep_linear",
                "relu_ntk": "dynamics.experiments.relu_ntk",
-               "lsa_icl": "dynamics.experiments.lsa_icl"}
+               "lsa_icl": "dynamics.experiments.lsa_icl",
+               "pruning": "dynamics.experiments.pruning"}
 
 
 def get(config):
