@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from dynamics import config as cfg
-from dynamics import metrics
 from dynamics import train as engine
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression

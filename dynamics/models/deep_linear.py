@@ -63,6 +63,25 @@ def apply(params: Params, x: jax.Array) -> jax.Array:
   return x
 
 
+def statistics(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(Sigma_xx, Sigma_yx, tr Sigma_yy)` of docs/conventions.md: all a full-batch
+  loss of a linear network needs."""
+  p = x.shape[0]
+  return x.T @ x / p, y.T @ x / p, jnp.sum(y * y) / p
+
+
+def stats_loss(params: Params, sigma_xx: jax.Array, sigma_yx: jax.Array,
+               sigma_yy_trace: jax.Array) -> jax.Array:
+  """The full-batch loss `(1/2P) sum ||y - W x||^2` from sufficient statistics,
+
+      L = 1/2 tr Sigma_yy - tr(W Sigma_yx^T) + 1/2 tr(W Sigma_xx W^T),
+
+  `W = W_N ... W_1`: `O(width^2 d)` per step instead of `O(P width d)`, equal
+  to the sample loss to rounding (tested) for any inputs, whitened or not."""
+  w = end_to_end(params)
+  return 0.5 * sigma_yy_trace - jnp.sum(w * sigma_yx) + 0.5 * jnp.sum((w @ sigma_xx) * w)
+
+
 def end_to_end(params: Params) -> jax.Array:
   """`W = W_N ... W_1`, `[d_out, d_in]`."""
   w = params[0]

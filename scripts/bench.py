@@ -1,0 +1,301 @@
+"""Benchmarks: named workloads on whatever backend JAX finds.
+
+    python scripts/bench.py [WORKLOAD ...] [--seeds N ...] [--steps T] [--json]
+
+Prints a table and one JSON line per (workload, seed count) with `workload`,
+`seeds`, `steps`, `seed_steps_per_s`, `compile_s`, `run_s` (median of
+`--repeats` runs after a warm-up), `gflops` (from the FLOP count of the plain
+formulation: forward `2 P sum(fan_in fan_out)` per seed-step, backward twice
+that), `peak_fraction` (of the best 2048x2048 float32 matmul measured in the
+same process), `peak_rss_mb` (the row's process: every row runs in a fresh
+subprocess unless `--in_process`), `loop_speedup` (over a Python loop of
+single jitted steps, one seed at a time, in the same process) and, for
+`empirical_ntk`, `seconds`. With `--json` only the JSON lines are printed.
+Results and the commands: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from dynamics import train as engine  # noqa: E402
+from dynamics.models import deep_linear, linear_attention, relu_net  # noqa: E402
+from dynamics.tasks import icl_regression  # noqa: E402
+from dynamics.tasks.linear_teacher import linear_teacher  # noqa: E402
+from theory import ntk  # noqa: E402
+
+DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
+                 "deep_linear_small": (1, 256, 4096), "relu_train": (1, 16, 64),
+                 "lsa_icl": (1, 16), "empirical_ntk": (1,), "sweep": (64,)}
+DEFAULT_STEPS = {"deep_linear": 2000, "deep_linear_stats": 2000, "deep_linear_small": 5000,
+                 "relu_train": 2000, "lsa_icl": 2000, "empirical_ntk": 0, "sweep": 2000}
+
+
+def _timed(fn, *args):
+  t = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t, out
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  best = min(_timed(f, a)[0] for _ in range(repeats))
+  return 2 * n**3 / best / 1e9
+
+
+# --- workloads: (train(key) -> metrics, single-step pieces, FLOPs/seed-step) ---
+
+def _deep_linear(depth, d, hidden, p, lr, steps, log_every, stats=False):
+  log_every = log_every if steps % log_every == 0 else steps
+  sizes = deep_linear.layer_sizes(d, d, hidden, depth)
+  task = linear_teacher(jax.random.PRNGKey(0), d_in=d, d_out=d, num_samples=p,
+                        singular_values=jnp.linspace(3.0, 0.5, d))
+  if stats:
+    data = deep_linear.statistics(task.x, task.y)
+    loss = deep_linear.stats_loss
+  else:
+    data = (task.x, task.y)
+    loss = lambda w, x, y: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(w, x) - y) ** 2, -1))
+  metrics = lambda w: {"loss": loss(w, *data),
+                       "u": deep_linear.mode_strengths(w, task.u_modes, task.v_modes)}
+  init = lambda key: deep_linear.init_random(key, sizes, 0.5)
+  opt = optax.sgd(lr)
+
+  def train(key):
+    return engine.trajectory(init(key), loss_fn=loss, data=data, optimizer=opt,
+                             metrics_fn=metrics, num_steps=steps, log_every=log_every)[1]
+
+  flops = 6 * p * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+  return train, (init, lambda w: loss(w, *data), opt), flops
+
+
+def _relu_train(steps, d=64, m=1024, p=512, lr=0.5):
+  k_x, k_t = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(k_x, (p, d))
+  y = relu_net.apply(relu_net.init(k_t, d, 16, bias=False), x)
+  loss = lambda w, x_, y_: 0.5 * jnp.mean((relu_net.apply(w, x_) - y_) ** 2)
+  init = lambda key: relu_net.init(key, d, m, bias=False)
+  opt = optax.sgd(lr)
+
+  def train(key):
+    return engine.trajectory(init(key), loss_fn=loss, data=(x, y), optimizer=opt,
+                             metrics_fn=lambda w: {"loss": loss(w, x, y)},
+                             num_steps=steps, log_every=max(steps // 20, 1))[1]
+
+  return train, (init, lambda w: loss(w, x, y), opt), 6 * p * (d * m + m)
+
+
+def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05):
+  cs = jnp.eye(d)
+  evals = icl_regression.sample(jax.random.PRNGKey(1), 1024, n, cs)
+  init = lambda key: linear_attention.init(key, d)
+  opt = optax.sgd(lr)
+  sample = lambda k: tuple(icl_regression.sample(k, batch, n, cs))
+
+  def train(key):
+    k_i, k_d = jax.random.split(key)
+    return engine.trajectory(init(k_i), loss_fn=linear_attention.loss, data=sample,
+                             optimizer=opt, key=k_d,
+                             metrics_fn=lambda w: {"loss": linear_attention.loss(w, *evals)},
+                             num_steps=steps, log_every=max(steps // 20, 1))[1]
+
+  # the plain layer W_PV (Z M Z^T) W_KQ Z on [d+1, N+1] tokens, forward + 2x backward
+  e, t = d + 1, n + 1
+  flops = 3 * batch * (2 * e * e * t * 2 + 2 * e**3 * 2)
+  fixed = tuple(icl_regression.sample(jax.random.PRNGKey(2), batch, n, cs))
+  return train, (init, lambda w: linear_attention.loss(w, *fixed), opt), flops
+
+
+def build(workload: str, steps: int):
+  if workload == "deep_linear":
+    return _deep_linear(3, 16, 32, 256, 0.05, steps, 10)
+  if workload == "deep_linear_stats":
+    return _deep_linear(3, 16, 32, 256, 0.05, steps, 10, stats=True)
+  if workload == "deep_linear_small":
+    return _deep_linear(2, 8, 16, 64, 0.05, steps, 50)
+  if workload == "relu_train":
+    return _relu_train(steps)
+  if workload == "lsa_icl":
+    return _lsa_icl(steps)
+  raise ValueError(f"unknown workload {workload!r}; known: {', '.join(DEFAULT_SEEDS)}")
+
+
+def loop_rate(pieces, steps: int, seeds: int = 2) -> float:
+  """Seed-steps per second of a Python loop of single jitted GD steps."""
+  init, loss, opt = pieces
+
+  @jax.jit
+  def step(w, s):
+    updates, s = opt.update(jax.grad(loss)(w), s, w)
+    return optax.apply_updates(w, updates), s
+
+  keys = engine.seed_keys(123, seeds)
+  w = init(keys[0])
+  jax.block_until_ready(step(w, opt.init(w)))
+  n = min(steps, 200)
+  t = time.perf_counter()
+  for i in range(seeds):
+    w = init(keys[i])
+    s = opt.init(w)
+    for _ in range(n):
+      w, s = step(w, s)
+  jax.block_until_ready(w)
+  return seeds * n / (time.perf_counter() - t)
+
+
+NTK_SIZE = {"d": 64, "m": 4096, "n": 1024}
+
+
+def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) -> dict:
+  row = {"workload": workload, "seeds": seeds, "steps": steps,
+         "backend": jax.default_backend(), "devices": jax.device_count()}
+  if workload == "empirical_ntk":
+    return {**row, **_ntk_row(repeats, **NTK_SIZE)}
+  if workload == "sweep":
+    return {**row, **_sweep_row(seeds, steps)}
+  train, pieces, flops = build(workload, steps)
+  keys = engine.seed_keys(0, seeds)
+  fn = engine.vmap_rows(train, 0)
+  keys_s, _ = engine.pad_and_shard(keys)
+  t = time.perf_counter()
+  compiled = fn.lower(keys_s).compile()
+  row["compile_s"] = time.perf_counter() - t
+  jax.block_until_ready(compiled(keys_s))  # warm-up
+  run_s = float(np.median([_timed(compiled, keys_s)[0] for _ in range(repeats)]))
+  rate = seeds * steps / run_s
+  row.update(run_s=run_s, seed_steps_per_s=rate, gflops=flops * rate / 1e9,
+             peak_fraction=flops * rate / 1e9 / peak,
+             loop_speedup=rate / loop_rate(pieces, steps))
+  return row
+
+
+def _ntk_row(repeats, d=64, m=4096, n=1024) -> dict:
+  params = relu_net.init(jax.random.PRNGKey(0), d, m)
+  x = jax.random.normal(jax.random.PRNGKey(1), (n, d))
+  fast = jax.jit(lambda p, a: ntk.relu_empirical_ntk(p, a, a))
+  general = jax.jit(lambda p, a: ntk.empirical_ntk(relu_net.apply, p, a, a))
+  out = {}
+  for name, f in (("fast", fast), ("general", general)):
+    t = time.perf_counter()
+    jax.block_until_ready(f(params, x))
+    out[f"{name}_first_call_s"] = time.perf_counter() - t
+    out[f"{name}_s"] = float(np.median([_timed(f, params, x)[0] for _ in range(repeats)]))
+  out["seconds"] = out["fast_s"]
+  out["compile_s"] = out["fast_first_call_s"] - out["fast_s"]
+  out["run_s"] = out["fast_s"]
+  out.update(seed_steps_per_s=None, gflops=None, peak_fraction=None)
+  return out
+
+
+def _sweep_row(seeds, steps) -> dict:
+  """A 16-point lr x init-scale grid of the deep_linear experiment, through
+  `run_sweep` and as one hand-written vmapped call over the same rows."""
+  import importlib.util
+  import tempfile
+
+  import ml_collections
+
+  from dynamics import sweep
+  from dynamics.experiments import deep_linear as exp
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs", "deep_linear.py")
+  spec = importlib.util.spec_from_file_location("deep_linear_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.num_seeds = seeds
+  config.model.depth, config.model.width = 3, 32
+  config.task.d_in = config.task.d_out = 16
+  config.task.num_samples = 256
+  config.train.num_steps, config.train.log_every, config.train.lr = steps, 10, 0.05
+  lrs, scales = (0.01, 0.02, 0.03, 0.05), (0.1, 0.2, 0.3, 0.5)
+  config.sweep = ml_collections.ConfigDict({"train": {"lr": lrs}, "init": {"scale": scales}})
+  with tempfile.TemporaryDirectory() as tmp:
+    t = time.perf_counter()
+    sweep.run_sweep(config, os.path.join(tmp, "s"), verbose=False)
+    sweep_s = time.perf_counter() - t
+  hp = {k: jnp.repeat(v, seeds) for k, v in {
+      "lr": jnp.repeat(jnp.array(lrs), 4), "scale": jnp.tile(jnp.array(scales), 4)}.items()}
+  base = exp.hparams(config)
+  hp = {**{k: jnp.broadcast_to(v, (16 * seeds,) + v.shape) for k, v in base.items()}, **hp}
+  keys = jnp.tile(engine.seed_keys(config.seed, seeds), (16, 1))
+  t = time.perf_counter()
+  jax.block_until_ready(engine.run_rows(engine.vmap_rows(exp.make_train(config), 1), keys, hp))
+  direct_s = time.perf_counter() - t
+  rate = 16 * seeds * steps / sweep_s
+  return {"run_s": sweep_s, "direct_s": direct_s, "overhead": sweep_s / direct_s - 1,
+          "seed_steps_per_s": rate, "compile_s": None, "gflops": None, "peak_fraction": None}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("workloads", nargs="*", default=list(DEFAULT_SEEDS))
+  ap.add_argument("--seeds", type=int, nargs="+")
+  ap.add_argument("--steps", type=int)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--json", action="store_true")
+  ap.add_argument("--in_process", action="store_true",
+                  help="run every row in this process (peak_rss_mb is then cumulative)")
+  ap.add_argument("--ntk_size", type=int, nargs=3, metavar=("D", "M", "N"),
+                  default=(64, 4096, 1024), help="empirical_ntk: input dim, width, points")
+  ap.add_argument("--_row", nargs=3, help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  NTK_SIZE.update(zip("dmn", args.ntk_size))
+  if args._row:
+    name, seeds, steps = args._row[0], int(args._row[1]), int(args._row[2])
+    row = run_row(name, seeds, steps, args.repeats, matmul_peak_gflops())
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(row))
+    return 0
+  for w in args.workloads:
+    if w not in DEFAULT_SEEDS:
+      ap.error(f"unknown workload {w!r}; known: {', '.join(DEFAULT_SEEDS)}")
+  peak = matmul_peak_gflops()
+  if not args.json:
+    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
+          f"matmul peak {peak:.1f} GFLOP/s")
+    print(f"{'workload':>18} {'seeds':>6} {'steps':>6} {'compile s':>9} {'run s':>8} "
+          f"{'seed-steps/s':>13} {'GFLOP/s':>8} {'peak':>6} {'vs loop':>8} {'RSS MB':>7}")
+  for w in args.workloads:
+    for s in args.seeds or DEFAULT_SEEDS[w]:
+      steps = args.steps if args.steps is not None else DEFAULT_STEPS[w]
+      if args.in_process:
+        row = run_row(w, s, steps, args.repeats, peak)
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+      else:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_row", w,
+                               str(s), str(steps), "--repeats", str(args.repeats),
+                               "--ntk_size", *map(str, args.ntk_size)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+          print(proc.stderr[-2000:], file=sys.stderr)
+          return proc.returncode
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+      if args.json:
+        print(json.dumps(row), flush=True)
+      else:
+        f = lambda k, fmt: format(row[k], fmt) if row.get(k) is not None else "-"
+        print(f"{w:>18} {s:>6} {steps:>6} {f('compile_s', '9.2f')} {f('run_s', '8.3f')} "
+              f"{f('seed_steps_per_s', '13.0f')} {f('gflops', '8.1f')} "
+              f"{f('peak_fraction', '6.1%')} {f('loop_speedup', '8.1f')} "
+              f"{f('peak_rss_mb', '7.0f')}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,59 @@
+"""scripts/bench.py at tiny size: every workload runs, rows carry the keys, and
+the sufficient-statistics formulation trains the same trajectories."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynamics.models import deep_linear
+from tests.helpers import ROOT
+
+KEYS = {"workload", "seeds", "steps", "seed_steps_per_s", "compile_s", "run_s", "gflops",
+        "peak_fraction", "peak_rss_mb"}
+
+
+def test_stats_loss_equals_sample_loss_and_trains_the_same():
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(k[0], (50, 6)) * jnp.array([1, 2, 0.5, 1, 3, 1])  # not whitened
+    y = x @ jax.random.normal(k[1], (6, 4)) + 0.1 * jax.random.normal(k[2], (50, 4))
+    stats = deep_linear.statistics(x, y)
+    sample = lambda w: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(w, x) - y) ** 2, -1))
+    w = deep_linear.init_random(jax.random.PRNGKey(3), [6, 7, 7, 4], 0.7, jnp.float64)
+    np.testing.assert_allclose(deep_linear.stats_loss(w, *stats), sample(w), rtol=1e-12)
+    gd = lambda loss: jax.jit(lambda w_: jax.lax.fori_loop(
+        0, 200, lambda _, q: jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, q,
+                                                    jax.grad(loss)(q)), w_))
+    a = gd(sample)(w)
+    b = gd(lambda q: deep_linear.stats_loss(q, *stats))(w)
+    for p, q in zip(a, b):
+      np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_every_workload_runs_tiny():
+  proc = subprocess.run(
+      [sys.executable, "scripts/bench.py", "deep_linear", "deep_linear_stats",
+       "deep_linear_small", "relu_train", "lsa_icl", "empirical_ntk", "sweep",
+       "--seeds", "2", "--steps", "20", "--repeats", "1", "--json", "--in_process",
+       "--ntk_size", "8", "64", "32"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in proc.stdout.strip().splitlines()]
+  assert [r["workload"] for r in rows] == ["deep_linear", "deep_linear_stats",
+                                           "deep_linear_small", "relu_train", "lsa_icl",
+                                           "empirical_ntk", "sweep"]
+  for r in rows:
+    assert KEYS <= set(r) and r["seeds"] == 2, r
+  for r in rows[:5]:
+    assert r["seed_steps_per_s"] > 0 and r["loop_speedup"] > 0, r
+  assert rows[5]["seconds"] > 0 and rows[6]["overhead"] > -1
+
+
+def test_unknown_workload_is_an_error():
+  proc = subprocess.run([sys.executable, "scripts/bench.py", "resnet"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "resnet" in proc.stderr
