@@ -33,6 +33,7 @@ from dynamics import train as engine
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression
 from dynamics.tasks.linear_teacher import linear_teacher
+from dynamics.tasks.sphere_teacher import sphere_teacher
 from theory import pruning
 
 FAMILIES = ("deep_linear", "relu", "lsa")
@@ -91,12 +92,8 @@ def family(config, name: str):
     loss = lambda p, x, y: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(p, x) - y) ** 2, -1))
     return init, loss, (task.x, task.y)
   if name == "relu":
-    k_x, k_t = jax.random.split(key)
-    x = jax.random.normal(k_x, (c.num_samples, c.d), dtype)
-    x = x / jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.sqrt(c.d)
-    teacher = relu_net.init(k_t, c.d, c.teacher_width, bias=False, dtype=dtype)
-    y = relu_net.apply(teacher, x)
-    y = (y - y.mean()) / y.std()
+    x, y = sphere_teacher(key, d=c.d, num_samples=c.num_samples,
+                          teacher_width=c.teacher_width, dtype=dtype)
     init = lambda k: relu_net.init(k, c.d, c.width, parameterization="standard",
                                    bias=False, dtype=dtype)
     loss = lambda p, x_, y_: 0.5 * jnp.mean(

@@ -25,6 +25,7 @@ from dynamics import config as cfg
 from dynamics import metrics
 from dynamics import train as engine
 from dynamics.models import relu_net
+from dynamics.tasks.sphere_teacher import sphere_teacher
 from theory import ntk
 
 HPARAMS = {"train.lr": "lr"}
@@ -56,13 +57,11 @@ def hparams(config) -> dict:
 def make_task(config):
   """Inputs uniform on the sphere of radius sqrt(d) (`x.x/d = 1`), labels from
   a fixed random two-layer ReLU teacher scaled to unit variance."""
-  t, dtype = config.task, cfg.float_dtype(config.precision)
-  k_x, k_t = jax.random.split(jax.random.PRNGKey(t.seed))
-  x = jax.random.normal(k_x, (t.num_train + t.num_test, t.d), dtype)
-  x = x / jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.sqrt(t.d)
-  teacher = relu_net.init(k_t, t.d, t.teacher_width, bias=False, dtype=dtype)
-  y = relu_net.apply(teacher, x)
-  y = (y - y.mean()) / y.std()
+  t = config.task
+  x, y = sphere_teacher(jax.random.PRNGKey(t.seed), d=t.d,
+                        num_samples=t.num_train + t.num_test,
+                        teacher_width=t.teacher_width,
+                        dtype=cfg.float_dtype(config.precision))
   return x[:t.num_train], y[:t.num_train], x[t.num_train:], y[t.num_train:]
 
 
