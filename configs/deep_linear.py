@@ -48,6 +48,10 @@ def get_config():
   config.train.num_steps = 4000
   config.train.log_every = 20
   config.train.batch_size = 0  # 0: full batch
+  # "auto": full-batch runs train on (Sigma_xx, Sigma_yx, tr Sigma_yy), the
+  # same loss to rounding at O(d_in) instead of O(P) per step; or force
+  # "samples" / "statistics".
+  config.train.formulation = "auto"
 
   # scripts/sweep.py runs the grid of these axes (field paths as above);
   # scripts/run.py ignores them. Learning rate and init scale stack into one

@@ -261,9 +261,14 @@ def _segmented(experiment, config, num_logs: int, per_segment: int):
   vstart = jax.jit(jax.vmap(start))
   vadvance = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2)
   checkpointer = ocp.StandardCheckpointer()
+  advance_once = lambda state, hps: vadvance(state, hps, 1)
 
   def run(keys, hps, ckpt_dir, devices):
     rows = keys.shape[0]
+    devices = engine.row_devices(vstart, keys, hps, devices=devices)
+    if len(devices) > 1:  # the advance program decides too
+      state0 = jax.eval_shape(vstart, keys, hps)[0]
+      devices = engine.row_devices(advance_once, state0, hps, devices=devices)
     keys, (hps,) = engine.pad_and_shard(keys, hps, devices=devices)
     state, extras, first = vstart(keys, hps)
     os.makedirs(ckpt_dir, exist_ok=True)

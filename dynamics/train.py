@@ -222,12 +222,44 @@ def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
   return keys, args
 
 
+_SAFE: dict = {}
+
+
+def row_devices(fn: Callable, keys: jax.Array, *args,
+                devices: list | None = None) -> list:
+  """The devices to shard the rows of `fn(keys, *args)` over: `devices`
+  (default `jax.devices()`), but one CPU device when the program holds a
+  batched LAPACK kernel or an FFT.
+
+  XLA's CPU runtime runs those kernels by fanning a batch out to the
+  intra-op thread pool they already run on and waiting for it. With one
+  device per core, every pool thread can be a device waiting inside such a
+  kernel, and the run hangs (jaxlib 0.10.2 on two cores: a batched SVD in a
+  vmapped train function under two devices). Decided once per `fn` and
+  argument shapes from the lowered program.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  if len(devices) < 2 or devices[0].platform != "cpu":
+    return devices
+  spec = jax.tree_util.tree_map(
+      lambda a: (a.shape, a.dtype) if hasattr(a, "dtype") else type(a), (keys, args))
+  key = (fn, str(spec))
+  if key not in _SAFE:
+    lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
+    text = lower(keys, *args).as_text()
+    _SAFE[key] = not any(
+        ("custom_call @lapack" in line and 'num_batch_dims = "0"' not in line)
+        or "stablehlo.fft" in line for line in text.splitlines())
+  return devices if _SAFE[key] else devices[:1]
+
+
 def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
              devices: list | None = None) -> PyTree:
-  """Runs `fn = vmap_rows(...)` over rows sharded on `devices`; the padding
-  of `pad_and_shard` is dropped from the result, so a row's output does not
-  depend on the device count."""
+  """Runs `fn = vmap_rows(...)` over rows sharded on `devices` (see
+  `row_devices`); the padding of `pad_and_shard` is dropped from the result,
+  so a row's output does not depend on the device count."""
   rows = keys.shape[0]
+  devices = row_devices(fn, keys, *args, devices=devices)
   keys, args = pad_and_shard(keys, *args, batched=batched, devices=devices)
   out = fn(keys, *args)
   return jax.tree_util.tree_map(lambda a: a[:rows], out)

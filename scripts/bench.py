@@ -171,7 +171,7 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
   train, pieces, flops = build(workload, steps)
   keys = engine.seed_keys(0, seeds)
   fn = engine.vmap_rows(train, 0)
-  keys_s, _ = engine.pad_and_shard(keys)
+  keys_s, _ = engine.pad_and_shard(keys, devices=engine.row_devices(fn, keys))
   t = time.perf_counter()
   compiled = fn.lower(keys_s).compile()
   row["compile_s"] = time.perf_counter() - t

@@ -34,6 +34,23 @@ def test_stats_loss_equals_sample_loss_and_trains_the_same():
       np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
 
 
+def test_stats_loss_keeps_relative_precision_near_the_minimum():
+  """float32, noiseless teacher, W within 1e-4 of W*: the loss (~1e-8) is far
+  below eps tr Sigma_yy (~1e-6), where `1/2 tr Sigma_yy - tr(W Sigma_yx^T) + ...`
+  has nothing left; the form around W* keeps it to float32 rounding."""
+  k = jax.random.split(jax.random.PRNGKey(1), 3)
+  x = jax.random.normal(k[0], (64, 8))
+  w_t = jax.random.normal(k[1], (8, 8))
+  y = x @ w_t.T
+  w = [w_t + 1e-4 * jax.random.normal(k[2], (8, 8))]
+  with jax.enable_x64(True):
+    exact = 0.5 * np.mean(np.sum((np.asarray(x, np.float64) @ np.asarray(w[0], np.float64).T
+                                  - np.asarray(y, np.float64)) ** 2, -1))
+  got = deep_linear.stats_loss(w, *deep_linear.statistics(x, y))
+  assert exact < 1e-6
+  np.testing.assert_allclose(got, exact, rtol=2e-2)
+
+
 def test_every_workload_runs_tiny():
   proc = subprocess.run(
       [sys.executable, "scripts/bench.py", "deep_linear", "deep_linear_stats",

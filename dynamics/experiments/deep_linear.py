@@ -25,6 +25,7 @@ from dynamics.tasks.linear_teacher import linear_teacher
 from theory import deep_linear as theory
 
 INITS = ("random", "aligned")
+FORMULATIONS = ("auto", "samples", "statistics")
 
 # Config fields that change no shape, and their key in `hparams`: a sweep
 # stacks grid points differing only in these into one vmapped call.
@@ -64,6 +65,25 @@ def validate(config) -> None:
   if batch > num_samples:
     cfg.fail("train.batch_size", f"({batch}) exceeds task.num_samples "
              f"({num_samples}); use 0 for full batch.")
+  if "formulation" in config.train:
+    form = cfg.one_of(config, "train.formulation", FORMULATIONS)
+    if form == "statistics" and 0 < batch < num_samples:
+      cfg.fail("train.formulation", "'statistics' needs full-batch training "
+               "(train.batch_size 0); minibatches need the samples.")
+
+
+def uses_statistics(config) -> bool:
+  """Whether a run trains on `(Sigma_xx, Sigma_yx, tr Sigma_yy)` instead of
+  the samples (`models.deep_linear.stats_loss`: the same loss to rounding).
+  `train.formulation = 'auto'` (the default) picks it for full-batch runs
+  with more samples than input dimensions, where a step then costs
+  `O(d_in sum(fan_in fan_out))` instead of `O(P sum(fan_in fan_out))`."""
+  form = config.train.get("formulation", "auto")
+  batch = config.train.batch_size
+  full = batch in (0, None) or batch >= config.task.num_samples
+  if form == "auto":
+    return full and config.task.num_samples > config.task.d_in
+  return form == "statistics"
 
 
 def hparams(config) -> dict:
@@ -98,8 +118,16 @@ def make_segments(config, progress=None):
   num_teacher = len(config.task.singular_values)
   optimizer = lambda hp: engine.make_optimizer(config.train.optimizer, hp["lr"])
 
+  stats = uses_statistics(config)
+
+  def objective(task):  # (loss, data) of `engine.make_advance`
+    if stats:
+      return model.stats_loss, model.statistics(task.x, task.y)
+    return loss_fn, (task.x, task.y)
+
   def metrics_fn(task):
-    return lambda p: {"loss": loss_fn(p, task.x, task.y),
+    loss, data = objective(task)
+    return lambda p: {"loss": loss(p, *data),
                       "u": model.mode_strengths(p, task.u_modes, task.v_modes)}
 
   def start(key, hp):
@@ -119,10 +147,11 @@ def make_segments(config, progress=None):
 
   def advance(state, hp, num_logs):
     task = make_task(config, hp)
+    loss, data = objective(task)
     return engine.make_advance(
-        loss_fn=loss_fn, data=(task.x, task.y), optimizer=optimizer(hp),
+        loss_fn=loss, data=data, optimizer=optimizer(hp),
         metrics_fn=metrics_fn(task), log_every=config.train.log_every,
-        batch_size=config.train.batch_size or None,
+        batch_size=None if stats else (config.train.batch_size or None),
         progress=progress)(state, num_logs)
 
   return start, advance

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dynamics.linalg import orthonormal
+from dynamics.linalg import eigh, orthonormal
 
 COVARIANCES = ("isotropic", "skewed")
 
@@ -45,7 +45,7 @@ def covariance(key: jax.Array, d: int, name: str = "isotropic",
 
 def sqrtm(cov: jax.Array) -> jax.Array:
   """The symmetric square root `Lambda^{1/2}` (so `x = z Lambda^{1/2}`, `z ~ N(0, I)`)."""
-  lam, q = jnp.linalg.eigh(cov)
+  lam, q = eigh(cov)
   return (q * jnp.sqrt(jnp.clip(lam, 0.0))) @ q.T
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from dynamics.linalg import orthonormal, whiten
+from dynamics.linalg import orthonormal, svd, whiten
 
 
 class LinearTeacher(NamedTuple):
@@ -58,7 +58,7 @@ def linear_teacher(key: jax.Array, *, d_in: int, d_out: int, num_samples: int,
   # is unique up to a sign per mode, matched here to the teacher's frame.
   # Without noise the SVD of the null space is arbitrary, so the teacher's
   # frame and spectrum are used as they are (exact: sigma_yx = U diag(s) V^T).
-  u_svd, s_svd, vt_svd = jnp.linalg.svd(sigma_yx, full_matrices=False)
+  u_svd, s_svd, vt_svd = svd(sigma_yx)
   sign = jnp.sign(jnp.sum(u_svd * u_t, axis=0))
   sign = jnp.where(sign == 0, 1.0, sign)
   noisy = noise_var > 0

@@ -153,3 +153,33 @@ def test_aligned_width_must_hold_the_modes():
   c.init.name, c.model.width = "aligned", 4
   with pytest.raises(ValueError, match=r"model\.width"):
     experiments.get(c)
+
+
+def test_statistics_formulation_trains_the_same_trajectories():
+  """`train.formulation`: the default ('auto') trains full-batch runs on the
+  sufficient statistics; every logged loss and mode strength equals the
+  sample formulation's (noisy teacher, random init, float64)."""
+  c = load_config("deep_linear")
+  c.precision, c.num_seeds = "float64", 3
+  c.model.depth, c.model.width = 3, 12
+  c.task.noise_var, c.task.num_samples = 0.3, 40
+  c.init.scale = 0.5
+  c.train.lr, c.train.num_steps, c.train.log_every = 0.05, 400, 40
+  assert exp.uses_statistics(c)
+  with jax.enable_x64(True):
+    out = {}
+    for form in ("statistics", "samples"):
+      c.train.formulation = form
+      fn = exp.make_train(c)
+      out[form] = jax.device_get(engine.run_seeds(fn, engine.seed_keys(0, 3),
+                                                  exp.hparams(c)))
+  for k in ("loss", "u"):
+    np.testing.assert_allclose(out["statistics"][k], out["samples"][k], rtol=1e-9,
+                               atol=1e-12)
+  assert out["samples"]["loss"][:, -1].max() < 0.5 * out["samples"]["loss"][:, 0].min()
+  c.train.batch_size = 10
+  c.train.formulation = "auto"
+  assert not exp.uses_statistics(c)  # minibatches need the samples
+  c.train.formulation = "statistics"
+  with pytest.raises(ValueError, match="train.formulation"):
+    exp.validate(c)

@@ -146,9 +146,13 @@ def test_divergence_is_flagged_at_the_right_step(tmp_path):
     assert rows[rows.step > first[seed]]["u_0"].isna().all()
   summary = pd.read_csv(tmp_path / "summary.csv")
   assert list(summary["diverged_seeds"]) == [0, 3]
-  # The converging point is unaffected by its diverging neighbour.
-  single = exp.run(sweep.point_config(c, {"train.lr": 0.02, "model.width": 16}))["arrays"]
-  np.testing.assert_allclose(arrays[0]["loss"], single["loss"], rtol=1e-6)
+  # The converging point is unaffected by its diverging neighbour: bit for bit
+  # equal to the same sweep with a converging neighbour (same batch shapes, so
+  # the same float32 rounding; a single run of 3 rows rounds differently).
+  c.sweep.train.lr = (0.02, 0.01)
+  run_sweep(c, str(tmp_path / "calm"), verbose=False)
+  np.testing.assert_array_equal(arrays[0]["loss"],
+                                load_sweep(str(tmp_path / "calm"))[1][0]["loss"])
 
 
 @pytest.mark.parametrize("section, axis, values, match", [

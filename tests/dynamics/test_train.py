@@ -87,3 +87,44 @@ def test_four_devices_equal_one():
   out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_cpu_devices_default_and_batched_lapack_guard():
+  """`import dynamics` gives one CPU device per core (here forced to 2 by
+  DYNAMICS_CPU_DEVICES); a train function with a batched LAPACK kernel runs its
+  rows on one device (two devices can hang inside it: dynamics.train.row_devices),
+  one without runs on both, and the results equal a one-device run."""
+  script = textwrap.dedent("""
+      import sys, numpy as np
+      sys.path.insert(0, %r)
+      import dynamics
+      import jax, jax.numpy as jnp
+      from dynamics import train as engine
+      assert jax.device_count() == 2, jax.devices()
+      def train(key, scale):
+        a = jax.random.normal(key, (6, 6)) * scale
+        return jnp.linalg.svd(a, compute_uv=False)
+      def plain(key, scale):
+        return jax.random.normal(key, (6,)) * scale
+      keys, scales = engine.seed_keys(0, 64), jnp.linspace(1, 2, 64)
+      for f, n in ((train, 1), (plain, 2)):
+        fn = engine.vmap_rows(f, 1)
+        assert len(engine.row_devices(fn, keys, scales)) == n, f
+        got = engine.run_rows(fn, keys, scales)
+        one = engine.run_rows(fn, keys, scales, devices=jax.devices()[:1])
+        np.testing.assert_array_equal(got, one)
+      # the helpers in dynamics.linalg vmap as loops of single decompositions
+      from dynamics.linalg import svd
+      fn = engine.vmap_rows(lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1], 1)
+      assert len(engine.row_devices(fn, keys, scales)) == 2
+      print("ok")
+  """ % ROOT)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(DYNAMICS_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+  env["DYNAMICS_CPU_DEVICES"] = "two"
+  out = subprocess.run([sys.executable, "-c", "import dynamics"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0 and "DYNAMICS_CPU_DEVICES" in out.stderr
