@@ -18,6 +18,7 @@ other seeds, their number, or how they are batched or sharded.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -179,34 +180,68 @@ def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:
 
 
 def run_seeds(train: Callable, keys: jax.Array, *args,
-              devices: list | None = None) -> PyTree:
+              devices: list | None = None, chunk: int | None = None) -> PyTree:
   """`jit(vmap(train))(keys, *args)`, the seed axis sharded over devices.
 
   `args` (e.g. the hyperparameter dict) are shared by every seed; see
-  `run_rows` for padding and sharding.
+  `run_rows` for padding, sharding and chunking.
 
   Returns:
     The outputs of `train` with a leading seed axis `[S, ...]`.
   """
   return run_rows(vmap_rows(train, len(args), batched=False), keys, *args,
-                  batched=False, devices=devices)
+                  batched=False, devices=devices, chunk=chunk)
 
 
-def vmap_rows(train: Callable, num_args: int, batched: bool = True):
+class Rows(NamedTuple):
+  """`vmap_rows(...)`: the jitted row function and what `plan_rows` needs."""
+  fn: Callable      # fn(keys, *args, groups=, chunk=), jitted
+  train: Callable   # one row: train(key, *args)
+  batched: bool
+
+  def __call__(self, keys, *args, groups: int = 1, chunk: int = 0):
+    return self.fn(keys, *args, groups=groups, chunk=chunk)
+
+  def lower(self, keys, *args, groups: int = 1, chunk: int = 0):
+    return self.fn.lower(keys, *args, groups=groups, chunk=chunk)
+
+
+def vmap_rows(train: Callable, num_args: int, batched: bool = True) -> Rows:
   """`jit(vmap(train))` over a row axis: one key per row and, if `batched`,
   one slice of every leaf of the `num_args` other arguments. Build it once
-  and reuse it, so that chunks of a sweep share one compiled executable."""
+  and reuse it, so that chunks of a sweep share one compiled executable.
+
+  Called with `groups` (devices) and `chunk > 0`, the rows of each device run
+  as a loop (`lax.map`) over chunks of `chunk` vmapped rows; rows must then
+  be a multiple of `groups * chunk` (`run_rows` pads them)."""
   axes = (0,) + ((0 if batched else None),) * num_args
-  return jax.jit(jax.vmap(train, in_axes=axes))
+  vtrain = jax.vmap(train, in_axes=axes)
+
+  def rows(keys, *args, groups, chunk):
+    if not chunk:
+      return vtrain(keys, *args)
+    r = keys.shape[0]
+    split = lambda a: a.reshape((groups, r // (groups * chunk), chunk) + a.shape[1:])
+    if batched:
+      body = lambda ka: vtrain(ka[0], *ka[1])
+      xs = (split(keys), jax.tree_util.tree_map(split, args))
+    else:
+      body = lambda k: vtrain(k, *args)
+      xs = split(keys)
+    out = jax.vmap(lambda x: jax.lax.map(body, x))(xs)  # vmap: the device axis
+    return jax.tree_util.tree_map(lambda a: a.reshape((r,) + a.shape[3:]), out)
+
+  return Rows(jax.jit(rows, static_argnames=("groups", "chunk")), train, batched)
 
 
 def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
-                  devices: list | None = None):
-  """Pads the row axis to a multiple of the device count (copies of the last
-  row) and shards it over `devices` (default `jax.devices()`) with a 1-D
-  `Mesh` and `NamedSharding`. Returns `(keys, args)`."""
+                  devices: list | None = None, multiple: int = 1):
+  """Pads the row axis to a multiple of `multiple` times the device count
+  (copies of the last row) and shards it over `devices` (default
+  `jax.devices()`) with a 1-D `Mesh` and `NamedSharding`. Returns
+  `(keys, args)`."""
   devices = jax.devices() if devices is None else devices
-  pad = -keys.shape[0] % len(devices)
+  pad = -keys.shape[0] % (len(devices) * multiple)
   pad_rows = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
   if pad:
     keys = pad_rows(keys)
@@ -222,44 +257,106 @@ def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
   return keys, args
 
 
-_SAFE: dict = {}
+# Rows of one chunk keep their largest intermediate under this many bytes
+# (best of 64 KiB-1 MiB on this 2-core EPYC, docs/performance.md); the
+# environment variable DYNAMICS_CHUNK_ROWS=N forces N rows (0: no chunks).
+CHUNK_BYTES = 1 << 18
+_PLANS: dict = {}
+
+
+class RowPlan(NamedTuple):
+  devices: list  # devices to shard rows over
+  chunk: int     # rows per vmapped chunk on a device; 0: all at once
+
+
+def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
+              chunk: int | None = None) -> RowPlan:
+  """How `run_rows` executes `fn(keys, *args)`, decided from shapes and the
+  device, once per `fn` and argument shapes.
+
+  Devices: `devices` (default `jax.devices()`), but one CPU device when the
+  program holds a batched LAPACK kernel or an FFT: XLA's CPU runtime runs
+  those by fanning a batch out to the intra-op thread pool they already run
+  on and waiting for it, and with one device per core every pool thread can
+  be a device waiting inside one, a hang (jaxlib 0.10.2 on two cores: a
+  batched SVD in a vmapped train function under two devices).
+
+  Chunk (CPU only; accelerators want the whole batch): the vmapped
+  activations of all rows leave the cache, so each device loops over chunks
+  of rows whose largest intermediate array fits `CHUNK_BYTES`; a row whose
+  largest array alone exceeds it runs one at a time (a loop over seeds).
+  `chunk` or `DYNAMICS_CHUNK_ROWS` override (0: vmap every row at once).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  cpu = devices[0].platform == "cpu"
+  env = os.environ.get("DYNAMICS_CHUNK_ROWS")
+  if chunk is None and env is not None:
+    if not env.strip().isdigit():
+      raise ValueError(f"DYNAMICS_CHUNK_ROWS={env!r} must be an integer >= 0.")
+    chunk = int(env)
+  spec = jax.tree_util.tree_map(
+      lambda a: (a.shape, a.dtype) if hasattr(a, "dtype") else type(a), (keys, args))
+  key = (fn, str(spec), len(devices), cpu)
+  if key not in _PLANS:
+    safe, largest = True, 0
+    if cpu:
+      text = fn.lower(keys, *args).as_text() if len(devices) > 1 else ""
+      safe = not any(
+          ("custom_call @lapack" in line and 'num_batch_dims = "0"' not in line)
+          or "stablehlo.fft" in line for line in text.splitlines())
+      if isinstance(fn, Rows):
+        row = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+        one = (jax.tree_util.tree_map(row, args) if fn.batched else args)
+        largest = _largest_array(jax.make_jaxpr(fn.train)(row(keys), *one).jaxpr)
+    auto = max(1, CHUNK_BYTES // largest) if largest else 0
+    _PLANS[key] = (safe, auto)
+  safe, auto = _PLANS[key]
+  devices = devices if safe or len(devices) == 1 else devices[:1]
+  chunk = auto if chunk is None else chunk
+  if not isinstance(fn, Rows):
+    chunk = 0
+  per_device = -(-keys.shape[0] // len(devices))
+  if chunk >= per_device:
+    chunk = 0
+  elif chunk:  # balanced chunks: at most one padded row per chunk
+    chunk = -(-per_device // -(-per_device // chunk))
+  return RowPlan(devices, chunk)
+
+
+def _largest_array(jaxpr) -> int:
+  """Bytes of the largest array a jaxpr (and those nested in it) makes."""
+  best = 0
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      try:
+        best = max(best, int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize)
+      except (AttributeError, TypeError):
+        pass
+    for p in eqn.params.values():
+      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          best = max(best, _largest_array(sub))
+  return best
 
 
 def row_devices(fn: Callable, keys: jax.Array, *args,
                 devices: list | None = None) -> list:
-  """The devices to shard the rows of `fn(keys, *args)` over: `devices`
-  (default `jax.devices()`), but one CPU device when the program holds a
-  batched LAPACK kernel or an FFT.
-
-  XLA's CPU runtime runs those kernels by fanning a batch out to the
-  intra-op thread pool they already run on and waiting for it. With one
-  device per core, every pool thread can be a device waiting inside such a
-  kernel, and the run hangs (jaxlib 0.10.2 on two cores: a batched SVD in a
-  vmapped train function under two devices). Decided once per `fn` and
-  argument shapes from the lowered program.
-  """
-  devices = jax.devices() if devices is None else list(devices)
-  if len(devices) < 2 or devices[0].platform != "cpu":
-    return devices
-  spec = jax.tree_util.tree_map(
-      lambda a: (a.shape, a.dtype) if hasattr(a, "dtype") else type(a), (keys, args))
-  key = (fn, str(spec))
-  if key not in _SAFE:
-    lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
-    text = lower(keys, *args).as_text()
-    _SAFE[key] = not any(
-        ("custom_call @lapack" in line and 'num_batch_dims = "0"' not in line)
-        or "stablehlo.fft" in line for line in text.splitlines())
-  return devices if _SAFE[key] else devices[:1]
+  """The devices `run_rows` shards `fn(keys, *args)` over (`plan_rows`)."""
+  return plan_rows(fn, keys, *args, devices=devices).devices
 
 
 def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
-             devices: list | None = None) -> PyTree:
-  """Runs `fn = vmap_rows(...)` over rows sharded on `devices` (see
-  `row_devices`); the padding of `pad_and_shard` is dropped from the result,
-  so a row's output does not depend on the device count."""
+             devices: list | None = None, chunk: int | None = None) -> PyTree:
+  """Runs `fn = vmap_rows(...)` over rows sharded on `devices`, in chunks
+  (`plan_rows`); the padding is dropped from the result, so a row's output
+  does not depend on the device count or the chunk size."""
   rows = keys.shape[0]
-  devices = row_devices(fn, keys, *args, devices=devices)
-  keys, args = pad_and_shard(keys, *args, batched=batched, devices=devices)
-  out = fn(keys, *args)
+  plan = plan_rows(fn, keys, *args, devices=devices, chunk=chunk)
+  keys, args = pad_and_shard(keys, *args, batched=batched, devices=plan.devices,
+                             multiple=max(plan.chunk, 1))
+  if isinstance(fn, Rows):
+    out = fn(keys, *args, groups=len(plan.devices), chunk=plan.chunk)
+  else:
+    out = fn(keys, *args)
   return jax.tree_util.tree_map(lambda a: a[:rows], out)

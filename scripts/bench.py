@@ -117,8 +117,8 @@ def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05):
   # the plain layer W_PV (Z M Z^T) W_KQ Z on [d+1, N+1] tokens, forward + 2x backward
   e, t = d + 1, n + 1
   flops = 3 * batch * (2 * e * e * t * 2 + 2 * e**3 * 2)
-  fixed = tuple(icl_regression.sample(jax.random.PRNGKey(2), batch, n, cs))
-  return train, (init, lambda w: linear_attention.loss(w, *fixed), opt), flops
+  # the loop baseline draws fresh prompts every step too
+  return train, (init, lambda w, k: linear_attention.loss(w, *sample(k)), opt), flops
 
 
 def build(workload: str, steps: int):
@@ -138,22 +138,24 @@ def build(workload: str, steps: int):
 def loop_rate(pieces, steps: int, seeds: int = 2) -> float:
   """Seed-steps per second of a Python loop of single jitted GD steps."""
   init, loss, opt = pieces
+  online = loss.__code__.co_argcount == 2  # loss(w, key): fresh data per step
 
   @jax.jit
-  def step(w, s):
-    updates, s = opt.update(jax.grad(loss)(w), s, w)
+  def step(w, s, k):
+    g = jax.grad(loss)(w, k) if online else jax.grad(loss)(w)
+    updates, s = opt.update(g, s, w)
     return optax.apply_updates(w, updates), s
 
   keys = engine.seed_keys(123, seeds)
   w = init(keys[0])
-  jax.block_until_ready(step(w, opt.init(w)))
+  jax.block_until_ready(step(w, opt.init(w), keys[0]))
   n = min(steps, 200)
   t = time.perf_counter()
   for i in range(seeds):
-    w = init(keys[i])
-    s = opt.init(w)
-    for _ in range(n):
-      w, s = step(w, s)
+    key = keys[i]
+    w, s = init(key), opt.init(init(key))
+    for j in range(n):
+      w, s = step(w, s, jax.random.fold_in(key, j) if online else key)
   jax.block_until_ready(w)
   return seeds * n / (time.perf_counter() - t)
 
@@ -171,9 +173,11 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
   train, pieces, flops = build(workload, steps)
   keys = engine.seed_keys(0, seeds)
   fn = engine.vmap_rows(train, 0)
-  keys_s, _ = engine.pad_and_shard(keys, devices=engine.row_devices(fn, keys))
+  plan = engine.plan_rows(fn, keys)  # the engine's own choice of devices and chunk
+  keys_s, _ = engine.pad_and_shard(keys, devices=plan.devices, multiple=max(plan.chunk, 1))
+  row.update(devices=len(plan.devices), chunk=plan.chunk)
   t = time.perf_counter()
-  compiled = fn.lower(keys_s).compile()
+  compiled = fn.lower(keys_s, groups=len(plan.devices), chunk=plan.chunk).compile()
   row["compile_s"] = time.perf_counter() - t
   jax.block_until_ready(compiled(keys_s))  # warm-up
   run_s = float(np.median([_timed(compiled, keys_s)[0] for _ in range(repeats)]))

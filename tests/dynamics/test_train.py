@@ -128,3 +128,49 @@ def test_cpu_devices_default_and_batched_lapack_guard():
   out = subprocess.run([sys.executable, "-c", "import dynamics"], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and "DYNAMICS_CPU_DEVICES" in out.stderr
+
+
+def regression_run(key, lr, width=8, num_samples=24):
+  """GD of a two-layer tanh net on fixed data: matmuls whose batching could
+  change the result if chunking were wrong."""
+  k = jax.random.split(key, 3)
+  x = jax.random.normal(jax.random.PRNGKey(7), (num_samples, 5))
+  y = jnp.sin(x[:, :1])
+  w = (jax.random.normal(k[0], (5, width)), jax.random.normal(k[1], (width, 1)))
+  loss = lambda p, x, y: 0.5 * jnp.mean((jnp.tanh(x @ p[0]) @ p[1] - y) ** 2)
+  return engine.trajectory(w, loss_fn=loss, data=(x, y), optimizer=optax.sgd(lr),
+                           metrics_fn=lambda p: {"loss": loss(p, x, y), "w": p[1]},
+                           num_steps=30, log_every=10)[1]
+
+
+def test_chunked_rows_equal_one_vmap():
+  """Rows looped in chunks (even, uneven with padding, one at a time, the
+  automatic choice) give what one vmap over every row gives."""
+  with jax.enable_x64(True):
+    fn = engine.vmap_rows(regression_run, 1)
+    keys = engine.seed_keys(0, 11)
+    lrs = jnp.linspace(0.05, 0.5, 11)
+    ref = engine.run_rows(fn, keys, lrs, chunk=0, devices=jax.devices()[:1])
+    for chunk in (1, 3, 4, None):
+      got = engine.run_rows(fn, keys, lrs, chunk=chunk)
+      for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    shared = engine.run_seeds(regression_run, keys, 0.1, chunk=2)
+    alone = engine.run_seeds(regression_run, keys[5:6], 0.1, chunk=0)
+    np.testing.assert_allclose(shared["loss"][5], alone["loss"][0], rtol=1e-12)
+
+
+def test_chunk_follows_the_largest_array():
+  """A row whose largest array exceeds CHUNK_BYTES runs one at a time; small
+  rows vmap in chunks that fit it; few rows are not chunked; accelerators
+  never are."""
+  keys = engine.seed_keys(0, 4096)
+  big = engine.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (512, 1024))), 0)
+  small = engine.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (64, 16))), 0)
+  cpu = [d for d in jax.devices() if d.platform == "cpu"][:1]
+  assert engine.plan_rows(big, keys, devices=cpu).chunk == 1
+  chunk = engine.plan_rows(small, keys, devices=cpu).chunk
+  assert chunk * 64 * 16 * 4 <= engine.CHUNK_BYTES < 2 * chunk * 64 * 16 * 4
+  assert engine.plan_rows(small, keys[:8], devices=cpu).chunk == 0
+  assert engine.plan_rows(small, keys, devices=cpu, chunk=0).chunk == 0
