@@ -300,7 +300,8 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   if key not in _PLANS:
     safe, largest = True, 0
     if cpu:
-      text = fn.lower(keys, *args).as_text() if len(devices) > 1 else ""
+      lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
+      text = lower(keys, *args).as_text() if len(devices) > 1 else ""
       safe = not any(
           ("custom_call @lapack" in line and 'num_batch_dims = "0"' not in line)
           or "stablehlo.fft" in line for line in text.splitlines())
@@ -315,7 +316,7 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   chunk = auto if chunk is None else chunk
   if not isinstance(fn, Rows):
     chunk = 0
-  per_device = -(-keys.shape[0] // len(devices))
+  per_device = -(-jax.tree_util.tree_leaves(keys)[0].shape[0] // len(devices))
   if chunk >= per_device:
     chunk = 0
   elif chunk:  # balanced chunks: at most one padded row per chunk
