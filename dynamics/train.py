@@ -274,8 +274,8 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   """How `run_rows` executes `fn(keys, *args)`, decided from shapes and the
   device, once per `fn` and argument shapes.
 
-  Devices: `devices` (default `jax.devices()`), but one CPU device when the
-  program holds a batched LAPACK kernel or an FFT: XLA's CPU runtime runs
+  Devices: `devices` (default `jax.devices()`), no more than there are rows,
+  and one CPU device when the program holds a batched LAPACK kernel or an FFT: XLA's CPU runtime runs
   those by fanning a batch out to the intra-op thread pool they already run
   on and waiting for it, and with one device per core every pool thread can
   be a device waiting inside one, a hang (jaxlib 0.10.2 on two cores: a
@@ -312,11 +312,13 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
     auto = max(1, CHUNK_BYTES // largest) if largest else 0
     _PLANS[key] = (safe, auto)
   safe, auto = _PLANS[key]
-  devices = devices if safe or len(devices) == 1 else devices[:1]
+  rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
+  # fewer rows than devices: padding would only duplicate work
+  devices = devices[:min(len(devices), rows)] if safe else devices[:1]
   chunk = auto if chunk is None else chunk
   if not isinstance(fn, Rows):
     chunk = 0
-  per_device = -(-jax.tree_util.tree_leaves(keys)[0].shape[0] // len(devices))
+  per_device = -(-rows // len(devices))
   if chunk >= per_device:
     chunk = 0
   elif chunk:  # balanced chunks: at most one padded row per chunk
