@@ -310,6 +310,8 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
         one = (jax.tree_util.tree_map(row, args) if fn.batched else args)
         largest = _largest_array(jax.make_jaxpr(fn.train)(row(keys), *one).jaxpr)
     auto = max(1, CHUNK_BYTES // largest) if largest else 0
+    if len(_PLANS) >= 256:  # keys hold functions (and what they close over)
+      _PLANS.clear()
     _PLANS[key] = (safe, auto)
   safe, auto = _PLANS[key]
   rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
