@@ -4,7 +4,7 @@ The decompositions here are vmapped as a loop of single ones
 (`jax.custom_batching.sequential_vmap`): XLA's CPU runtime runs a batched
 LAPACK kernel by fanning the batch out to the thread pool it runs on, which
 can hang when seeds are sharded over one CPU device per core
-(`dynamics.train.row_devices`). They run once per trajectory, not per step,
+(`dynamics.train.plan_rows`). They run once per trajectory, not per step,
 so the loop costs nothing that shows.
 """
 

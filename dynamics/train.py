@@ -275,11 +275,12 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   device, once per `fn` and argument shapes.
 
   Devices: `devices` (default `jax.devices()`), no more than there are rows,
-  and one CPU device when the program holds a batched LAPACK kernel or an FFT: XLA's CPU runtime runs
-  those by fanning a batch out to the intra-op thread pool they already run
-  on and waiting for it, and with one device per core every pool thread can
-  be a device waiting inside one, a hang (jaxlib 0.10.2 on two cores: a
-  batched SVD in a vmapped train function under two devices).
+  and one CPU device when the program holds a batched LAPACK kernel or an
+  FFT: XLA's CPU runtime runs those by fanning a batch out to the intra-op
+  thread pool they already run on and waiting for it, and with one device per
+  core every pool thread can be a device waiting inside one, a hang (jaxlib
+  0.10.2 on two cores: a batched SVD in a vmapped train function under two
+  devices).
 
   Chunk (CPU only; accelerators want the whole batch): the vmapped
   activations of all rows leave the cache, so each device loops over chunks
