@@ -11,6 +11,11 @@ JAX's single device), or by setting `jax_num_cpu_devices` or
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` yourself, which win.
 It cannot change a backend that is already running: import `dynamics` before
 running any JAX computation.
+
+`compiler_options()` is what the engine compiles its programs with: on a CPU,
+LLVM's optimisation level 1 instead of XLA's default (`xla_backend_optimization_level`):
+compile times fall 2-4x and run times do not change (docs/performance.md).
+Override with `DYNAMICS_CPU_OPT_LEVEL=N`, or name the flag in `XLA_FLAGS`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import warnings
 import jax
 
 ENV = "DYNAMICS_CPU_DEVICES"
+OPT_ENV = "DYNAMICS_CPU_OPT_LEVEL"
+CPU_OPT_LEVEL = 1
 
 
 def cpu_device_count() -> int:
@@ -56,3 +63,20 @@ def configure(count: int | None = None) -> int | None:
     return None
   jax.config.update("jax_num_cpu_devices", count)
   return count
+
+
+def compiler_options(platform: str | None = None) -> dict | None:
+  """XLA options for the engine's `jax.jit`s on `platform` (default: JAX's
+  default backend): `{'xla_backend_optimization_level': 1}` on a CPU, where
+  LLVM's default level costs 2-4x the compile time for no faster a program;
+  `DYNAMICS_CPU_OPT_LEVEL=N` sets N; None elsewhere, or when `XLA_FLAGS`
+  names the flag (the user's choice wins)."""
+  platform = jax.default_backend() if platform is None else platform
+  if platform != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  value = os.environ.get(OPT_ENV)
+  if value is None:
+    return {"xla_backend_optimization_level": CPU_OPT_LEVEL}
+  if not value.strip().isdigit() or int(value) > 3:
+    raise ValueError(f"{OPT_ENV}={value!r} must be an integer from 0 to 3.")
+  return {"xla_backend_optimization_level": int(value)}

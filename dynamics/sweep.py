@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dynamics import config as cfg
 from dynamics import experiments, io, metrics
 from dynamics import train as engine
+from dynamics.devices import compiler_options
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
 DEFAULT_CHECKPOINT_EVERY_STEPS = 50_000
@@ -258,10 +259,14 @@ def _segmented(experiment, config, num_logs: int, per_segment: int):
   (`state_<done>`); a rerun restores the newest complete checkpoint and the
   segments before it, and continues."""
   start, advance = experiment.make_segments(config)
-  vstart = jax.jit(jax.vmap(start))
-  vadvance = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2)
+  options = compiler_options()
+  vstart = jax.jit(jax.vmap(start), compiler_options=options)
+  vadvance = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2,
+                     compiler_options=options)
+  # one logged interval: what plan_rows reads the device decision from
+  advance_once = jax.jit(jax.vmap(lambda state, hps: advance(state, hps, 1)),
+                         compiler_options=options)
   checkpointer = ocp.StandardCheckpointer()
-  advance_once = lambda state, hps: vadvance(state, hps, 1)
 
   def run(keys, hps, ckpt_dir, devices):
     rows = keys.shape[0]

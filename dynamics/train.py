@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dynamics.devices import compiler_options
+
 PyTree = Any
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -189,8 +191,15 @@ def run_seeds(train: Callable, keys: jax.Array, *args,
   Returns:
     The outputs of `train` with a leading seed axis `[S, ...]`.
   """
-  return run_rows(vmap_rows(train, len(args), batched=False), keys, *args,
-                  batched=False, devices=devices, chunk=chunk)
+  fn = _SEED_ROWS.get((train, len(args)))
+  if fn is None:  # one Rows per train function: repeated runs reuse its compilations
+    if len(_SEED_ROWS) >= 64:  # keys hold functions (and what they close over)
+      _SEED_ROWS.clear()
+    fn = _SEED_ROWS[train, len(args)] = vmap_rows(train, len(args), batched=False)
+  return run_rows(fn, keys, *args, batched=False, devices=devices, chunk=chunk)
+
+
+_SEED_ROWS: dict = {}
 
 
 class Rows(NamedTuple):
@@ -231,7 +240,8 @@ def vmap_rows(train: Callable, num_args: int, batched: bool = True) -> Rows:
     out = jax.vmap(lambda x: jax.lax.map(body, x))(xs)  # vmap: the device axis
     return jax.tree_util.tree_map(lambda a: a.reshape((r,) + a.shape[3:]), out)
 
-  return Rows(jax.jit(rows, static_argnames=("groups", "chunk")), train, batched)
+  return Rows(jax.jit(rows, static_argnames=("groups", "chunk"),
+                      compiler_options=compiler_options()), train, batched)
 
 
 def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
@@ -301,15 +311,22 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   if key not in _PLANS:
     safe, largest = True, 0
     if cpu:
-      lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
-      text = lower(keys, *args).as_text() if len(devices) > 1 else ""
-      safe = not any(
-          ("custom_call @lapack" in line and 'num_batch_dims = "0"' not in line)
-          or "stablehlo.fft" in line for line in text.splitlines())
+      jaxpr = None
       if isinstance(fn, Rows):
         row = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
         one = (jax.tree_util.tree_map(row, args) if fn.batched else args)
-        largest = _largest_array(jax.make_jaxpr(fn.train)(row(keys), *one).jaxpr)
+        jaxpr = jax.make_jaxpr(fn.train)(row(keys), *one).jaxpr
+        largest = _largest_array(jaxpr)
+      # the lowered program is the truth; one row's jaxpr without any
+      # decomposition or FFT (most programs) spares lowering it
+      rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
+      if min(len(devices), rows) > 1 and (
+          jaxpr is None or _primitives(jaxpr) & LAPACK_OR_FFT):
+        lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
+        safe = not any(
+            ("custom_call @lapack" in line and 'num_batch_dims = "0"' not in line)
+            or "stablehlo.fft" in line
+            for line in lower(keys, *args).as_text().splitlines())
     auto = max(1, CHUNK_BYTES // largest) if largest else 0
     if len(_PLANS) >= 256:  # keys hold functions (and what they close over)
       _PLANS.clear()
@@ -329,6 +346,33 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   return RowPlan(devices, chunk)
 
 
+# primitives of jax.lax.linalg and jax.lax.fft (jax 0.10): on a CPU these may
+# lower to LAPACK or FFT kernels
+LAPACK_OR_FFT = frozenset((
+    "cholesky", "cholesky_update", "eig", "eigh", "geqp3", "geqrf", "hessenberg",
+    "householder_product", "lu", "lu_pivots_to_permutation", "ormqr", "qr",
+    "schur", "svd", "symmetric_product", "triangular_solve", "tridiagonal",
+    "tridiagonal_solve", "fft"))
+
+
+def _subjaxprs(eqn):
+  for p in eqn.params.values():
+    for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+      sub = getattr(sub, "jaxpr", sub)
+      if hasattr(sub, "eqns"):
+        yield sub
+
+
+def _primitives(jaxpr) -> set:
+  """Names of the primitives in a jaxpr and those nested in it."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for sub in _subjaxprs(eqn):
+      names |= _primitives(sub)
+  return names
+
+
 def _largest_array(jaxpr) -> int:
   """Bytes of the largest array a jaxpr (and those nested in it) makes."""
   best = 0
@@ -338,11 +382,8 @@ def _largest_array(jaxpr) -> int:
         best = max(best, int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize)
       except (AttributeError, TypeError):
         pass
-    for p in eqn.params.values():
-      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          best = max(best, _largest_array(sub))
+    for sub in _subjaxprs(eqn):
+      best = max(best, _largest_array(sub))
   return best
 
 

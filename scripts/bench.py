@@ -173,12 +173,12 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
   train, pieces, flops = build(workload, steps)
   keys = engine.seed_keys(0, seeds)
   fn = engine.vmap_rows(train, 0)
+  t = time.perf_counter()  # compile time: the engine's plan, tracing, lowering, XLA
   plan = engine.plan_rows(fn, keys)  # the engine's own choice of devices and chunk
   keys_s, _ = engine.pad_and_shard(keys, devices=plan.devices, multiple=max(plan.chunk, 1))
-  row.update(devices=len(plan.devices), chunk=plan.chunk)
-  t = time.perf_counter()
   compiled = fn.lower(keys_s, groups=len(plan.devices), chunk=plan.chunk).compile()
   row["compile_s"] = time.perf_counter() - t
+  row.update(devices=len(plan.devices), chunk=plan.chunk)
   jax.block_until_ready(compiled(keys_s))  # warm-up
   run_s = float(np.median([_timed(compiled, keys_s)[0] for _ in range(repeats)]))
   rate = seeds * steps / run_s

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from dynamics import train as engine
 from tests.helpers import ROOT
@@ -117,6 +118,14 @@ def test_cpu_devices_default_and_batched_lapack_guard():
       from dynamics.linalg import svd
       fn = engine.vmap_rows(lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1], 1)
       assert len(engine.row_devices(fn, keys, scales)) == 2
+      # a row without decompositions or FFTs is planned without lowering it
+      class NoLower:
+        def __init__(self, f): self.f = f
+        def __call__(self, *a, **k): return self.f(*a, **k)
+        def lower(self, *a, **k): raise AssertionError("lowered")
+      fn = engine.vmap_rows(lambda k, s: plain(k, s) @ jnp.ones((6, 6)), 1)
+      spy = fn._replace(fn=NoLower(fn.fn))
+      assert len(engine.row_devices(spy, keys, scales)) == 2
       print("ok")
   """ % ROOT)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -128,6 +137,23 @@ def test_cpu_devices_default_and_batched_lapack_guard():
   out = subprocess.run([sys.executable, "-c", "import dynamics"], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and "DYNAMICS_CPU_DEVICES" in out.stderr
+
+
+def test_cpu_compiler_options(monkeypatch):
+  """The engine compiles with LLVM level 1 on a CPU; DYNAMICS_CPU_OPT_LEVEL
+  overrides it, a bad value fails naming it, a user's XLA_FLAGS wins."""
+  from dynamics.devices import compiler_options
+  monkeypatch.delenv("DYNAMICS_CPU_OPT_LEVEL", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+  assert compiler_options("gpu") is None
+  monkeypatch.setenv("DYNAMICS_CPU_OPT_LEVEL", "3")
+  assert compiler_options("cpu") == {"xla_backend_optimization_level": 3}
+  monkeypatch.setenv("DYNAMICS_CPU_OPT_LEVEL", "fast")
+  with pytest.raises(ValueError, match="DYNAMICS_CPU_OPT_LEVEL"):
+    compiler_options("cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+  assert compiler_options("cpu") is None
 
 
 def regression_run(key, lr, width=8, num_samples=24):

@@ -95,6 +95,11 @@ def test_empirical_ntk_general_equals_fast_and_converges(w_std, b_std):
   p = two_layer(6, 2048, 6)
   np.testing.assert_allclose(ntk.relu_empirical_ntk(p, x1, x2, w_std, b_std),
                              ntk.empirical_ntk(fn, p, x1, x2), rtol=1e-5, atol=1e-8)
+  # x1 is x2: the upper block triangle (uneven blocks for 11 and 3 points)
+  for x in (sphere(8, 11, 6), sphere(9, 3, 6)):
+    sym = ntk.relu_empirical_ntk(p, x, x, w_std, b_std)
+    np.testing.assert_array_equal(sym, sym.T)
+    np.testing.assert_allclose(sym, ntk.empirical_ntk(fn, p, x, x), rtol=1e-5, atol=1e-8)
   analytic = ntk.relu_ntk(x1, x2, w_std, b_std)
   gap = lambda m, seed: float(np.linalg.norm(
       ntk.relu_empirical_ntk(two_layer(seed, m, 6), x1, x2, w_std, b_std) - analytic)
