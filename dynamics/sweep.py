@@ -159,7 +159,8 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
       default=io.json_default))
 
   devices = jax.devices() if devices is None else devices
-  plans = [_chunks(g, memory_budget_mb, len(devices)) for g in groups]
+  trains = [experiments.get(g.configs[0]).make_train(g.configs[0]) for g in groups]
+  plans = [_chunks(g, t, memory_budget_mb, len(devices)) for g, t in zip(groups, trains)]
   bar = tqdm(total=sum(map(len, plans)), desc="sweep chunks", unit="chunk",
              disable=not verbose, dynamic_ncols=True)
   for gi, (group, chunks) in enumerate(zip(groups, plans)):
@@ -176,8 +177,8 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
     per_segment = max(1, checkpoint_every_steps // c0.train.log_every)
     if per_segment < num_logs:
       segments = _segmented(experiment, c0, num_logs, per_segment)
-    else:
-      fn = engine.vmap_rows(experiment.make_train(c0), 1, batched=True)
+    else:  # the train _chunks traced: vmap_rows and plan_rows reuse its trace
+      fn = engine.vmap_rows(trains[gi], 1, batched=True)
     for ci, sl in todo:
       rows_hps = jax.tree_util.tree_map(lambda a: a[sl], hps)
       path = _chunk_path(out_dir, gi, ci)
@@ -244,12 +245,14 @@ def load_sweep(out_dir: str) -> tuple[pd.DataFrame, dict]:
 
 def _rows(group: Group, experiment):
   """Keys and stacked hyperparameters of a group's (point x seed) rows."""
-  keys = jnp.concatenate([engine.seed_keys(c.seed, c.num_seeds)
-                          for c in group.configs])
+  seeds = {(c.seed, c.num_seeds) for c in group.configs}
+  seeds = {s: np.asarray(engine.seed_keys(*s)) for s in seeds}  # usually one
+  keys = np.concatenate([seeds[c.seed, c.num_seeds] for c in group.configs])
   per_row = [jax.tree_util.tree_map(
-      lambda x, n=c.num_seeds: jnp.broadcast_to(x, (n,) + x.shape),
+      lambda x, n=c.num_seeds: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
       experiment.hparams(c)) for c in group.configs]
-  return keys, jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *per_row)
+  hps = jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *per_row)
+  return jnp.asarray(keys), hps
 
 
 def _segmented(experiment, config, num_logs: int, per_segment: int):
@@ -311,7 +314,7 @@ def _segmented(experiment, config, num_logs: int, per_segment: int):
   return run
 
 
-def _chunks(group: Group, budget_mb: float, num_devices: int) -> list[slice]:
+def _chunks(group: Group, train, budget_mb: float, num_devices: int) -> list[slice]:
   """Splits a group's rows into chunks that fit the memory budget.
 
   The memory of a row is estimated from the shapes of `train`'s outputs (the
@@ -321,8 +324,7 @@ def _chunks(group: Group, budget_mb: float, num_devices: int) -> list[slice]:
   """
   c0 = group.configs[0]
   experiment = experiments.get(c0)
-  shapes = jax.eval_shape(experiment.make_train(c0), jax.random.PRNGKey(0),
-                          experiment.hparams(c0))
+  shapes = jax.eval_shape(train, jax.random.PRNGKey(0), experiment.hparams(c0))
   row_bytes = 3 * sum(int(np.prod(s.shape)) * s.dtype.itemsize
                       for s in jax.tree_util.tree_leaves(shapes))
   per_chunk = int(budget_mb * 2**20 // max(row_bytes, 1))
@@ -372,8 +374,9 @@ def _analyze_point(config, out: dict, point: dict):
   diverged = diverged_at >= 0
   # Values logged after the divergence step are masked; before it they stand.
   after = diverged[:, None] & (steps[None, :] > diverged_at[:, None])
+  constant = getattr(experiments.get(config), "CONSTANT_OUTPUTS", ())
   for name, a in out.items():
-    if a.ndim >= 2 and a.shape[1] == len(steps):
+    if a.ndim >= 2 and a.shape[1] == len(steps) and name not in constant:
       out[name] = np.where(after.reshape(after.shape + (1,) * (a.ndim - 2)),
                            np.nan, a.astype(np.float64))
   result = experiments.get(config).analyze(config, out)

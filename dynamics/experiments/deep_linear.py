@@ -13,6 +13,8 @@ Theory time is `t = lr * step` (docs/conventions.md).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,18 @@ def hparams(config) -> dict:
           for field, key in HPARAMS.items()}
 
 
+class TaskSpectrum(NamedTuple):
+  """The parts of a `LinearTeacher` the theory and the figures use."""
+  s: np.ndarray               # [K]
+  sigma_yx: np.ndarray        # [d_out, d_in]
+  sigma_yy_trace: np.ndarray  # []
+
+
+# outputs of `train` that are not logged trajectories (not masked after a
+# seed diverges, even when a dimension equals the number of logged steps)
+CONSTANT_OUTPUTS = ("u0_eff", "task_s", "task_sigma_yx", "task_sigma_yy_trace")
+
+
 def make_task(config, hp: dict):
   t = config.task
   return linear_teacher(
@@ -139,7 +153,10 @@ def make_segments(config, progress=None):
                                   task.v_modes)
     else:
       params = model.init_random(init_key, sizes, hp["scale"], task.x.dtype)
-    extras = {}
+    # what the theory needs of the task, as trained on: `analyze` reads it
+    # here instead of drawing the task again (a second, eager compile)
+    extras = {"task_s": task.s, "task_sigma_yx": task.sigma_yx,
+              "task_sigma_yy_trace": task.sigma_yy_trace}
     if m.depth <= 2:
       extras["u0_eff"] = model.effective_u0(params, task.u_modes, task.v_modes)
     state = engine.init_state(params, optimizer(hp), data_key)
@@ -159,7 +176,9 @@ def make_segments(config, progress=None):
 
 def make_train(config, progress=None):
   """`train(key, hp) -> {'loss': [L], 'u': [L, K], 'u0_eff': [K],
-  'diverged_at': []}` (`u0_eff` for depth <= 2 only)."""
+  'diverged_at': [], 'task_s': [K], 'task_sigma_yx': [d_out, d_in],
+  'task_sigma_yy_trace': []}` (`u0_eff` for depth <= 2 only; the `task_*`
+  entries are the task every seed trained on, the same for every seed)."""
   start, advance = make_segments(config, progress)
 
   def train(key, hp):
@@ -317,7 +336,10 @@ def analyze(config, out: dict) -> dict:
     dict with `arrays` (for `trajectories.npz`; `[S, L, ...]` entries become
     table columns), `summary`, `table`, and `plot(path)`, the figure writer.
   """
-  task = make_task(config, hparams(config))
+  if "task_s" in out:  # the task as trained on (every seed's is the same)
+    task = TaskSpectrum(*(np.asarray(out[f"task_{k}"])[0] for k in TaskSpectrum._fields))
+  else:
+    task = make_task(config, hparams(config))
   pred = predict(config, task, out)
   summary = summarize(config, task, out, pred)
   steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)

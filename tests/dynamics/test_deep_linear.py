@@ -88,6 +88,13 @@ def test_seed_independent_of_batch():
   for name in ("loss", "u"):
     np.testing.assert_allclose(alone[name][0], batch[name][3], rtol=1e-12, atol=1e-14)
   assert not np.allclose(batch["loss"][0], batch["loss"][3])
+  # Every seed reports the task it trained on, the one make_task draws, which
+  # `analyze` reads instead of drawing it again.
+  with jax.enable_x64(True):
+    task = exp.make_task(c, hp)
+  for name in ("s", "sigma_yx", "sigma_yy_trace"):
+    for row in batch[f"task_{name}"]:
+      np.testing.assert_allclose(row, getattr(task, name), rtol=1e-12, atol=1e-14)
 
 
 def test_aligned_init_is_balanced_and_exact():
