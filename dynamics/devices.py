@@ -13,7 +13,7 @@ It cannot change a backend that is already running: import `dynamics` before
 running any JAX computation.
 
 `compiler_options()` is what the engine compiles its programs with: on a CPU,
-LLVM's optimisation level 1 instead of XLA's default (`xla_backend_optimization_level`):
+LLVM optimisation level 1 instead of XLA's default 3 (`xla_backend_optimization_level`):
 compile times fall 2-4x and run times do not change (docs/performance.md).
 Override with `DYNAMICS_CPU_OPT_LEVEL=N`, or name the flag in `XLA_FLAGS`.
 """

@@ -169,7 +169,7 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
   if workload == "empirical_ntk":
     return {**row, **_ntk_row(repeats, **NTK_SIZE)}
   if workload == "sweep":
-    return {**row, **_sweep_row(seeds, steps)}
+    return {**row, **_sweep_row(seeds, steps, repeats)}
   train, pieces, flops = build(workload, steps)
   keys = engine.seed_keys(0, seeds)
   fn = engine.vmap_rows(train, 0)
@@ -206,7 +206,7 @@ def _ntk_row(repeats, d=64, m=4096, n=1024) -> dict:
   return out
 
 
-def _sweep_row(seeds, steps) -> dict:
+def _sweep_row(seeds, steps, repeats=3) -> dict:
   """A 16-point lr x init-scale grid of the deep_linear experiment, through
   `run_sweep` and as one hand-written vmapped call over the same rows."""
   import importlib.util
@@ -229,20 +229,26 @@ def _sweep_row(seeds, steps) -> dict:
   config.train.num_steps, config.train.log_every, config.train.lr = steps, 10, 0.05
   lrs, scales = (0.01, 0.02, 0.03, 0.05), (0.1, 0.2, 0.3, 0.5)
   config.sweep = ml_collections.ConfigDict({"train": {"lr": lrs}, "init": {"scale": scales}})
-  with tempfile.TemporaryDirectory() as tmp:
-    t = time.perf_counter()
-    sweep.run_sweep(config, os.path.join(tmp, "s"), verbose=False)
-    sweep_s = time.perf_counter() - t
   hp = {k: jnp.repeat(v, seeds) for k, v in {
       "lr": jnp.repeat(jnp.array(lrs), 4), "scale": jnp.tile(jnp.array(scales), 4)}.items()}
   base = exp.hparams(config)
   hp = {**{k: jnp.broadcast_to(v, (16 * seeds,) + v.shape) for k, v in base.items()}, **hp}
   keys = jnp.tile(engine.seed_keys(config.seed, seeds), (16, 1))
-  t = time.perf_counter()
-  jax.block_until_ready(engine.run_rows(engine.vmap_rows(exp.make_train(config), 1), keys, hp))
-  direct_s = time.perf_counter() - t
+  # alternate the two, each from scratch (a fresh train function, so each
+  # compiles), and compare medians: single runs vary by ~10% on this machine
+  sweep_times, direct_times = [], []
+  for _ in range(repeats):
+    with tempfile.TemporaryDirectory() as tmp:
+      t = time.perf_counter()
+      sweep.run_sweep(config, os.path.join(tmp, "s"), verbose=False)
+      sweep_times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    jax.block_until_ready(engine.run_rows(engine.vmap_rows(exp.make_train(config), 1), keys, hp))
+    direct_times.append(time.perf_counter() - t)
+  sweep_s, direct_s = float(np.median(sweep_times)), float(np.median(direct_times))
   rate = 16 * seeds * steps / sweep_s
   return {"run_s": sweep_s, "direct_s": direct_s, "overhead": sweep_s / direct_s - 1,
+          "sweep_runs_s": sweep_times, "direct_runs_s": direct_times,
           "seed_steps_per_s": rate, "compile_s": None, "gflops": None, "peak_fraction": None}
 
 
