@@ -308,6 +308,7 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   spec = jax.tree_util.tree_map(
       lambda a: (a.shape, a.dtype) if hasattr(a, "dtype") else type(a), (keys, args))
   key = (fn, str(spec), len(devices), cpu)
+  rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
   if key not in _PLANS:
     safe, largest = True, 0
     if cpu:
@@ -319,7 +320,6 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
         largest = _largest_array(jaxpr)
       # the lowered program is the truth; one row's jaxpr without any
       # decomposition or FFT (most programs) spares lowering it
-      rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
       if min(len(devices), rows) > 1 and (
           jaxpr is None or _primitives(jaxpr) & LAPACK_OR_FFT):
         lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
@@ -332,7 +332,6 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
       _PLANS.clear()
     _PLANS[key] = (safe, auto)
   safe, auto = _PLANS[key]
-  rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
   # fewer rows than devices: padding would only duplicate work
   devices = devices[:min(len(devices), rows)] if safe else devices[:1]
   chunk = auto if chunk is None else chunk

@@ -153,7 +153,8 @@ def loop_rate(pieces, steps: int, seeds: int = 2) -> float:
   t = time.perf_counter()
   for i in range(seeds):
     key = keys[i]
-    w, s = init(key), opt.init(init(key))
+    w = init(key)
+    s = opt.init(w)
     for j in range(n):
       w, s = step(w, s, jax.random.fold_in(key, j) if online else key)
   jax.block_until_ready(w)

@@ -75,8 +75,9 @@ def validate(config) -> None:
 
 
 def uses_statistics(config) -> bool:
-  """Whether a run trains on `(Sigma_xx, Sigma_yx, tr Sigma_yy)` instead of
-  the samples (`models.deep_linear.stats_loss`: the same loss to rounding).
+  """Whether a run trains on `models.deep_linear.statistics` (`Sigma_xx`,
+  `W*`, `L*`) instead of the samples (`models.deep_linear.stats_loss`: the
+  same loss to rounding).
   `train.formulation = 'auto'` (the default) picks it for full-batch runs
   with more samples than input dimensions, where a step then costs
   `O(d_in sum(fan_in fan_out))` instead of `O(P sum(fan_in fan_out))`."""
