@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 from dynamics import config as cfg
 from dynamics import experiments, io, metrics
 from dynamics import train as engine
-from dynamics.devices import compiler_options
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
 DEFAULT_CHECKPOINT_EVERY_STEPS = 50_000
@@ -262,23 +261,26 @@ def _segmented(experiment, config, num_logs: int, per_segment: int):
   (`state_<done>`); a rerun restores the newest complete checkpoint and the
   segments before it, and continues."""
   start, advance = experiment.make_segments(config)
-  options = compiler_options()
-  vstart = jax.jit(jax.vmap(start), compiler_options=options)
-  vadvance = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)), static_argnums=2,
-                     compiler_options=options)
-  # one logged interval: what plan_rows reads the device decision from
-  advance_once = jax.jit(jax.vmap(lambda state, hps: advance(state, hps, 1)),
-                         compiler_options=options)
+  vstart = engine.vmap_rows(start, 1)
+  vadvance: dict = {}  # per segment length: one row function, one compilation
+
+  def advance_rows(n: int) -> engine.Rows:
+    if n not in vadvance:
+      vadvance[n] = engine.vmap_rows(lambda state, hps: advance(state, hps, n), 1)
+    return vadvance[n]
+
   checkpointer = ocp.StandardCheckpointer()
 
   def run(keys, hps, ckpt_dir, devices):
     rows = keys.shape[0]
-    devices = engine.row_devices(vstart, keys, hps, devices=devices)
-    if len(devices) > 1:  # the advance program decides too
-      state0 = jax.eval_shape(vstart, keys, hps)[0]
-      devices = engine.row_devices(advance_once, state0, hps, devices=devices)
-    keys, (hps,) = engine.pad_and_shard(keys, hps, devices=devices)
-    state, extras, first = vstart(keys, hps)
+    # the engine's plan (devices, cache-sized chunks), from both programs
+    devices = engine.plan_rows(vstart, keys, hps, devices=devices).devices
+    state0 = jax.eval_shape(jax.vmap(start), keys, hps)[0]
+    plan = engine.plan_rows(advance_rows(per_segment), state0, hps, devices=devices)
+    groups, chunk = len(plan.devices), plan.chunk
+    keys, (hps,) = engine.pad_and_shard(keys, hps, devices=plan.devices,
+                                        multiple=max(chunk, 1))
+    state, extras, first = vstart(keys, hps, groups=groups, chunk=chunk)
     os.makedirs(ckpt_dir, exist_ok=True)
     saved = sorted(int(d.split("_")[1]) for d in os.listdir(ckpt_dir)
                    if d.startswith("state_") and d[6:].isdigit())
@@ -293,7 +295,7 @@ def _segmented(experiment, config, num_logs: int, per_segment: int):
         logged.append({k: z[k] for k in z.files})
     while done < num_logs:
       n = min(per_segment, num_logs - done)
-      state, seg = vadvance(state, hps, n)
+      state, seg = advance_rows(n)(state, hps, groups=groups, chunk=chunk)
       seg = {k: np.asarray(v) for k, v in seg.items()}  # [rows, n, ...]
       _atomic_npz(os.path.join(ckpt_dir, f"seg_{done:08d}.npz"), seg)
       logged.append(seg)

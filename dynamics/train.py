@@ -222,18 +222,21 @@ def vmap_rows(train: Callable, num_args: int, batched: bool = True) -> Rows:
 
   Called with `groups` (devices) and `chunk > 0`, the rows of each device run
   as a loop (`lax.map`) over chunks of `chunk` vmapped rows; rows must then
-  be a multiple of `groups * chunk` (`run_rows` pads them)."""
+  be a multiple of `groups * chunk` (`run_rows` pads them). `keys` may be a
+  pytree whose leaves lead with the row axis (a scan state, to continue
+  runs)."""
   axes = (0,) + ((0 if batched else None),) * num_args
   vtrain = jax.vmap(train, in_axes=axes)
 
   def rows(keys, *args, groups, chunk):
     if not chunk:
       return vtrain(keys, *args)
-    r = keys.shape[0]
-    split = lambda a: a.reshape((groups, r // (groups * chunk), chunk) + a.shape[1:])
+    r = jax.tree_util.tree_leaves(keys)[0].shape[0]
+    split = lambda tree: jax.tree_util.tree_map(
+        lambda a: a.reshape((groups, r // (groups * chunk), chunk) + a.shape[1:]), tree)
     if batched:
       body = lambda ka: vtrain(ka[0], *ka[1])
-      xs = (split(keys), jax.tree_util.tree_map(split, args))
+      xs = (split(keys), split(args))
     else:
       body = lambda k: vtrain(k, *args)
       xs = split(keys)
@@ -251,10 +254,10 @@ def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
   `jax.devices()`) with a 1-D `Mesh` and `NamedSharding`. Returns
   `(keys, args)`."""
   devices = jax.devices() if devices is None else devices
-  pad = -keys.shape[0] % (len(devices) * multiple)
+  pad = -jax.tree_util.tree_leaves(keys)[0].shape[0] % (len(devices) * multiple)
   pad_rows = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
   if pad:
-    keys = pad_rows(keys)
+    keys = jax.tree_util.tree_map(pad_rows, keys)
     if batched:
       args = jax.tree_util.tree_map(pad_rows, args)
   if len(devices) > 1:
@@ -310,14 +313,11 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   key = (fn, str(spec), len(devices), cpu)
   rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
   if key not in _PLANS:
-    safe, largest = True, 0
+    safe, largest, shared = True, 0, 0
     if cpu:
       jaxpr = None
       if isinstance(fn, Rows):
-        row = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
-        one = (jax.tree_util.tree_map(row, args) if fn.batched else args)
-        jaxpr = jax.make_jaxpr(fn.train)(row(keys), *one).jaxpr
-        largest = _largest_array(jaxpr)
+        jaxpr, largest, shared = _row_profile(fn, keys, args)
       # the lowered program is the truth; one row's jaxpr without any
       # decomposition or FFT (most programs) spares lowering it
       if min(len(devices), rows) > 1 and (
@@ -328,6 +328,8 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
             or "stablehlo.fft" in line
             for line in lower(keys, *args).as_text().splitlines())
     auto = max(1, CHUNK_BYTES // largest) if largest else 0
+    if shared > CHUNK_BYTES:
+      auto = 0  # every chunk would draw the rows' common numbers again
     if len(_PLANS) >= 256:  # keys hold functions (and what they close over)
       _PLANS.clear()
     _PLANS[key] = (safe, auto)
@@ -370,25 +372,56 @@ def _primitives(jaxpr) -> set:
   names = set()
   for eqn in jaxpr.eqns:
     names.add(eqn.primitive.name)
-    if "sequential_vmap" in repr(eqn.params.get("rule")):
+    if "sequential_vmap" in str(eqn.params.get("rule")):  # str names the wrapped rule
       continue
     for sub in _subjaxprs(eqn):
       names |= _primitives(sub)
   return names
 
 
-def _largest_array(jaxpr) -> int:
-  """Bytes of the largest array a jaxpr (and those nested in it) makes."""
-  best = 0
-  for eqn in jaxpr.eqns:
-    for v in eqn.outvars:
-      try:
-        best = max(best, int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize)
-      except (AttributeError, TypeError):
-        pass
-    for sub in _subjaxprs(eqn):
-      best = max(best, _largest_array(sub))
-  return best
+def _row_profile(fn: Rows, keys, args):
+  """`(jaxpr, per_row, shared)` for `fn`'s vmapped row function, read from
+  its traces at 2 and 3 rows: the jaxpr at 2 rows; `per_row`, the bytes one
+  row adds to the largest array that grows with the rows; `shared`, the
+  largest random draw inside a loop (the steps) that does not grow with them:
+  numbers common to every row (prompts shared across seeds), which each
+  chunk would draw again."""
+  axes = (0,) + ((0 if fn.batched else None),) * len(args)
+  vtrain = jax.vmap(fn.train, in_axes=axes)
+
+  def trace(n):
+    rows = lambda a: jax.ShapeDtypeStruct((n,) + a.shape[1:], a.dtype)
+    return jax.make_jaxpr(vtrain)(jax.tree_util.tree_map(rows, keys),
+        *(jax.tree_util.tree_map(rows, args) if fn.batched else args)).jaxpr
+
+  two = trace(2)
+  return (two,) + _growth(two, trace(3), loop=False)
+
+
+def _nbytes(v) -> int:
+  try:
+    return int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
+  except (AttributeError, TypeError):
+    return 0
+
+
+def _growth(a, b, loop: bool) -> tuple[int, int]:
+  """`(per_row, shared)` of `_row_profile` from traces at 2 and 3 rows (`a`,
+  `b`); traces that differ in structure count every array as grown."""
+  if len(a.eqns) != len(b.eqns):
+    return max((_nbytes(v) for e in a.eqns for v in e.outvars), default=0) // 2, 0
+  per_row = shared = 0
+  for ea, eb in zip(a.eqns, b.eqns):
+    for va, vb in zip(ea.outvars, eb.outvars):
+      grow = _nbytes(vb) - _nbytes(va)
+      per_row = max(per_row, grow)
+      if loop and grow == 0 and ea.primitive.name == "random_bits":
+        shared = max(shared, _nbytes(vb))
+    inner = loop or ea.primitive.name in ("scan", "while")
+    for sa, sb in zip(_subjaxprs(ea), _subjaxprs(eb)):
+      p, s = _growth(sa, sb, inner)
+      per_row, shared = max(per_row, p), max(shared, s)
+  return per_row, shared
 
 
 def row_devices(fn: Callable, keys: jax.Array, *args,
@@ -402,7 +435,7 @@ def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
   """Runs `fn = vmap_rows(...)` over rows sharded on `devices`, in chunks
   (`plan_rows`); the padding is dropped from the result, so a row's output
   does not depend on the device count or the chunk size."""
-  rows = keys.shape[0]
+  rows = jax.tree_util.tree_leaves(keys)[0].shape[0]
   plan = plan_rows(fn, keys, *args, devices=devices, chunk=chunk)
   keys, args = pad_and_shard(keys, *args, batched=batched, devices=plan.devices,
                              multiple=max(plan.chunk, 1))

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from dynamics import load_sweep, run_sweep, sweep
+from dynamics import train as engine
 from dynamics.experiments import deep_linear as exp
 from tests.helpers import ROOT, load_config
 
@@ -204,6 +205,12 @@ def test_resume_mid_trajectory_from_orbax_checkpoint(tmp_path, monkeypatch):
     real_npz(path, arrays)
 
   monkeypatch.setattr(sweep, "_atomic_npz", dying_npz)
+  # the killed and resumed sweep loops over 1-row chunks (the reference does not)
+  monkeypatch.setenv("DYNAMICS_CHUNK_ROWS", "1")
+  chunks = []
+  real_plan = engine.plan_rows
+  monkeypatch.setattr(engine, "plan_rows",
+                      lambda *a, **k: chunks.append(real_plan(*a, **k).chunk) or real_plan(*a, **k))
   with pytest.raises(Killed):
     run_sweep(c, str(tmp_path / "run"), checkpoint_every_steps=100, verbose=False)
   ckpt = [d for d in os.listdir(tmp_path / "run" / "chunks") if d.endswith(".ckpt")]
@@ -216,7 +223,10 @@ def test_resume_mid_trajectory_from_orbax_checkpoint(tmp_path, monkeypatch):
                       lambda self, *a, **k: restored.append(a[0]) or real_restore(self, *a, **k))
   run_sweep(c, str(tmp_path / "run"), checkpoint_every_steps=100, verbose=False)
   assert len(restored) == 1 and restored[0].endswith("state_00000010")
+  assert 1 in chunks, chunks
   a, _ = load_sweep(str(tmp_path / "ref"))
   b, _ = load_sweep(str(tmp_path / "run"))
-  pd.testing.assert_frame_equal(a, b)
+  # float32 rounding only: 1-row chunks may reduce in another order than 3
+  # rows; a few eps (1.2e-7) of the O(1) weights, also in modes near 0
+  pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
   assert not [d for d in os.listdir(tmp_path / "run" / "chunks") if d.endswith(".ckpt")]

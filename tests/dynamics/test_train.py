@@ -118,14 +118,17 @@ def test_cpu_devices_default_and_batched_lapack_guard():
       from dynamics.linalg import svd
       fn = engine.vmap_rows(lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1], 1)
       assert len(engine.row_devices(fn, keys, scales)) == 2
-      # a row without decompositions or FFTs is planned without lowering it
+      # a row without decompositions or FFTs, or with them only inside
+      # dynamics.linalg's loops, is planned without lowering it
       class NoLower:
         def __init__(self, f): self.f = f
         def __call__(self, *a, **k): return self.f(*a, **k)
         def lower(self, *a, **k): raise AssertionError("lowered")
-      fn = engine.vmap_rows(lambda k, s: plain(k, s) @ jnp.ones((6, 6)), 1)
-      spy = fn._replace(fn=NoLower(fn.fn))
-      assert len(engine.row_devices(spy, keys, scales)) == 2
+      for f in (lambda k, s: plain(k, s) @ jnp.ones((6, 6)),
+                lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1]):
+        fn = engine.vmap_rows(f, 1)
+        spy = fn._replace(fn=NoLower(fn.fn))
+        assert len(engine.row_devices(spy, keys, scales)) == 2
       print("ok")
   """ % ROOT)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -189,8 +192,8 @@ def test_chunked_rows_equal_one_vmap():
 
 def test_chunk_follows_the_largest_array():
   """A row whose largest array exceeds CHUNK_BYTES runs one at a time; small
-  rows vmap in chunks that fit it; few rows are not chunked; accelerators
-  never are."""
+  rows vmap in chunks that fit it; few rows are not chunked; rows sharing
+  large random draws every step are not chunked."""
   keys = engine.seed_keys(0, 4096)
   big = engine.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (512, 1024))), 0)
   small = engine.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (64, 16))), 0)
@@ -200,3 +203,14 @@ def test_chunk_follows_the_largest_array():
   assert chunk * 64 * 16 * 4 <= engine.CHUNK_BYTES < 2 * chunk * 64 * 16 * 4
   assert engine.plan_rows(small, keys[:8], devices=cpu).chunk == 0
   assert engine.plan_rows(small, keys, devices=cpu, chunk=0).chunk == 0
+  # a loop drawing numbers common to every row, as large as `big`'s: chunks
+  # would each draw them again, so the rows vmap at once; drawn per row, they
+  # run one at a time
+  def steps(shared):
+    def body(c, i):
+      x = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3) if shared else c[1], i),
+                            (512, 1024))
+      return (c[0] + jnp.mean(x * c[0]), c[1]), None
+    return engine.vmap_rows(lambda k: jax.lax.scan(body, (1.0, k), jnp.arange(3))[0][0], 0)
+  assert engine.plan_rows(steps(True), keys, devices=cpu).chunk == 0
+  assert engine.plan_rows(steps(False), keys, devices=cpu).chunk == 1
