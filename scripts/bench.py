@@ -39,9 +39,9 @@ from theory import ntk  # noqa: E402
 
 DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
                  "deep_linear_small": (1, 256, 4096), "relu_train": (1, 16, 64),
-                 "lsa_icl": (1, 16), "empirical_ntk": (1,), "sweep": (64,)}
+                 "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "empirical_ntk": (1,), "sweep": (64,)}
 DEFAULT_STEPS = {"deep_linear": 2000, "deep_linear_stats": 2000, "deep_linear_small": 5000,
-                 "relu_train": 2000, "lsa_icl": 2000, "empirical_ntk": 0, "sweep": 2000}
+                 "relu_train": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000, "empirical_ntk": 0, "sweep": 2000}
 
 
 def _timed(fn, *args):
@@ -100,7 +100,7 @@ def _relu_train(steps, d=64, m=1024, p=512, lr=0.5):
   return train, (init, lambda w: loss(w, x, y), opt), 6 * p * (d * m + m)
 
 
-def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05):
+def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05, shared=False):
   cs = jnp.eye(d)
   evals = icl_regression.sample(jax.random.PRNGKey(1), 1024, n, cs)
   init = lambda key: linear_attention.init(key, d)
@@ -109,6 +109,8 @@ def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05):
 
   def train(key):
     k_i, k_d = jax.random.split(key)
+    if shared:  # the lsa_icl experiment's opt-in task.prompts = 'shared'
+      k_d = jax.random.PRNGKey(2)
     return engine.trajectory(init(k_i), loss_fn=linear_attention.loss, data=sample,
                              optimizer=opt, key=k_d,
                              metrics_fn=lambda w: {"loss": linear_attention.loss(w, *evals)},
@@ -132,6 +134,8 @@ def build(workload: str, steps: int):
     return _relu_train(steps)
   if workload == "lsa_icl":
     return _lsa_icl(steps)
+  if workload == "lsa_icl_shared":
+    return _lsa_icl(steps, shared=True)
   raise ValueError(f"unknown workload {workload!r}; known: {', '.join(DEFAULT_SEEDS)}")
 
 

@@ -54,20 +54,20 @@ def test_stats_loss_keeps_relative_precision_near_the_minimum():
 def test_every_workload_runs_tiny():
   proc = subprocess.run(
       [sys.executable, "scripts/bench.py", "deep_linear", "deep_linear_stats",
-       "deep_linear_small", "relu_train", "lsa_icl", "empirical_ntk", "sweep",
-       "--seeds", "2", "--steps", "20", "--repeats", "1", "--json", "--in_process",
+       "deep_linear_small", "relu_train", "lsa_icl", "lsa_icl_shared", "empirical_ntk",
+       "sweep", "--seeds", "2", "--steps", "20", "--repeats", "1", "--json", "--in_process",
        "--ntk_size", "8", "64", "32"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in proc.stdout.strip().splitlines()]
   assert [r["workload"] for r in rows] == ["deep_linear", "deep_linear_stats",
                                            "deep_linear_small", "relu_train", "lsa_icl",
-                                           "empirical_ntk", "sweep"]
+                                           "lsa_icl_shared", "empirical_ntk", "sweep"]
   for r in rows:
     assert KEYS <= set(r) and r["seeds"] == 2, r
-  for r in rows[:5]:
+  for r in rows[:6]:
     assert r["seed_steps_per_s"] > 0 and r["loop_speedup"] > 0, r
-  assert rows[5]["seconds"] > 0 and rows[6]["overhead"] > -1
+  assert rows[6]["seconds"] > 0 and rows[7]["overhead"] > -1
 
 
 def test_unknown_workload_is_an_error():

@@ -151,11 +151,41 @@ def test_finite_pool_of_prompts_overfits():
   assert pooled["risk_measured"]["mean"] > 1.05 * online["risk_measured"]["mean"], (pooled, online)
 
 
+def test_shared_prompts_are_an_opt_in():
+  """`task.prompts = 'shared'`: every seed's step-k prompts are
+  `icl_regression.sample(fold_in(shared_key, k))`, the task's own sampler on
+  the task seed's stream (a first step by hand checks it), so from the aligned
+  init, which draws nothing, the seeds coincide; with the default
+  `'per_seed'` they do not. Either way a seed's run does not depend on the
+  seeds run beside it."""
+  from dynamics import train as engine
+  c = small(("flow",))
+  n, d, lr = c.task.n_context, c.task.d, 0.01
+  ctx = lsa_icl.setting(c, "isotropic", n)
+  ctx["u0"] = ctx["g0"] = jnp.float32(0.1)
+  keys = engine.seed_keys(0, 5)
+  spread = {}
+  for prompts in lsa_icl.PROMPTS:
+    c.task.prompts = prompts
+    train = lsa_icl.make_train(c, n_context=n, init="aligned", lr=lr, num_steps=40,
+                               log_every=1, batch_size=64, decay=False)
+    out = engine.run_seeds(train, keys, ctx)
+    alone = engine.run_seeds(train, keys[3:4], ctx)
+    np.testing.assert_allclose(alone["gamma"][0], out["gamma"][3], rtol=1e-5, atol=1e-7)
+    spread[prompts] = np.ptp(out["u"][:, -1]) / np.abs(out["u"][0, -1])
+  assert spread["shared"] < 1e-6 < 1e-3 < spread["per_seed"], spread
+  w0 = model.init(None, d, name="aligned", u0=0.1, g0=0.1)
+  batch = icl.sample(jax.random.fold_in(ctx["shared_key"], 0), 64, n, ctx["cov_sqrt"])
+  w1 = jax.tree_util.tree_map(lambda w, g: w - lr * g, w0, jax.grad(model.loss)(w0, *batch))
+  np.testing.assert_allclose(out["gamma"][:, 1], np.broadcast_to(
+      model.effective_gamma(w1), out["gamma"][:, 1].shape), rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("field, value", [
     ("parts", ("icl", "nope")), ("task.covariances", ("isotropic", "diag")),
     ("task.n_context", 0), ("flow.lr", -1.0), ("flow.num_steps", 101),
     ("context.n_context", (4, 2.5)), ("train.decay", "linear"),
-    ("task.condition_number", 0.5), ("task.pool_size", 100)])
+    ("task.condition_number", 0.5), ("task.pool_size", 100), ("task.prompts", "own")])
 def test_bad_config(field, value):
   c = load_config("lsa_icl")
   section, _, name = field.rpartition(".")
