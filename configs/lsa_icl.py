@@ -47,7 +47,7 @@ def get_config():
   config.task.condition_number = 4.0  # skewed: eigenvalues from 1 to 1/4, trace d
   config.task.pool_size = 0           # 0: fresh prompts every step; else a fixed pool
   config.task.prompts = "per_seed"    # or "shared": the same prompts for every seed
-                                      # (opt-in, 7x faster; seeds differ only by init)
+                                      # (opt-in; seeds then differ only by init)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_prompts = 8192      # fixed prompts for the Monte-Carlo risk

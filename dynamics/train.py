@@ -379,47 +379,42 @@ def _primitives(jaxpr) -> set:
   return names
 
 
+# rows of the trace `plan_rows` reads: a prime, so that an array whose size it
+# divides grows with the rows (whatever reshapes the batch axis went through)
+PROBE_ROWS = 7919
+
+
 def _row_profile(fn: Rows, keys, args):
-  """`(jaxpr, per_row, shared)` for `fn`'s vmapped row function, read from
-  its traces at 2 and 3 rows: the jaxpr at 2 rows; `per_row`, the bytes one
-  row adds to the largest array that grows with the rows; `shared`, the
-  largest random draw inside a loop (the steps) that does not grow with them:
-  numbers common to every row (prompts shared across seeds), which each
-  chunk would draw again."""
+  """`(jaxpr, per_row, shared)` for `fn`'s vmapped row function, traced (not
+  run) at `PROBE_ROWS` rows: `per_row`, the bytes one row adds to the
+  largest array that grows with the rows; `shared`, the largest random draw
+  inside a loop (the steps) that does not grow with them: numbers common to
+  every row (prompts shared across seeds), which each chunk would draw again."""
   axes = (0,) + ((0 if fn.batched else None),) * len(args)
-  vtrain = jax.vmap(fn.train, in_axes=axes)
-
-  def trace(n):
-    rows = lambda a: jax.ShapeDtypeStruct((n,) + a.shape[1:], a.dtype)
-    return jax.make_jaxpr(vtrain)(jax.tree_util.tree_map(rows, keys),
-        *(jax.tree_util.tree_map(rows, args) if fn.batched else args)).jaxpr
-
-  two = trace(2)
-  return (two,) + _growth(two, trace(3), loop=False)
+  rows = lambda a: jax.ShapeDtypeStruct((PROBE_ROWS,) + a.shape[1:], a.dtype)
+  jaxpr = jax.make_jaxpr(jax.vmap(fn.train, in_axes=axes))(
+      jax.tree_util.tree_map(rows, keys),
+      *(jax.tree_util.tree_map(rows, args) if fn.batched else args)).jaxpr
+  return (jaxpr,) + _growth(jaxpr, loop=False)
 
 
-def _nbytes(v) -> int:
-  try:
-    return int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
-  except (AttributeError, TypeError):
-    return 0
-
-
-def _growth(a, b, loop: bool) -> tuple[int, int]:
-  """`(per_row, shared)` of `_row_profile` from traces at 2 and 3 rows (`a`,
-  `b`); traces that differ in structure count every array as grown."""
-  if len(a.eqns) != len(b.eqns):
-    return max((_nbytes(v) for e in a.eqns for v in e.outvars), default=0) // 2, 0
+def _growth(jaxpr, loop: bool) -> tuple[int, int]:
+  """`(per_row, shared)` of `_row_profile`, over a jaxpr and those nested in it."""
   per_row = shared = 0
-  for ea, eb in zip(a.eqns, b.eqns):
-    for va, vb in zip(ea.outvars, eb.outvars):
-      grow = _nbytes(vb) - _nbytes(va)
-      per_row = max(per_row, grow)
-      if loop and grow == 0 and ea.primitive.name == "random_bits":
-        shared = max(shared, _nbytes(vb))
-    inner = loop or ea.primitive.name in ("scan", "while")
-    for sa, sb in zip(_subjaxprs(ea), _subjaxprs(eb)):
-      p, s = _growth(sa, sb, inner)
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      try:
+        size = int(np.prod(v.aval.shape))
+        nbytes = size * v.aval.dtype.itemsize
+      except (AttributeError, TypeError):
+        continue
+      if size % PROBE_ROWS == 0:
+        per_row = max(per_row, nbytes // PROBE_ROWS)
+      elif loop and eqn.primitive.name == "random_bits":
+        shared = max(shared, nbytes)
+    inner = loop or eqn.primitive.name in ("scan", "while")
+    for sub in _subjaxprs(eqn):
+      p, s = _growth(sub, inner)
       per_row, shared = max(per_row, p), max(shared, s)
   return per_row, shared
 
