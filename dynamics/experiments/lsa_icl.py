@@ -23,8 +23,8 @@ prompts at each step, drawn from the task seed, so the seeds differ only in
 their initialisation: the prompts' distribution is unchanged, but the spread
 over seeds no longer includes the sampling noise of the prompts. The engine
 then draws each step's prompts once for all the seeds it runs together:
-6.7x the seed-steps/s where drawing dominates (d = 10, N = 40, 512 prompts
-a step, 16 seeds; docs/performance.md), no gain for this experiment's
+6.7-8.5x the seed-steps/s where drawing dominates (d = 10, N = 40, 512
+prompts a step, 16 seeds; docs/performance.md), no gain for this experiment's
 default size, which compiles and evaluates more than it draws. The
 default, `'per_seed'`, draws every seed's prompts from its own key.
 

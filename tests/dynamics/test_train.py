@@ -202,6 +202,11 @@ def test_chunk_follows_the_largest_array():
   chunk = engine.plan_rows(small, keys, devices=cpu).chunk
   assert chunk * 64 * 16 * 4 <= engine.CHUNK_BYTES < 2 * chunk * 64 * 16 * 4
   assert engine.plan_rows(small, keys[:8], devices=cpu).chunk == 0
+  # a large array the rows share (a training set) does not shrink the chunks
+  data = jnp.ones((512, 1024))
+  with_data = engine.vmap_rows(
+      lambda k: jnp.sum(jax.random.normal(k, (64, 16))) + jnp.sum(jnp.tanh(data)), 0)
+  assert engine.plan_rows(with_data, keys, devices=cpu).chunk == chunk
   assert engine.plan_rows(small, keys, devices=cpu, chunk=0).chunk == 0
   # a loop drawing numbers common to every row, as large as `big`'s: chunks
   # would each draw them again, so the rows vmap at once; drawn per row, they
