@@ -176,7 +176,7 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float =
     per_segment = max(1, checkpoint_every_steps // c0.train.log_every)
     if per_segment < num_logs:
       segments = _segmented(experiment, c0, num_logs, per_segment)
-    else:  # the train _chunks traced: vmap_rows and plan_rows reuse its trace
+    else:  # the train _chunks traced for its memory estimate
       fn = engine.vmap_rows(trains[gi], 1, batched=True)
     for ci, sl in todo:
       rows_hps = jax.tree_util.tree_map(lambda a: a[sl], hps)

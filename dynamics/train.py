@@ -299,7 +299,11 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   activations of all rows leave the cache, so each device loops over chunks
   of rows whose largest intermediate array fits `CHUNK_BYTES`; a row whose
   largest array alone exceeds it runs one at a time (a loop over seeds).
-  `chunk` or `DYNAMICS_CHUNK_ROWS` override (0: vmap every row at once).
+  Arrays count by what one row adds to them (`_row_profile`), so data the
+  rows share does not shrink the chunks; rows that draw large random arrays
+  common to all of them every step are not chunked (each chunk would draw
+  them again). `chunk` or `DYNAMICS_CHUNK_ROWS` override (0: vmap every row
+  at once).
   """
   devices = jax.devices() if devices is None else list(devices)
   cpu = devices[0].platform == "cpu"
@@ -318,8 +322,8 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
       jaxpr = None
       if isinstance(fn, Rows):
         jaxpr, largest, shared = _row_profile(fn, keys, args)
-      # the lowered program is the truth; one row's jaxpr without any
-      # decomposition or FFT (most programs) spares lowering it
+      # the lowered program is the truth; a jaxpr without any decomposition
+      # or FFT (most programs) spares lowering it
       if min(len(devices), rows) > 1 and (
           jaxpr is None or _primitives(jaxpr) & LAPACK_OR_FFT):
         lower = fn.lower if hasattr(fn, "lower") else jax.jit(fn).lower
