@@ -39,9 +39,11 @@ from theory import ntk  # noqa: E402
 
 DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
                  "deep_linear_small": (1, 256, 4096), "relu_train": (1, 16, 64),
-                 "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "empirical_ntk": (1,), "sweep": (64,)}
+                 "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "empirical_ntk": (1,),
+                 "sweep": (64,)}
 DEFAULT_STEPS = {"deep_linear": 2000, "deep_linear_stats": 2000, "deep_linear_small": 5000,
-                 "relu_train": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000, "empirical_ntk": 0, "sweep": 2000}
+                 "relu_train": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000,
+                 "empirical_ntk": 0, "sweep": 2000}
 
 
 def _timed(fn, *args):

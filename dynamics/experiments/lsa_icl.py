@@ -330,7 +330,7 @@ def run(config, progress=None) -> dict:
     summary["context"] = rows
   summary.update({"d": d, "noise_var": float(config.task.noise_var),
                   "num_seeds": int(config.num_seeds), "optimizer": tr.optimizer,
-                  "decay": tr.decay})
+                  "decay": tr.decay, "prompts": config.task.prompts})
   arrays["t_icl"] = t_icl
   return {"arrays": arrays, "summary": summary, "table": table(summary),
           "frame": pd.concat(frames, ignore_index=True),
@@ -378,7 +378,9 @@ def _flow_part(config, progress):
 
 def table(summary: dict) -> str:
   lines = [f"one-layer linear self-attention, d = {summary['d']}, "
-           f"noise_var = {summary['noise_var']}"]
+           f"noise_var = {summary['noise_var']}"
+           + (", prompts shared by the seeds (opt-in)"
+              if summary.get("prompts") == "shared" else "")]
   if "icl" in summary:
     head = (f"{'covariance':>10} {'N':>4} {'converged':>9} {'risk sim':>9} "
             f"{'risk opt':>9} {'opt (MC)':>9} {'GD risk':>8} {'|G-G*|/|G*|':>12} "
