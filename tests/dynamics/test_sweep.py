@@ -209,8 +209,13 @@ def test_resume_mid_trajectory_from_orbax_checkpoint(tmp_path, monkeypatch):
   monkeypatch.setenv("DYNAMICS_CHUNK_ROWS", "1")
   chunks = []
   real_plan = engine.plan_rows
-  monkeypatch.setattr(engine, "plan_rows",
-                      lambda *a, **k: chunks.append(real_plan(*a, **k).chunk) or real_plan(*a, **k))
+
+  def recorded_plan(*a, **k):
+    plan = real_plan(*a, **k)
+    chunks.append(plan.chunk)
+    return plan
+
+  monkeypatch.setattr(engine, "plan_rows", recorded_plan)
   with pytest.raises(Killed):
     run_sweep(c, str(tmp_path / "run"), checkpoint_every_steps=100, verbose=False)
   ckpt = [d for d in os.listdir(tmp_path / "run" / "chunks") if d.endswith(".ckpt")]
