@@ -1,15 +1,18 @@
 """Saxe-style deep linear network learning a linear teacher, against theory.
 
-    python scripts/run.py --config=configs/deep_linear.py
+    python scripts/run.py --config=configs/deep_linear.py [--out=runs/deep_linear]
 
-Depth 2, width 64, small random init, teacher singular values (3, 2, 1, 0.5),
-64 seeds, 4000 full-batch GD steps at lr 0.005 (t = lr x steps = 20). About
-15 s on a 2-core CPU, compile included.
+Width 64, small random init, teacher singular values (3, 2, 1, 0.5), 64
+seeds, 4000 full-batch GD steps (t = lr x steps), over the grid
+depth (1, 2) x lr (0.005, 0.01) x init scale (0.02, 0.05): 8 points, two
+compiled calls (one per depth). About 15 s on a 2-core CPU, compile included.
+One point: `--config.sweep="{}"` (the base config: depth 2, lr 0.005, scale
+0.05). Other axes: `--config.sweep.model.width="(32,128)"`.
 
-Expect: every mode's measured half-learning time within ~4% of the theory
-(the aligned solution started from each seed's effective u0), max relative
-error of u_i(t) ~1-4%, loss R^2 > 0.999. Exact agreement (error O(lr)) with
-`--config.init.name=aligned`; theory-precision checks with
+Expect: every mode's measured half-learning time within ~5% of the theory
+(the aligned solution started from each seed's effective u0; depth 1 is
+exact), max relative error of u_i(t) ~1-4%, loss R^2 > 0.999. Exact agreement
+(error O(lr)) with `--config.init.name=aligned`; theory-precision checks with
 `--config.precision=float64`. docs/deep_linear.md explains each gap.
 """
 
@@ -18,13 +21,13 @@ import ml_collections
 
 def get_config():
   config = ml_collections.ConfigDict()
+  config.experiment = "dynamics.experiments.deep_linear"
   config.seed = 0
   config.num_seeds = 64
   config.precision = "float32"  # "float64" for theory-precision checks
   config.output_dir = "runs/deep_linear"
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "deep_linear"
   config.model.depth = 2
   config.model.width = 64
 
@@ -53,9 +56,8 @@ def get_config():
   # "samples" / "statistics".
   config.train.formulation = "auto"
 
-  # scripts/sweep.py runs the grid of these axes (field paths as above);
-  # scripts/run.py ignores them. Learning rate and init scale stack into one
-  # vmapped call; each depth is compiled separately.
+  # The grid (field paths as above). Learning rate and init scale stack into
+  # one vmapped call; each depth is compiled separately.
   config.sweep = ml_collections.ConfigDict()
   config.sweep.train = ml_collections.ConfigDict({"lr": (0.005, 0.01)})
   config.sweep.init = ml_collections.ConfigDict({"scale": (0.02, 0.05)})

@@ -1,12 +1,18 @@
-"""Config validation and precision: errors name the field, before compiling."""
+"""Configs: loading with overrides, validation and precision. Errors name the
+field, before anything is compiled or written."""
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.util
 import math
-from typing import Any, Sequence
+import os
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 PRECISIONS = ("float32", "float64")
 
@@ -107,3 +113,114 @@ def float_dtype(precision: str):
          "dynamics.config.set_precision('float64') first or run inside "
          "`with jax.enable_x64(True):`.")
   return jnp.dtype(precision)
+
+
+def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file `path`, with `overrides` applied.
+
+  Args:
+    path: a Python file defining `get_config()` (e.g. `configs/deep_linear.py`).
+    overrides: `"field=value"` strings as on the command line
+      (`"train.lr=0.02"`, `"sweep.model.width=(64,256)"`; the value is read
+      as a Python literal, else taken as a string), `(field, value)` pairs, or
+      a dict. A field must exist, except under `sweep.`, where an override
+      adds an axis; `sweep={}` removes every axis.
+
+  A relative `config.experiment` ending in `.py` is resolved against the
+  config file's directory (then the working directory) and stored absolute.
+
+  Raises:
+    ValueError: naming the file or the field (with the closest field names
+      for a typo) when the file is missing, defines no `get_config`, or an
+      override names no field or has the wrong type.
+  """
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location(
+      "_dynamics_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"config file {path!r} defines no get_config().")
+  config = module.get_config()
+  if isinstance(overrides, dict):
+    overrides = overrides.items()
+  for item in overrides:
+    field, value = _split(item) if isinstance(item, str) else item
+    set_field(config, field, value)
+  name = config.get("experiment")
+  if isinstance(name, str) and name.endswith(".py") and not os.path.isabs(name):
+    here = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+    config.experiment = here if os.path.exists(here) else os.path.abspath(name)
+  return config
+
+
+def _split(item: str) -> tuple[str, Any]:
+  field, eq, text = item.partition("=")
+  if not eq or not field:
+    raise ValueError(f"override {item!r} must read field=value.")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  return field.strip(), value
+
+
+def leaf_fields(config, prefix: str = "") -> list[str]:
+  """Every leaf field of a config, dotted (`train.lr`)."""
+  out = []
+  for k, v in config.items():
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out += leaf_fields(v, f"{prefix}{k}.")
+    else:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def set_field(config, field: str, value) -> None:
+  """`config.<field> = value`, a ValueError naming the field if it does not
+  exist (except under `sweep.`, which takes new axes) or takes no such value."""
+  parts = field.split(".")
+  if field == "sweep" and value in ({}, None, ()):
+    config.sweep = ml_collections.ConfigDict()
+    return
+  node = config
+  for i, part in enumerate(parts[:-1]):
+    if part not in node:
+      if parts[0] != "sweep":
+        _unknown(config, field)
+      node[part] = ml_collections.ConfigDict()
+    node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict):
+      fail(".".join(parts[:i + 1]), "is not a section of the config.")
+  name = parts[-1]
+  if name not in node:
+    if parts[0] != "sweep":
+      _unknown(config, field)
+    node[name] = tuple(value) if isinstance(value, list) else value
+    return
+  old = node[name]
+  if isinstance(old, tuple) and not isinstance(value, (tuple, list)):
+    value = (value,)
+  if isinstance(old, ml_collections.ConfigDict):
+    fail(field, "is a section; set one of its fields.")
+  try:
+    node[name] = tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
+  except TypeError:
+    fail(field, f"is {type(old).__name__} ({old!r}); cannot set it to {value!r}.")
+
+
+def suggest(field: str, valid) -> str:
+  """' Did you mean `train.lr`?' for a typo, else the fields of its section."""
+  valid = sorted(valid)
+  close = difflib.get_close_matches(field, valid, n=3, cutoff=0.6)
+  if not close:
+    section = field.rpartition(".")[0]
+    close = [v for v in valid if v.rpartition(".")[0] == section][:12]
+    return f" Fields of `{section or 'config'}`: {', '.join(close)}." if close else ""
+  return f" Did you mean {', '.join(f'`{c}`' for c in close)}?"
+
+
+def _unknown(config, field: str):
+  raise ValueError(f"config field `{field}` does not exist."
+                   + suggest(field, leaf_fields(config)))

@@ -49,19 +49,19 @@ def configure(count: int | None = None) -> int | None:
   (`jax_num_cpu_devices`, the XLA flag) or the backends are already
   initialised (then with a warning, unless the count would not change).
   """
-  from jax._src import xla_bridge
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return None
   if jax.config.jax_num_cpu_devices not in (-1, None):
     return None
   count = cpu_device_count() if count is None else count
-  if xla_bridge.backends_are_initialized():
+  try:  # JAX refuses once its backends run (a RuntimeError, public behaviour)
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:
     if count > 1 and jax.local_device_count("cpu") == 1:
       warnings.warn(f"dynamics: JAX already runs with one CPU device, so seeds "
                     f"are not sharded over the {count} cores; import dynamics "
                     f"before the first JAX computation.", stacklevel=3)
     return None
-  jax.config.update("jax_num_cpu_devices", count)
   return count
 
 

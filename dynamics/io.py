@@ -1,74 +1,54 @@
-"""Run directories, written atomically: a killed run leaves nothing half-written.
+"""Writing results: atomically, readable by the group, in strict JSON.
 
-A run directory holds `config.json` (the resolved config), `trajectories.npz`
-(arrays, loadable with `allow_pickle=False`), `trajectories.parquet` (one row
-per seed and logged step, for pandas), `summary.json` (the comparison
-figures) and `figure.png`. Everything is written into a temporary sibling
-directory that is renamed into place only when complete.
+Every file is written to a temporary sibling and renamed into place, so a
+killed run leaves either the old file, the complete new one, or nothing.
+Files and directories get the permissions a plain `open` or `mkdir` would
+(`0666` / `0777` less the umask): under the usual umask colleagues can read a
+run. JSON is strict (`NaN` and infinities become `null`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pandas as pd
 
 
-def check_writable(out_dir: str) -> None:
-  """Raises ValueError naming `output_dir` if the run cannot be written."""
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  probe = parent
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+UMASK = _umask()
+
+
+def check_writable(out_dir: str, name: str = "--out") -> None:
+  """Raises ValueError naming `name` (the flag or field the user set) if
+  `out_dir` cannot be created or written."""
+  probe = os.path.dirname(os.path.abspath(out_dir))
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
-  if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-    raise ValueError(f"config field `output_dir` ({out_dir!r}) cannot be "
-                     f"written: {probe!r} is not a writable directory.")
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise ValueError(f"config field `output_dir` ({out_dir!r}) exists and is "
-                     "not a directory.")
+    raise ValueError(f"{name} ({out_dir!r}) exists and is not a directory.")
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+    raise ValueError(f"{name} ({out_dir!r}) cannot be written: {probe!r} is not "
+                     "a writable directory.")
+  if os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK):
+    raise ValueError(f"{name} ({out_dir!r}) is not writable.")
 
 
-def tidy(arrays: dict, num_seeds: int, num_logs: int) -> pd.DataFrame:
-  """One row per (seed, logged step): every `[S, L, ...]` array becomes columns.
-
-  `[S, L]` arrays give a column of their name, `[S, L, K]` arrays give columns
-  `name_0 ... name_{K-1}` (predictions `x_pred` give `x_0_pred ...`, so
-  every metric's prediction is its name + `_pred`); `step` and `t` (`[L]`)
-  are repeated per seed.
-  """
-  cols = {"seed": np.repeat(np.arange(num_seeds), num_logs)}
-  for name in ("step", "t"):
-    if name in arrays:
-      cols[name] = np.tile(np.asarray(arrays[name]), num_seeds)
-  for name, a in arrays.items():  # `row_x: [S]` -> column `x`, per seed row
-    if name.startswith("row_"):
-      cols[name[4:]] = np.repeat(np.asarray(a), num_logs)
-  for name, a in arrays.items():
-    a = np.asarray(a)
-    if a.shape[:2] != (num_seeds, num_logs):
-      continue
-    flat = a.reshape(num_seeds * num_logs, -1)
-    if a.ndim == 2:
-      cols[name] = flat[:, 0]
-    elif name.endswith("_pred"):  # u_pred -> u_0_pred, beside u_0
-      base = name[:-len("_pred")]
-      cols.update({f"{base}_{i}_pred": flat[:, i] for i in range(flat.shape[1])})
-    else:
-      cols.update({f"{name}_{i}": flat[:, i] for i in range(flat.shape[1])})
-  return pd.DataFrame(cols)
-
-
-def json_default(x):
-  """`json.dump(..., default=json_default)` for numpy scalars, arrays, tuples."""
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, (np.ndarray, tuple)):
-    return np.asarray(x).tolist() if isinstance(x, np.ndarray) else list(x)
-  raise TypeError(f"not JSON serialisable: {type(x)}")
+def makedirs(path: str) -> None:
+  os.makedirs(path, mode=0o777, exist_ok=True)  # less the umask, as mkdir
 
 
 def atomic_write(path: str, write) -> None:
@@ -81,6 +61,7 @@ def atomic_write(path: str, write) -> None:
       write(f)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -88,33 +69,93 @@ def atomic_write(path: str, write) -> None:
     raise
 
 
-def write_run(out_dir: str, config, result: dict) -> str:
-  """Writes a run directory atomically, replacing an older one; returns its path."""
-  out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+def strict(x):
+  """`x` made JSON-safe: numpy to Python, tuples to lists, NaN and inf to None."""
+  if isinstance(x, dict):
+    return {str(k): strict(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [strict(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return strict(x.tolist())
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def write_json(path: str, obj) -> None:
+  text = json.dumps(strict(obj), indent=2, allow_nan=False)
+  atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_npz(path: str, arrays: dict) -> None:
+  atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def write_frame(path: str, frame: pd.DataFrame) -> None:
+  if path.endswith(".csv"):
+    atomic_write(path, lambda f: frame.to_csv(f, index=False))
+  else:
+    atomic_write(path, lambda f: frame.to_parquet(f, index=False))
+
+
+def write_figure(path: str, draw) -> None:
+  """`draw(file_path)` saves a figure; written atomically like every file."""
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".fig.")
   try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
-    arrays = {k: np.asarray(v) for k, v in result["arrays"].items()}
-    np.savez(os.path.join(tmp, "trajectories.npz"), **arrays)
-    frame = result.get("frame")  # experiments with several parts give their own
-    if frame is None:
-      frame = tidy(arrays, *arrays["loss"].shape[:2])
-    frame.to_parquet(os.path.join(tmp, "trajectories.parquet"), index=False)
-    with open(os.path.join(tmp, "summary.json"), "w") as f:
-      json.dump(result["summary"], f, indent=2, default=json_default)
-    result["plot"](os.path.join(tmp, "figure.png"))
-    if os.path.exists(out_dir):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.",
-                             dir=parent)
-      os.replace(out_dir, os.path.join(old, "run"))
-      os.replace(tmp, out_dir)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, out_dir)
-  except BaseException:
+    draw(os.path.join(tmp, os.path.basename(path)))
+    os.chmod(os.path.join(tmp, os.path.basename(path)), 0o666 & ~UMASK)
+    os.replace(os.path.join(tmp, os.path.basename(path)), path)
+  finally:
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+
+
+def tidy(arrays: dict, names, num_seeds: int, num_logs: int) -> pd.DataFrame:
+  """One row per (seed, logged step): the named `[S, L]` arrays give a column
+  of their name, `[S, L, K]` arrays columns `name_0 ... name_{K-1}`
+  (predictions `x_pred` give `x_0_pred ...` and errors `x_rel_error`
+  `x_0_rel_error ...`, so every metric's theory is its name + `_pred`)."""
+  cols = {"seed": np.repeat(np.arange(num_seeds), num_logs)}
+  for name in names:
+    a = np.asarray(arrays[name])
+    flat = a.reshape(num_seeds * num_logs, -1)
+    if a.ndim == 2:
+      cols[name] = flat[:, 0]
+      continue
+    base, suffix = name, ""
+    for end in ("_pred", "_rel_error"):  # u_pred -> u_0_pred, beside u_0
+      if name.endswith(end) and name[:-len(end)] in names:
+        base, suffix = name[:-len(end)], end
+    cols.update({f"{base}_{i}{suffix}": flat[:, i] for i in range(flat.shape[1])})
+  return pd.DataFrame(cols)
+
+
+def provenance() -> dict:
+  """What produced a run: the command, versions, git commit, devices, date."""
+  import jax
+  import jaxlib
+  from importlib import metadata
+  try:
+    version = metadata.version("dynamics")
+  except metadata.PackageNotFoundError:
+    version = None
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  commit = dirty = None
+  try:
+    git = lambda *a: subprocess.run(["git", "-C", here, *a], capture_output=True,
+                                    text=True, timeout=10)
+    head = git("rev-parse", "HEAD")
+    if head.returncode == 0:
+      commit = head.stdout.strip()
+      dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "command": [sys.executable] + sys.argv, "cwd": os.getcwd(),
+          "dynamics": version, "git_commit": commit, "git_dirty": dirty,
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "host": platform.node(),
+          "env": {k: v for k, v in os.environ.items()
+                  if k.startswith("DYNAMICS_") or k in ("XLA_FLAGS", "JAX_PLATFORMS")}}

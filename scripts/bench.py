@@ -24,18 +24,17 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from dynamics import train as engine  # noqa: E402
-from dynamics.models import deep_linear, linear_attention, relu_net  # noqa: E402
-from dynamics.tasks import icl_regression  # noqa: E402
-from dynamics.tasks.linear_teacher import linear_teacher  # noqa: E402
-from theory import ntk  # noqa: E402
+from dynamics import _rows  # the engine's runner: its plan, compiled apart
+from dynamics import train as engine
+from dynamics.models import deep_linear, linear_attention, relu_net
+from dynamics.tasks import icl_regression
+from dynamics.tasks.linear_teacher import linear_teacher
+from theory import ntk
 
 DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
                  "deep_linear_small": (1, 256, 4096), "relu_train": (1, 16, 64),
@@ -179,10 +178,10 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
     return {**row, **_sweep_row(seeds, steps, repeats)}
   train, pieces, flops = build(workload, steps)
   keys = engine.seed_keys(0, seeds)
-  fn = engine.vmap_rows(train, 0)
+  fn = _rows.vmap_rows(train, 0)
   t = time.perf_counter()  # compile time: the engine's plan, tracing, lowering, XLA
-  plan = engine.plan_rows(fn, keys)  # the engine's own choice of devices and chunk
-  keys_s, _ = engine.pad_and_shard(keys, devices=plan.devices, multiple=max(plan.chunk, 1))
+  plan = _rows.plan_rows(fn, keys)  # the engine's own choice of devices and chunk
+  keys_s, _ = _rows.pad_and_shard(keys, devices=plan.devices, multiple=max(plan.chunk, 1))
   compiled = fn.lower(keys_s, groups=len(plan.devices), chunk=plan.chunk).compile()
   row["compile_s"] = time.perf_counter() - t
   row.update(devices=len(plan.devices), chunk=plan.chunk)
@@ -216,29 +215,22 @@ def _ntk_row(repeats, d=64, m=4096, n=1024) -> dict:
 def _sweep_row(seeds, steps, repeats=3) -> dict:
   """A 16-point lr x init-scale grid of the deep_linear experiment, through
   `run_sweep` and as one hand-written vmapped call over the same rows."""
-  import importlib.util
   import tempfile
 
-  import ml_collections
-
-  from dynamics import sweep
+  from dynamics import experiments, load_config, sweep
   from dynamics.experiments import deep_linear as exp
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "configs", "deep_linear.py")
-  spec = importlib.util.spec_from_file_location("deep_linear_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = load_config(os.path.join(root, "configs", "deep_linear.py"))
   config.num_seeds = seeds
   config.model.depth, config.model.width = 3, 32
   config.task.d_in = config.task.d_out = 16
   config.task.num_samples = 256
   config.train.num_steps, config.train.log_every, config.train.lr = steps, 10, 0.05
   lrs, scales = (0.01, 0.02, 0.03, 0.05), (0.1, 0.2, 0.3, 0.5)
-  config.sweep = ml_collections.ConfigDict({"train": {"lr": lrs}, "init": {"scale": scales}})
+  config.sweep = {"train": {"lr": lrs}, "init": {"scale": scales}}
   hp = {k: jnp.repeat(v, seeds) for k, v in {
       "lr": jnp.repeat(jnp.array(lrs), 4), "scale": jnp.tile(jnp.array(scales), 4)}.items()}
-  base = exp.hparams(config)
+  base = experiments.hparams(exp, config)
   hp = {**{k: jnp.broadcast_to(v, (16 * seeds,) + v.shape) for k, v in base.items()}, **hp}
   keys = jnp.tile(engine.seed_keys(config.seed, seeds), (16, 1))
   # alternate the two, each from scratch (a fresh train function, so each
@@ -247,10 +239,10 @@ def _sweep_row(seeds, steps, repeats=3) -> dict:
   for _ in range(repeats):
     with tempfile.TemporaryDirectory() as tmp:
       t = time.perf_counter()
-      sweep.run_sweep(config, os.path.join(tmp, "s"), verbose=False)
+      sweep.run_sweep(config, os.path.join(tmp, "s"), figures="none", verbose=False)
       sweep_times.append(time.perf_counter() - t)
     t = time.perf_counter()
-    jax.block_until_ready(engine.run_rows(engine.vmap_rows(exp.make_train(config), 1), keys, hp))
+    jax.block_until_ready(_rows.run_rows(_rows.vmap_rows(exp.make_train(config), 1), keys, hp))
     direct_times.append(time.perf_counter() - t)
   sweep_s, direct_s = float(np.median(sweep_times)), float(np.median(direct_times))
   rate = 16 * seeds * steps / sweep_s

@@ -9,17 +9,15 @@ Measured: relu -0.82, tanh -0.96 (smooth activations: O(1/m)).
 """
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dynamics import train as engine  # noqa: E402
-from dynamics.experiments.relu_ntk import make_task  # noqa: E402
-from tests.helpers import load_config  # noqa: E402
-from theory import ntk  # noqa: E402
+from dynamics import load_config
+from dynamics import train as engine
+from dynamics.experiments.relu_ntk import make_task
+from theory import ntk
 
 WIDTHS = (64, 256, 1024, 4096)
 
@@ -44,7 +42,8 @@ def max_drift(act, m, x, y):
 
 
 def main():
-  x, y, _, _ = make_task(load_config("relu_ntk"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  x, y, _, _ = make_task(load_config(os.path.join(root, "configs", "relu_ntk.py")))
   for name, act in (("relu", jax.nn.relu), ("tanh", jnp.tanh)):
     drifts = [max_drift(act, m, x, y) for m in WIDTHS]
     slope = np.polyfit(np.log(WIDTHS), np.log(drifts), 1)[0]

@@ -32,7 +32,7 @@ _OUT = flags.DEFINE_string("out", None, "PNG path (default: DIR/METRIC_vs_X.png)
 
 def main(argv):
   del argv
-  table, _ = load_sweep(_DIR.value)
+  table = load_sweep(_DIR.value)
   with open(os.path.join(_DIR.value, "grid.json")) as f:
     swept = list(json.load(f)["points"][0])
   if _X.value not in swept:

@@ -1,53 +1,66 @@
-"""Runs one experiment: all seeds in one compiled call, theory beside them.
+"""Runs the grid an experiment config declares, theory beside simulation.
 
-    python scripts/run.py --config=configs/deep_linear.py [--config.train.lr=0.02 ...]
+    python scripts/run.py --config=configs/deep_linear.py [--out=DIR] \\
+        [--config.train.lr=0.02 --config.sweep.model.width="(32,128)" ...]
 
-Prints the theory-vs-simulation table and writes `config.output_dir`:
-config.json, trajectories.npz, trajectories.parquet, summary.json, figure.png.
+Every grid point trains all its seeds (points differing only in
+shape-preserving fields share one compiled call), the experiment's theory is
+set beside each metric, and DIR (default `config.output_dir`) receives the
+results table, the summaries and the figures (docs/sweeps.md). Rerunning the
+same command after a kill resumes; a DIR holding another config is refused.
+Any config field is overridden with `--config.<field>=<value>`; the config
+may name its experiment anywhere (`config.experiment`, docs/experiments.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
-from absl import app
-from ml_collections import config_flags
-
 from dynamics import config as cfg
-from dynamics import experiments, io
-from dynamics.progress import Progress
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/deep_linear.py.",
-    lock_config=True)
+from dynamics import sweep
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/deep_linear.py")
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      epilog="Config overrides: --config.<field>=<value>, e.g. --config.train.lr=0.02.")
+  ap.add_argument("--config", required=True, help="experiment config file, e.g. "
+                  "configs/deep_linear.py")
+  ap.add_argument("--out", help="run directory (default: config.output_dir)")
+  ap.add_argument("--memory_budget_mb", type=float, default=sweep.DEFAULT_MEMORY_BUDGET_MB,
+                  help="memory for one chunk of (point x seed) rows; one file per chunk")
+  ap.add_argument("--checkpoint_every_steps", type=int,
+                  default=sweep.DEFAULT_CHECKPOINT_EVERY_STEPS,
+                  help="runs longer than this are checkpointed (orbax) every this many "
+                       "steps, where the experiment allows")
+  ap.add_argument("--figures", default="auto", choices=sweep.FIGURES,
+                  help=f"auto: the grid's figure, and each point's up to {sweep.AUTO_FIGURES} "
+                       "points; all; none")
+  args, rest = ap.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      ap.error(f"unrecognized argument {item!r} (config fields: --config.<field>=<value>)")
+    overrides.append(item[len("--config."):])
   try:
-    cfg.set_precision(config.get("precision", "float32"))  # before any array
-    experiment = experiments.get(config)
-    io.check_writable(config.output_dir)
+    config = cfg.load_config(args.config, overrides)
+    if args.out is None and not config.get("output_dir"):
+      raise ValueError("no --out given and the config has no output_dir.")
+    out, name = (args.out, "--out") if args.out else (config.output_dir, "config.output_dir")
+    start = time.perf_counter()
+    path = sweep.run_sweep(config, out, memory_budget_mb=args.memory_budget_mb,
+                           checkpoint_every_steps=args.checkpoint_every_steps,
+                           figures=args.figures, out_name=name)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  start = time.perf_counter()
-  total = getattr(experiment, "total_steps", lambda c: c.train.num_steps)(config)
-  with Progress(total, desc=config.model.name) as progress:
-    result = experiment.run(config, progress=progress)
-  result["summary"]["wall_time_s"] = time.perf_counter() - start
-  print(result["table"])
-  path = io.write_run(config.output_dir, config, result)
-  print(f"{config.model.name}: {result['summary']['wall_time_s']:.1f} s "
-        f"(compile included); wrote {path}/ "
-        "(config.json, trajectories.npz, trajectories.parquet, summary.json, "
-        "figure.png)")
+  print(f"{time.perf_counter() - start:.1f} s (compile included); wrote {path}/: "
+        "results.parquet, summary.csv, summary.json, figure.png, points/ "
+        "(load with dynamics.load_sweep)")
   return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -1,15 +1,13 @@
-"""Shared test helpers: the experiment configs at test sizes."""
+"""Shared test helpers: the repository root and its configs, through the
+public loader `dynamics.load_config`."""
 
-import importlib.util
 import os
+
+from dynamics import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str):
-  """`configs/<name>.py:get_config()`."""
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def config(name: str, overrides=()):
+  """`configs/<name>.py` with `overrides` (`"field=value"` or pairs)."""
+  return load_config(os.path.join(ROOT, "configs", f"{name}.py"), overrides)

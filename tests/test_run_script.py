@@ -1,54 +1,239 @@
-"""scripts/run.py end to end: what a newcomer runs, what it writes."""
+"""scripts/run.py end to end: every built-in config (tiny sizes, a two-axis
+override of its grid) killed with SIGKILL and resumed, an experiment from
+outside the package, what a run directory records, and bad input."""
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from dynamics import load_arrays, load_summary, load_sweep
 from tests.helpers import ROOT
 
-SMALL = ["--config.num_seeds=4", "--config.train.num_steps=600",
-         "--config.train.log_every=20", "--config.train.lr=0.02"]
+# Each built-in config at a tiny size, and two of its grid axes overridden.
+CASES = {
+    "deep_linear": (["num_seeds=3", "model.width=8", "task.d_in=4", "task.d_out=4",
+                     "task.num_samples=16", "task.singular_values=(2.0,1.0)",
+                     "train.num_steps=200", "train.log_every=20"],
+                    ["sweep.model.depth=(2,3)", "sweep.train.lr=(0.01,0.02)"]),
+    "relu_ntk": (["num_seeds=2", "task.num_train=8", "task.num_test=8",
+                  "train.num_steps=40", "train.log_every=10"],
+                 ["sweep.model.width=(16,64)", "sweep.train.lr=(0.5,1.0)"]),
+    "lsa_icl": (["num_seeds=2", "eval.num_prompts=64", "train.num_steps=40",
+                 "train.log_every=10", "train.batch_size=16"],
+                ["sweep.task.n_context=(4,8)", "sweep.train.lr=(0.04,0.065)"]),
+    "lsa_flow": (["eval.num_prompts=64", "train.num_steps=40", "train.log_every=10",
+                  "train.batch_size=64"],
+                 ["sweep.task.covariance=('isotropic','skewed')", "sweep.train.lr=(0.005,0.01)"]),
+    "pruning": (["num_seeds=2", "sweep.prune.fraction=(0.5,)", "sweep.prune.step=(20,)"] +
+                [f"{f}.{k}={v}" for f in ("deep_linear", "relu", "lsa")
+                 for k, v in (("num_steps", 40), ("log_every", 10))],
+                ["sweep.model.family=('deep_linear','lsa')",
+                 "sweep.prune.measure=('magnitude','gradient_norm')"]),
+}
 
 
-def run(*args):
-  return subprocess.run(
-      [sys.executable, "scripts/run.py", "--config=configs/deep_linear.py", *args],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+def command(name, out, *extra):
+  tiny, axes = CASES[name]
+  return [sys.executable, "scripts/run.py", f"--config=configs/{name}.py", f"--out={out}",
+          *[f"--config.{o}" for o in tiny + axes], *extra]
 
 
-def test_writes_a_complete_run_directory(tmp_path):
-  out_dir = tmp_path / "run"
-  proc = run(*SMALL, f"--config.output_dir={out_dir}")
+def run(args, **kwargs):
+  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def cached(path):
+  """JAX's persistent compilation cache in `path`: the resumed run reuses the
+  uninterrupted run's compilations (never the killed run's, whose writes a
+  kill can cut short)."""
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(path),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n != "lsa_flow"])  # one per experiment
+def test_killed_and_resumed_equals_uninterrupted(name, tmp_path):
+  """SIGKILL once a chunk file exists; the same command resumes, recomputes
+  none of the finished chunks, and the table equals an uninterrupted run's
+  bit for bit. Chunks of two rows make several files to kill between."""
+  flags = ["--memory_budget_mb=0.0001", "--figures=none"]
+  ref = subprocess.Popen(command(name, tmp_path / "ref", *flags), cwd=ROOT,
+                         env=cached(tmp_path / "cache"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  killed = subprocess.Popen(command(name, tmp_path / "run", *flags), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  chunks = tmp_path / "run" / "chunks"
+  deadline = time.time() + 300
+  while time.time() < deadline and killed.poll() is None:
+    if chunks.exists() and any(f.endswith(".npz") for f in os.listdir(chunks)):
+      break
+    time.sleep(0.02)
+  assert killed.poll() is None, "the run finished before it could be killed"
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  done = {f: os.path.getmtime(chunks / f) for f in os.listdir(chunks) if f.endswith(".npz")}
+  grid = json.loads((tmp_path / "run" / "grid.json").read_text())
+  total = sum(len(g["chunks"]) for g in grid["groups"])
+  assert 1 <= len(done) < total and not (tmp_path / "run" / "results.parquet").exists()
+  _, err = ref.communicate(timeout=600)
+  assert ref.returncode == 0, err[-3000:]
+  resumed = run(command(name, tmp_path / "run", *flags), env=cached(tmp_path / "cache"))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  for f, stamp in done.items():  # finished chunks were not recomputed
+    assert os.path.getmtime(chunks / f) == stamp
+  a, b = load_sweep(str(tmp_path / "ref")), load_sweep(str(tmp_path / "run"))
+  pd.testing.assert_frame_equal(a, b)
+  pd.testing.assert_frame_equal(load_summary(str(tmp_path / "ref")),
+                                load_summary(str(tmp_path / "run")))
+  # both axes of the override are in the grid
+  swept = [o.split("=")[0][len("sweep."):] for o in CASES[name][1]]
+  assert set(swept) <= set(a.columns)
+  assert all(a[f].nunique() == 2 for f in swept)
+  leftovers = [f for d in ("", "chunks", "points") for f in os.listdir(tmp_path / "run" / d)
+               if f.startswith(".")]
+  assert not leftovers
+
+
+def test_lsa_flow_with_two_axes_overridden(tmp_path):
+  """The aligned-init config of the lsa_icl experiment (killed and resumed
+  above) through run.py, here in this process."""
+  code, err = run_main(*command("lsa_flow", tmp_path / "out", "--figures=none")[2:])
+  assert code == 0, err[-3000:]
+  summary = load_summary(str(tmp_path / "out"))
+  assert len(summary) == 4 and set(summary["task.covariance"]) == {"isotropic", "skewed"}
+  assert summary["t_half_theory"].notna().all()
+
+
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_an_experiment_from_outside_the_package(tmp_path, form):
+  """examples/quadratic copied to a temporary directory: its config names the
+  experiment by a file path relative to itself, or (overridden) by a dotted
+  module on PYTHONPATH; run.py runs it unchanged, and its theory lands beside
+  the simulation in the table."""
+  lab = tmp_path / "my_lab"
+  lab.mkdir()
+  (lab / "__init__.py").write_text("")
+  for f in ("experiment.py", "config.py"):
+    shutil.copy(os.path.join(ROOT, "examples", "quadratic", f), lab / f)
+  extra = [] if form == "file" else ["--config.experiment=my_lab.experiment"]
+  proc = run([sys.executable, "scripts/run.py", f"--config={lab / 'config.py'}",
+              f"--out={tmp_path / 'out'}", *extra], env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = load_sweep(str(tmp_path / "out"))
+  assert set(table["train.lr"]) == {0.1, 0.2, 0.4} and len(table) == 3 * 4 * 11
+  # GD on a quadratic is the theory's geometric decay exactly: what is left is
+  # float32 rounding, ~6e-8 relative per step over 50 steps, of O(1) weights
+  np.testing.assert_allclose(table["w_2"], table["w_2_pred"], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(table["loss"], table["loss_pred"], rtol=1e-4, atol=1e-7)
+  assert "loss_max_rel_error" in proc.stdout
+
+
+TINY_DL = [f"--config.{o}" for o in CASES["deep_linear"][0]] + ["--config.sweep={}"]
+
+
+def run_dl(out, *extra):
+  old = os.umask(0o022)  # the child inherits it: the usual umask, group-readable files
+  try:
+    return run([sys.executable, "scripts/run.py", "--config=configs/deep_linear.py",
+                f"--out={out}", *TINY_DL, *extra])
+  finally:
+    os.umask(old)
+
+
+def test_a_run_directory_records_and_refuses(tmp_path):
+  out = tmp_path / "run"
+  proc = run_dl(out)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "t_half theory" in proc.stdout
-  assert sorted(os.listdir(out_dir)) == [
-      "config.json", "figure.png", "summary.json", "trajectories.npz",
-      "trajectories.parquet"]
-  with np.load(out_dir / "trajectories.npz", allow_pickle=False) as z:
-    assert z["u"].shape == (4, 31, 8) and z["u_pred"].shape == (4, 31, 8)
-  table = pd.read_parquet(out_dir / "trajectories.parquet")
-  assert len(table) == 4 * 31 and {"seed", "step", "t", "loss", "u_0", "u_0_pred"} <= set(table)
-  summary = json.loads((out_dir / "summary.json").read_text())
-  assert len(summary["modes"]) == 4
-  # The printed table and summary.json carry the same number.
-  assert f"{summary['modes'][0]['learning_time_predicted']:.4g}" in proc.stdout
-  assert json.loads((out_dir / "config.json").read_text())["train"]["lr"] == 0.02
+  assert sorted(os.listdir(out)) == ["chunks", "config.json", "figure.png", "grid.json",
+                                     "points", "provenance.json", "results.parquet",
+                                     "summary.csv", "summary.json"]
+  arrays = load_arrays(str(out), 0)
+  assert arrays["u"].shape == (3, 11, 4) and arrays["u_pred"].shape == (3, 11, 4)
+  summary = json.loads((out / "summary.json").read_text())
+  # the printed table and summary.json carry the same number
+  assert f"{summary['points'][0]['modes'][0]['learning_time_predicted']:.4g}" in proc.stdout
+  prov = json.loads((out / "provenance.json").read_text())
+  assert len(prov) == 1 and {"date", "command", "jax", "jaxlib", "dynamics", "git_commit",
+                             "devices", "python"} <= set(prov[0])
+  assert "--config.sweep={}" in prov[0]["command"]
+  for path in (out, out / "summary.json", out / "points", out / "points" / "p00000.npz"):
+    assert os.stat(path).st_mode & stat.S_IRGRP, path  # readable by the group
+  # the same command again: resumed (nothing to train), provenance appended
+  assert run_dl(out).returncode == 0
+  assert len(json.loads((out / "provenance.json").read_text())) == 2
+  # another config into it: refused, nothing replaced
+  before = (out / "results.parquet").read_bytes()
+  proc = run_dl(out, "--config.train.lr=0.03")
+  assert proc.returncode == 2 and "train.lr: 0.005 -> 0.03" in proc.stderr, proc.stderr
+  assert (out / "results.parquet").read_bytes() == before
 
 
-def test_bad_override_fails_before_compiling_and_writes_nothing(tmp_path):
-  out_dir = tmp_path / "bad"
-  proc = run(*SMALL, "--config.model.width=0", f"--config.output_dir={out_dir}")
-  assert proc.returncode == 2
-  assert "model.width" in proc.stderr
-  assert not out_dir.exists() and os.listdir(tmp_path) == []
+def test_a_diverged_run_says_so(tmp_path):
+  proc = run_dl(tmp_path / "run", "--config.train.lr=3.0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "every seed (3) diverged" in proc.stdout and "%" not in proc.stdout.split("diverged")[1]
+  text = (tmp_path / "run" / "summary.json").read_text()
+  assert "NaN" not in text and json.loads(text)["points"][0]["diverged_seeds"] == 3
+  assert load_sweep(str(tmp_path / "run"))["diverged"].all()
 
 
-def test_unwritable_output_dir(tmp_path):
+def run_main(*argv):
+  """scripts/run.py's main in this process (no JAX start-up): `(code, stderr)`."""
+  spec = importlib.util.spec_from_file_location("run_script", os.path.join(ROOT, "scripts",
+                                                                           "run.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    code = module.main(list(argv))
+  return code, err.getvalue()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.width=0"], "model.width"),
+    (["--config.train.lrr=0.1"], "Did you mean `train.lr`"),
+    (["--config.train.lr=fast"], "train.lr"),
+    (["--config.sweep.train.foo=(1,2)"], "sweep.train.foo"),
+    (["--config.sweep.model.depth=(2,0)"], "model.depth"),
+    (["--memory_budget_mb=-5"], "--memory_budget_mb"),
+    (["--checkpoint_every_steps=0"], "--checkpoint_every_steps"),
+])
+def test_bad_input_fails_before_compiling_and_writes_nothing(tmp_path, args, message):
+  code, err = run_main("--config=configs/deep_linear.py", f"--out={tmp_path / 'bad'}", *args)
+  assert code == 2 and message in err, err
+  assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
+  assert not (tmp_path / "bad").exists()
+
+
+def test_missing_config_and_unwritable_out(tmp_path):
+  code, err = run_main(f"--config={tmp_path}/nope.py")
+  assert code == 2 and "does not exist" in err
   blocker = tmp_path / "file"
   blocker.write_text("")
-  proc = run(*SMALL, f"--config.output_dir={blocker}/run")
-  assert proc.returncode == 2 and "output_dir" in proc.stderr
+  code, err = run_main("--config=configs/deep_linear.py", f"--out={blocker}")
+  assert code == 2 and "--out" in err and "not a directory" in err, err
+  code, err = run_main("--config=configs/deep_linear.py", f"--config.output_dir={blocker}")
+  assert code == 2 and "config.output_dir" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_config_runs_its_default_grid(name, tmp_path):
+  """The README's commands, at full size."""
+  proc = run([sys.executable, "scripts/run.py", f"--config=configs/{name}.py",
+              f"--out={tmp_path / name}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert len(load_summary(str(tmp_path / name))) > 1

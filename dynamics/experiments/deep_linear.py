@@ -1,14 +1,15 @@
 """Deep linear networks on a linear teacher, against their exact gradient flow.
 
-The experiment trains `config.num_seeds` seeds in one compiled call, records
-the loss and the strength `u_i = U_i^T W_N...W_1 V_i` of every mode of the
-empirical `Sigma_yx`, and sets beside them `theory.deep_linear`:
+A grid point trains `config.num_seeds` seeds, records the loss and the
+strength `u_i = U_i^T W_N...W_1 V_i` of every mode of the empirical
+`Sigma_yx`, and sets beside them `theory.deep_linear`:
   * `init.name = 'aligned'`: the exact solution from `u0 = init.u0`;
   * `init.name = 'random'`, depth 1 or 2: the aligned solution from each
     seed's effective initial strength (`models.deep_linear.effective_u0`),
     an approximation that is good for small `init.scale` and wide layers;
   * `init.name = 'random'`, depth >= 3: no prediction (reported as such).
-Theory time is `t = lr * step` (docs/conventions.md).
+Theory time is `t = lr * step` (docs/conventions.md). Across a grid, the
+figure sets every mode's predicted half-learning time against the measured one.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import config as cfg
-from dynamics import metrics
+from dynamics import metrics, plots
 from dynamics import train as engine
 from dynamics.models import deep_linear as model
 from dynamics.tasks.linear_teacher import linear_teacher
-from theory import deep_linear as theory
+from theory import deep_linear as theory_dl
 
 INITS = ("random", "aligned")
 FORMULATIONS = ("auto", "samples", "statistics")
@@ -38,9 +39,6 @@ HPARAMS = {"train.lr": "lr", "init.scale": "scale", "init.u0": "u0",
 
 def validate(config) -> None:
   """Raises ValueError naming the first bad field; runs before any tracing."""
-  cfg.integer(config, "seed", minimum=0)
-  cfg.integer(config, "num_seeds")
-  cfg.one_of(config, "precision", cfg.PRECISIONS)
   depth = cfg.integer(config, "model.depth")
   width = cfg.integer(config, "model.width")
   init = cfg.one_of(config, "init.name", INITS)
@@ -89,13 +87,6 @@ def uses_statistics(config) -> bool:
   return form == "statistics"
 
 
-def hparams(config) -> dict:
-  """The shape-preserving hyperparameters, as arrays `train` can be vmapped over."""
-  dtype = cfg.float_dtype(config.precision)
-  return {key: jnp.asarray(cfg.get(config, field), dtype)
-          for field, key in HPARAMS.items()}
-
-
 class TaskSpectrum(NamedTuple):
   """The parts of a `LinearTeacher` the theory and the figures use."""
   s: np.ndarray               # [K]
@@ -105,7 +96,8 @@ class TaskSpectrum(NamedTuple):
 
 # outputs of `train` that are not logged trajectories (not masked after a
 # seed diverges, even when a dimension equals the number of logged steps)
-CONSTANT_OUTPUTS = ("u0_eff", "task_s", "task_sigma_yx", "task_sigma_yy_trace")
+CONSTANTS = ("u0_eff", "task_s", "task_sigma_yx", "task_sigma_yy_trace")
+TABLE = ("loss", "u")
 
 
 def make_task(config, hp: dict):
@@ -121,18 +113,16 @@ def loss_fn(params, x, y):
   return 0.5 * jnp.mean(jnp.sum((y - model.apply(params, x)) ** 2, axis=-1))
 
 
-def make_segments(config, progress=None):
+def make_segments(config):
   """`start(key, hp) -> (state, extras, first)` and
   `advance(state, hp, num_logs) -> (state, logged)`: a run in resumable
   pieces (`extras` are per-seed constants such as `u0_eff`, `first` the
-  step-0 metrics). `make_train` joins them into one call."""
-  validate(config)
+  step-0 metrics); `make_train` is the two in one call."""
   m = config.model
   sizes = model.layer_sizes(config.task.d_in, config.task.d_out, m.width,
                             m.depth)
   num_teacher = len(config.task.singular_values)
   optimizer = lambda hp: engine.make_optimizer(config.train.optimizer, hp["lr"])
-
   stats = uses_statistics(config)
 
   def objective(task):  # (loss, data) of `engine.make_advance`
@@ -145,8 +135,8 @@ def make_segments(config, progress=None):
     return lambda p: {"loss": loss(p, *data),
                       "u": model.mode_strengths(p, task.u_modes, task.v_modes)}
 
-  def start(key, hp):
-    task = make_task(config, hp)
+  def start(key, hp, task=None):
+    task = make_task(config, hp) if task is None else task
     init_key, data_key = jax.random.split(key)
     if config.init.name == "aligned":
       u0 = jnp.zeros_like(task.s).at[:num_teacher].set(hp["u0"])
@@ -154,8 +144,8 @@ def make_segments(config, progress=None):
                                   task.v_modes)
     else:
       params = model.init_random(init_key, sizes, hp["scale"], task.x.dtype)
-    # what the theory needs of the task, as trained on: `analyze` reads it
-    # here instead of drawing the task again (a second, eager compile)
+    # what the theory needs of the task, as trained on: `theory` reads it
+    # here instead of drawing the task again
     extras = {"task_s": task.s, "task_sigma_yx": task.sigma_yx,
               "task_sigma_yy_trace": task.sigma_yy_trace}
     if m.depth <= 2:
@@ -163,92 +153,105 @@ def make_segments(config, progress=None):
     state = engine.init_state(params, optimizer(hp), data_key)
     return state, extras, metrics_fn(task)(params)
 
-  def advance(state, hp, num_logs):
-    task = make_task(config, hp)
+  def advance(state, hp, num_logs, task=None):
+    task = make_task(config, hp) if task is None else task
     loss, data = objective(task)
     return engine.make_advance(
         loss_fn=loss, data=data, optimizer=optimizer(hp),
         metrics_fn=metrics_fn(task), log_every=config.train.log_every,
-        batch_size=None if stats else (config.train.batch_size or None),
-        progress=progress)(state, num_logs)
+        batch_size=None if stats else (config.train.batch_size or None))(state, num_logs)
 
   return start, advance
 
 
-def make_train(config, progress=None):
+def make_train(config):
   """`train(key, hp) -> {'loss': [L], 'u': [L, K], 'u0_eff': [K],
   'diverged_at': [], 'task_s': [K], 'task_sigma_yx': [d_out, d_in],
   'task_sigma_yy_trace': []}` (`u0_eff` for depth <= 2 only; the `task_*`
   entries are the task every seed trained on, the same for every seed)."""
-  start, advance = make_segments(config, progress)
+  start, advance = make_segments(config)
 
   def train(key, hp):
-    state, extras, first = start(key, hp)
+    task = make_task(config, hp)  # drawn once, for both pieces
+    state, extras, first = start(key, hp, task)
     state, logged = advance(state, hp,
-                            config.train.num_steps // config.train.log_every)
+                            config.train.num_steps // config.train.log_every, task)
     return {**extras, **engine.join_logs(first, [logged]),
             "diverged_at": state.diverged_at}
 
   return train
 
 
-def predict(config, task, out: dict) -> dict | None:
-  """Theory for every seed: `{'u': [S, L, K], 'loss': [S, L], 'u0': [S, K]}`."""
-  steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
-  t = config.train.lr * steps
-  num_seeds, k = out["loss"].shape[0], task.s.shape[0]
+def _task(out: dict) -> TaskSpectrum:
+  """The task as trained on (every seed's is the same)."""
+  return TaskSpectrum(*(np.asarray(out[f"task_{k}"], np.float64)[0]
+                        for k in TaskSpectrum._fields))
+
+
+def initial_strengths(config, out: dict) -> np.ndarray | None:
+  """`[S, K]`: the `u0` the theory starts each seed from, or None (no theory:
+  random init at depth >= 3)."""
+  s = _task(out).s
+  num_seeds, k = out["loss"].shape[0], s.shape[0]
   if config.init.name == "aligned":
     u0 = np.zeros(k)
     u0[:len(config.task.singular_values)] = config.init.u0
-    u0 = np.broadcast_to(u0, (num_seeds, k))
-  elif config.model.depth <= 2:
-    u0 = np.asarray(out["u0_eff"], np.float64)
-    if config.model.depth == 2:
-      # effective_u0 describes a growth phase, which needs s > 0; a direction
-      # the teacher leaves untaught (s = 0 up to rounding) starts at
-      # O(scale^2) and only shrinks, so its predicted strength is 0. The
-      # O(scale^4) loss it leaves is not modelled (docs/deep_linear.md).
-      taught = np.asarray(task.s) > 1e-4 * np.max(np.asarray(task.s))
-      u0 = np.where(taught, u0, 0.0)
-  else:
+    return np.broadcast_to(u0, (num_seeds, k))
+  if config.model.depth > 2:
     return None
-  u = jax.vmap(lambda u0_: theory.mode_strength(t, task.s, u0_,
-                                                config.model.depth))(u0)
+  u0 = np.asarray(out["u0_eff"], np.float64)
+  if config.model.depth == 2:
+    # effective_u0 describes a growth phase, which needs s > 0; a direction
+    # the teacher leaves untaught (s = 0 up to rounding) starts at
+    # O(scale^2) and only shrinks, so its predicted strength is 0. The
+    # O(scale^4) loss it leaves is not modelled (docs/deep_linear.md).
+    u0 = np.where(s > 1e-4 * np.max(s), u0, 0.0)
+  return u0
+
+
+def theory(config, out: dict) -> dict:
+  """Every seed's mode strengths `u: [S, L, K]` and loss `[S, L]` under
+  gradient flow from its `initial_strengths`, at `t = lr * step`."""
+  u0 = initial_strengths(config, out)
+  if u0 is None:
+    return {}
+  task = _task(out)
+  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  u = np.asarray(jax.vmap(lambda u0_: theory_dl.mode_strength(
+      t, task.s, u0_, config.model.depth))(u0))
   # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for
   # whitened inputs); without noise it is 0 and rounds to +-1e-7 in float32.
-  irreducible = jnp.maximum(task.sigma_yy_trace - jnp.sum(task.s**2), 0.0)
-  loss = 0.5 * jnp.sum((task.s - u) ** 2, axis=-1) + 0.5 * irreducible
-  return {"t": t, "u": np.asarray(u), "loss": np.asarray(loss), "u0": u0}
+  irreducible = max(float(task.sigma_yy_trace - np.sum(task.s**2)), 0.0)
+  loss = 0.5 * np.sum((task.s - u) ** 2, axis=-1) + 0.5 * irreducible
+  return {"u": u, "loss": loss}
 
 
 def _nan(reduce, x) -> float:
-  """`reduce` over the finite entries (diverged or unfinished seeds are
-  counted separately); nan when there are none."""
+  """`reduce` over the finite entries; nan when there are none."""
   x = np.asarray(x, np.float64)
   return float(reduce(x)) if np.any(np.isfinite(x)) else float("nan")
 
 
-def summarize(config, task, out: dict, pred: dict | None) -> dict:
+def summarize(config, out: dict, pred: dict) -> dict:
   """Per teacher mode and for the loss: theory beside simulation."""
-  steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
-  t = config.train.lr * steps
+  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
   m = len(config.task.singular_values)
-  s = np.asarray(task.s, np.float64)
+  s = _task(out).s
   u_emp = np.moveaxis(np.asarray(out["u"], np.float64), 1, -1)  # [S, K, L]
   t_emp = metrics.time_to_fraction(t, u_emp[:, :m], s[:m])      # [S, M]
   emp_stats = metrics.seed_stats(t_emp)
-  summary = {"theory": "none" if pred is None else (
+  summary = {"theory": "none" if not pred else (
                  "exact (aligned init)" if config.init.name == "aligned"
                  else "aligned solution from each seed's effective u0"),
-             "num_seeds": int(config.num_seeds), "modes": []}
+             "modes": []}
   if config.train.optimizer != "sgd":
     summary["note"] = ("theory is gradient flow; with optimizer "
                        f"{config.train.optimizer!r} t = lr * step is not its time.")
-  if pred is not None:
-    u_cmp = metrics.compare(u_emp[:, :m],
-                            np.moveaxis(pred["u"], 1, -1)[:, :m])
-    t_th = np.asarray(jax.vmap(lambda u0_: theory.learning_time(
-        s[:m], u0_[:m], config.model.depth))(pred["u0"]))  # [S, M]
+  if pred:
+    u_cmp = metrics.compare(u_emp[:, :m], np.moveaxis(pred["u"], 1, -1)[:, :m])
+    u0 = initial_strengths(config, out)
+    t_th = np.asarray(jax.vmap(lambda u0_: theory_dl.learning_time(
+        s[:m], u0_[:m], config.model.depth))(u0))  # [S, M]
     loss_cmp = metrics.compare(out["loss"], pred["loss"])
     summary["loss"] = {k: _nan(np.nanmin if k == "r2" else np.nanmax, v)
                        for k, v in loss_cmp.items()}
@@ -259,7 +262,7 @@ def summarize(config, task, out: dict, pred: dict | None) -> dict:
                                          float(emp_stats["ci_high"][i])],
            "learning_time_seed_std": float(emp_stats["std"][i]),
            "seeds_not_reached": int(np.sum(np.isnan(t_emp[:, i])))}
-    if pred is not None:
+    if pred:
       rel_t = np.abs(t_emp[:, i] - t_th[:, i]) / t_th[:, i]
       row.update({
           "learning_time_predicted": float(np.mean(t_th[:, i])),
@@ -272,19 +275,19 @@ def summarize(config, task, out: dict, pred: dict | None) -> dict:
   return summary
 
 
-def table(summary: dict) -> str:
-  """The comparison table printed by `scripts/run.py`."""
+def text(config, summary: dict) -> str:
+  """The comparison table of one grid point."""
   head = (f"{'mode':>4} {'s':>7} {'t_half theory':>14} {'t_half sim':>11} "
           f"{'rel err':>8} {'max|du|/max u':>14} {'t_half seed std':>16}")
-  lines = [f"theory: {summary['theory']}  ({summary['num_seeds']} seeds)",
-           head, "-" * len(head)]
+  used = summary["num_seeds"] - summary["diverged_seeds"]
+  lines = [f"theory: {summary['theory']}  ({used} seeds)", head, "-" * len(head)]
+  nan = float("nan")
   for r in summary["modes"]:
-    pred = r.get("learning_time_predicted", float("nan"))
     lines.append(
-        f"{r['mode']:>4} {r['s']:>7.3g} {pred:>14.4g} "
+        f"{r['mode']:>4} {r['s']:>7.3g} {r.get('learning_time_predicted', nan):>14.4g} "
         f"{r['learning_time_measured']:>11.4g} "
-        f"{r.get('learning_time_rel_error_max', float('nan')):>8.2%} "
-        f"{r.get('u_max_rel_error_worst', float('nan')):>14.2e} "
+        f"{r.get('learning_time_rel_error_max', nan):>8.2%} "
+        f"{r.get('u_max_rel_error_worst', nan):>14.2e} "
         f"{r['learning_time_seed_std']:>16.3g}")
   if "loss" in summary:
     lines.append(f"loss: max relative error {summary['loss']['max_rel_error']:.2e}"
@@ -294,70 +297,62 @@ def table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def plot(config, task, out: dict, pred: dict | None, path: str) -> None:
+def plot(config, out: dict, pred: dict, summary: dict, path: str) -> None:
   """Per-seed (thin) and mean (solid) mode strengths and loss, theory dashed."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  t = config.train.lr * np.arange(0, config.train.num_steps + 1,
-                                  config.train.log_every)
-  m = len(config.task.singular_values)
-  fig, (ax_u, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
-  colors = plt.cm.viridis(np.linspace(0, 0.85, m))
-  u = np.asarray(out["u"])
-  for i in range(m):
-    ax_u.plot(t, u[:, :, i].T, color=colors[i], alpha=0.15, lw=0.7)
-    ax_u.plot(t, u[:, :, i].mean(0), color=colors[i], lw=2,
-              label=f"mode {i}, s = {float(task.s[i]):.3g}")
-    if pred is not None:
-      ax_u.plot(t, pred["u"][:, :, i].mean(0), "--", color="k", lw=1.2)
+  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  fig, (ax_u, ax_l) = plots.figure(2, size=(5.5, 4.2))
+  for i, mode in enumerate(summary["modes"]):
+    plots.trajectories(ax_u, t, out["u"][:, :, i],
+                       pred["u"][:, :, i] if pred else None,
+                       color=f"C{i}", label=f"mode {i}, s = {mode['s']:.3g}")
   ax_u.set(xlabel="t = lr x steps", ylabel="mode strength u_i(t)",
-           title=f"depth {config.model.depth}, {config.init.name} init")
-  ax_u.legend(fontsize=8, loc="lower right")
-  loss = np.asarray(out["loss"])
-  ax_l.semilogy(t, loss.T, color="C0", alpha=0.15, lw=0.7)
-  ax_l.semilogy(t, loss.mean(0), color="C0", lw=2, label="simulation")
-  if pred is not None:
-    ax_l.semilogy(t, pred["loss"].mean(0), "--", color="k", lw=1.2,
-                  label="theory")
+           title=f"depth {config.model.depth}, {config.init.name} init, lr {config.train.lr}")
+  plots.legend_theory(ax_u, loc="lower right")
+  plots.trajectories(ax_l, t, out["loss"], pred.get("loss"), log=True, label="simulation")
   ax_l.set(xlabel="t = lr x steps", ylabel="training loss", title="loss")
-  ax_l.legend(fontsize=8)
-  fig.suptitle("simulation (per seed thin, mean solid) vs gradient-flow "
-               "theory (dashed)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.legend_theory(ax_l)
+  plots.save(fig, path, "simulation (per seed thin, mean solid) vs gradient-flow "
+             "theory (dashed)")
 
 
-def analyze(config, out: dict) -> dict:
-  """Theory and comparison for the trained seeds `out` (numpy, `[S, ...]`).
-
-  Returns:
-    dict with `arrays` (for `trajectories.npz`; `[S, L, ...]` entries become
-    table columns), `summary`, `table`, and `plot(path)`, the figure writer.
-  """
-  if "task_s" in out:  # the task as trained on (every seed's is the same)
-    task = TaskSpectrum(*(np.asarray(out[f"task_{k}"])[0] for k in TaskSpectrum._fields))
-  else:
-    task = make_task(config, hparams(config))
-  pred = predict(config, task, out)
-  summary = summarize(config, task, out, pred)
-  steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
-  arrays = {"step": steps, "t": config.train.lr * steps,
-            "loss": out["loss"], "u": out["u"], "s": np.asarray(task.s),
-            "sigma_yx": np.asarray(task.sigma_yx)}
-  if pred is not None:
-    arrays.update({"loss_pred": pred["loss"], "u_pred": pred["u"],
-                   "u0": pred["u0"]})
-  return {"arrays": arrays, "summary": summary, "table": table(summary),
-          "plot": lambda path: plot(config, task, out, pred, path)}
+def sweep_summary(config, points) -> dict:
+  """Across the grid: the worst learning-time error of any mode."""
+  errors = [m["learning_time_rel_error_max"] for p in points
+            for m in p.summary.get("modes", []) if m.get("learning_time_rel_error_max")
+            is not None and np.isfinite(m["learning_time_rel_error_max"])]
+  return {"points_with_theory": sum(bool(p.summary.get("loss")) for p in points),
+          "learning_time_rel_error_max": max(errors) if errors else None}
 
 
-def run(config, progress=None) -> dict:
-  """Trains every seed in one compiled call and analyzes it (see `analyze`)."""
-  validate(config)
-  train = make_train(config, progress=progress)
-  keys = engine.seed_keys(config.seed, config.num_seeds)
-  out = engine.run_seeds(train, keys, hparams(config))
-  return analyze(config, jax.tree_util.tree_map(np.asarray, out))
+def sweep_text(config, summary: dict) -> str:
+  err = summary["learning_time_rel_error_max"]
+  return (f"across the grid: {summary['points_with_theory']} point(s) with a theory; "
+          "worst half-learning-time error " + ("-" if err is None else f"{err:.2%}"))
+
+
+def sweep_plot(config, points, summary: dict, path: str) -> None:
+  """Every mode of every grid point: measured half-learning time against the
+  predicted one (left), and their relative difference per grid point (right,
+  seed 95% interval as the bar), so that points that agree do not hide."""
+  fig, (ax, ax_e) = plots.figure(2, size=(6.0, 4.6))
+  for i, p in enumerate(points):
+    for k, m in enumerate(p.summary.get("modes", [])):
+      if m.get("learning_time_predicted") is None:
+        continue
+      x, y = m["learning_time_predicted"], m["learning_time_measured"]
+      lo, hi = (np.asarray(m["learning_time_measured_ci"], np.float64) / x - 1) * 100
+      label = f"mode {k}, s = {m['s']:.3g}" if i == 0 else None
+      ax.plot(x, y, "o", ms=4, color=f"C{k}", label=label)
+      ax_e.errorbar(i + 0.08 * (k - 1.5), (y / x - 1) * 100, ms=4, fmt="o", color=f"C{k}",
+                    yerr=[[max((y / x - 1) * 100 - lo, 0)], [max(hi - (y / x - 1) * 100, 0)]])
+  lim = ax.get_xlim()
+  ax.plot(lim, lim, "k--", lw=1, label="measured = predicted")
+  ax.set(xscale="log", yscale="log", xlabel="predicted half-learning time",
+         ylabel="measured (seed mean)", title="every mode of every grid point")
+  ax.legend(fontsize=7)
+  ax_e.axhline(0, color="k", lw=0.8)
+  ax_e.set_xticks(range(len(points)), ["\n".join(f"{k.split('.')[-1]}={v}" for k, v in
+                                                 p.fields.items()) for p in points],
+                  fontsize=6)
+  ax_e.set(ylabel="measured / predicted - 1 (%)", title="per grid point (seed 95% CI)")
+  plots.save(fig, path, "deep linear networks: half-learning times, simulation vs theory")

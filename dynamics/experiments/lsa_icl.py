@@ -1,22 +1,28 @@
 """One-layer linear self-attention learning linear regression in context.
 
-Three parts (`config.parts`), each a batch of seeds in one compiled call,
-trained online on fresh prompts (`dynamics.tasks.icl_regression`), or on a
-fixed pool of `task.pool_size` prompts shared by the seeds, with the
-loss `(1/2B) sum (y_hat - y_q)^2`, and set beside `theory.linear_attention`:
+A grid point trains `num_seeds` seeds on fresh prompts
+(`dynamics.tasks.icl_regression`) of one context length `task.n_context`
+and one input covariance `task.covariance`, or on a fixed pool of
+`task.pool_size` prompts shared by the seeds, with the loss
+`(1/2B) sum (y_hat - y_q)^2`, and sets beside it `theory.linear_attention`:
 
-  * `'icl'`: small random init, every covariance in `task.covariances`. The
-    final risk (Monte Carlo on `eval.num_prompts` fixed prompts) against
-    `icl_risk(optimal_preconditioner)`, both exact and on the same prompts;
-    the trained `Gamma = u G^T + g_y c^T` against `optimal_preconditioner`;
-    predictions and query sensitivities `d y_hat / d x_q` against one GD step
-    at `optimal_gd_lr` (and against `Gamma*`), as in von Oswald et al. 2023.
-  * `'flow'`: aligned init `(flow.u0, flow.g0)`, small constant `flow.lr`,
-    `flow.batch_size` prompts per step: loss, `u`, `g` and `u g` against
-    `gradient_flow` at `t = lr * steps`.
-  * `'context'`: the random-init training of `'icl'` for every length in
-    `context.n_context`: final risk against `icl_risk` of the optimum and of
-    one GD step at the best single learning rate.
+  * `init.name = 'random'` (small random init): the final risk (Monte Carlo
+    on `eval.num_prompts` fixed prompts) against `icl_risk` of
+    `optimal_preconditioner`, exact and on the same prompts; the trained
+    `Gamma = u G^T + g_y c^T` against the optimum; predictions and query
+    sensitivities `d y_hat / d x_q` against one GD step at `optimal_gd_lr` (and
+    against `Gamma*`), as in von Oswald et al. 2023. Across context lengths
+    (`sweep_summary`): the risk against N with the optimum's and one GD step's.
+  * `init.name = 'aligned'` (`init.u0`, `init.g0`, constant lr): loss, `u`,
+    `g` and `u g = tr(Gamma)/d` against `gradient_flow` at `t = lr * steps`;
+    across learning rates, the lag of gradient descent behind the flow.
+
+`train.lr_scaling = 'curvature'` trains every context length at the same
+fraction of its stability limit: the step is `train.lr / a(N)`, with
+`a(N) = (N + 1 + tr Lambda + noise_var) / N` the curvature of the risk in
+`Gamma` (tr Lambda = d for every covariance here). Short contexts have noisier
+`S_xx` and a larger curvature; at one fixed step they diverge (N = 2, 5 at
+0.05). `'none'` uses `train.lr` as is. Time is `t = step x` the step used.
 
 `task.prompts = 'shared'` (an opt-in) gives every seed the same fresh
 prompts at each step, drawn from the task seed, so the seeds differ only in
@@ -24,62 +30,61 @@ their initialisation: the prompts' distribution is unchanged, but the spread
 over seeds no longer includes the sampling noise of the prompts. The engine
 then draws each step's prompts once for all the seeds it runs together:
 6.7-8.5x the seed-steps/s where drawing dominates (d = 10, N = 40, 512
-prompts a step, 16 seeds; docs/performance.md), no gain for this experiment's
-default size, which compiles and evaluates more than it draws. The
-default, `'per_seed'`, draws every seed's prompts from its own key.
+prompts a step, 16 seeds; docs/performance.md). The default, `'per_seed'`,
+draws every seed's prompts from its own key.
 
-`train.decay = 'cosine'` anneals the learning rate of `'icl'` and
-`'context'` to zero, removing the SGD noise floor from the endpoint that the
-theory predicts; `'flow'` always uses a constant rate (its time is
-`lr * steps`).
+`train.decay = 'cosine'` anneals the learning rate to zero, removing the SGD
+noise floor from the endpoint that the theory predicts (random init only).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from dynamics import config as cfg
-from dynamics import metrics
+from dynamics import metrics, plots
 from dynamics import train as engine
 from dynamics.models import linear_attention as model
 from dynamics.tasks import icl_regression as task
-from theory import linear_attention as theory
+from theory import linear_attention as theory_la
 
-PARTS = ("icl", "flow", "context")
 # A seed counts as converged when its Monte-Carlo risk is within 5% of the
 # optimum's on the same prompts; the others sit on a plateau (docs).
 CONVERGED = 0.05
 DECAYS = ("constant", "cosine")
 PROMPTS = ("per_seed", "shared")
+SCALINGS = ("curvature", "none")
+INITS = ("random", "aligned")
+
+HPARAMS = {"train.lr": "lr", "task.covariance": "cov", "model.init_scale": "init_scale",
+           "init.u0": "u0", "init.g0": "g0"}
+CONSTANTS = ("w_kq", "w_pv")
+TABLE = ("loss", "loss_gamma", "u", "g", "ug", "residual")
 
 
 def validate(config) -> None:
   """Raises ValueError naming the first bad field; runs before any tracing."""
-  cfg.integer(config, "seed", minimum=0)
-  cfg.integer(config, "num_seeds")
-  cfg.one_of(config, "precision", cfg.PRECISIONS)
-  parts = cfg.get(config, "parts")
-  if isinstance(parts, str) or not parts or any(p not in PARTS for p in parts):
-    cfg.fail("parts", f"must be a non-empty sequence of {PARTS}, got {parts!r}.")
   form = cfg.one_of(config, "model.form", model.FORMS)
   cfg.nonnegative(config, "model.init_scale")
+  init = cfg.one_of(config, "init.name", INITS)
+  cfg.nonnegative(config, "init.u0")
+  cfg.nonnegative(config, "init.g0")
   cfg.integer(config, "task.seed", minimum=0)
   cfg.integer(config, "task.d")
   cfg.integer(config, "task.n_context")
   cfg.nonnegative(config, "task.noise_var")
-  covs = cfg.get(config, "task.covariances")
-  if isinstance(covs, str) or not covs or any(c not in task.COVARIANCES for c in covs):
-    cfg.fail("task.covariances", f"must be a non-empty sequence of "
-             f"{task.COVARIANCES}, got {covs!r}.")
+  cfg.one_of(config, "task.covariance", task.COVARIANCES)
   kappa = cfg.positive(config, "task.condition_number")
   if kappa < 1:
     cfg.fail("task.condition_number", f"must be >= 1, got {kappa!r}.")
   cfg.integer(config, "eval.num_prompts")
   cfg.one_of(config, "train.optimizer", engine.OPTIMIZERS)
-  cfg.one_of(config, "train.decay", DECAYS)
+  decay = cfg.one_of(config, "train.decay", DECAYS)
+  cfg.one_of(config, "train.lr_scaling", SCALINGS)
   cfg.schedule(config)
   batch = cfg.integer(config, "train.batch_size")
   pool = cfg.integer(config, "task.pool_size", minimum=0)
@@ -87,68 +92,66 @@ def validate(config) -> None:
   if pool and pool < batch:
     cfg.fail("task.pool_size", f"({pool}) must be 0 (fresh prompts every step) or "
              f">= train.batch_size ({batch}).")
-  if "flow" in parts:
+  if init == "aligned":
     if form != "merged":
-      cfg.fail("model.form", "must be 'merged' for the 'flow' part (the aligned "
+      cfg.fail("model.form", "must be 'merged' for init.name 'aligned' (the aligned "
                "init is defined on merged parameters).")
-    cfg.one_of(config, "flow.covariance", task.COVARIANCES)
-    cfg.numbers(config, "flow.u0")
-    cfg.numbers(config, "flow.g0")
-    cfg.integer(config, "flow.num_seeds")
-    flow_batch = cfg.integer(config, "flow.batch_size")
-    if pool and pool < flow_batch:
-      cfg.fail("task.pool_size", f"({pool}) must be >= flow.batch_size "
-               f"({flow_batch}) for the 'flow' part.")
-    cfg.schedule(config, "flow")
-  if "context" in parts:
-    ns = cfg.numbers(config, "context.n_context", minimum=1)
-    if any(not float(n).is_integer() for n in ns):
-      cfg.fail("context.n_context", f"must hold integers, got {ns}.")
-    cfg.one_of(config, "context.covariance", task.COVARIANCES)
-    cfg.integer(config, "context.num_seeds")
+    if decay != "constant":
+      cfg.fail("train.decay", "must be 'constant' for init.name 'aligned': its "
+               "theory is gradient flow at t = lr x step.")
 
 
-def total_steps(config) -> int:
-  """Optimizer steps of every part, for the progress bar."""
-  total = 0
-  if "icl" in config.parts:
-    total += config.train.num_steps * len(config.task.covariances)
-  if "flow" in config.parts:
-    total += config.flow.num_steps
-  if "context" in config.parts:
-    total += config.train.num_steps * len(config.context.n_context)
-  return total
+def curvature(config, n_context: int) -> float:
+  """`a(N) = (N + 1 + tr Lambda + noise_var) / N`, tr Lambda = d."""
+  return (n_context + 1 + config.task.d + config.task.noise_var) / n_context
 
 
-def context_lr(config, n_context: int) -> float:
-  """`train.lr` rescaled for context length `N` by the curvature of the risk in
-  `Gamma`, `a(N) = (N + 1 + tr Lambda + noise_var) / N` (tr Lambda = d for every
-  covariance here): `lr a(task.n_context) / a(N)`. Short contexts have noisier
-  `S_xx` and a larger curvature; at a fixed lr they diverge (N = 2, 5 at lr 0.05)."""
-  a = lambda n: (n + 1 + config.task.d + config.task.noise_var) / n
-  return float(config.train.lr * a(config.task.n_context) / a(n_context))
+def step_size(config) -> float:
+  """The learning rate used (`train.lr_scaling`)."""
+  lr = config.train.lr
+  if config.train.lr_scaling == "curvature":
+    lr = lr / curvature(config, config.task.n_context)
+  return float(lr)
 
 
-def setting(config, cov_name: str, n_context: int) -> dict:
-  """Covariance, eval prompts and theory for one (covariance, N): arrays shared
-  by every seed (prompts from `PRNGKey(task.seed)`, docs/conventions.md)."""
+def log_times(config):
+  step = np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  return step, step_size(config) * step
+
+
+def setting(config) -> dict:
+  """Covariance, keys and theory of one point: arrays shared by every seed
+  (from `PRNGKey(task.seed)`, docs/conventions.md)."""
+  t = config.task
+  return dict(_setting(t.seed, t.d, t.n_context, t.noise_var, t.covariance,
+                       t.condition_number, config.precision))
+
+
+@functools.lru_cache(maxsize=64)  # hparams, summary and figure of a point ask for it
+def _setting(seed, d, n, noise, name, condition_number, precision) -> dict:
+  dtype = cfg.float_dtype(precision)
+  k_cov, k_eval = jax.random.split(jax.random.PRNGKey(seed))
+  cov = task.covariance(k_cov, d, name, condition_number, dtype)
+  k_eval = jax.random.fold_in(jax.random.fold_in(k_eval, n), task.COVARIANCES.index(name))
+  gamma_star = theory_la.optimal_preconditioner(cov, n, noise)
+  eta = theory_la.optimal_gd_lr(d, n, noise, cov=cov)
+  return {"cov": cov, "cov_sqrt": task.sqrtm(cov), "gamma_star": gamma_star,
+          "eta": jnp.asarray(eta, dtype),
+          "eval_key": k_eval,
+          "pool_key": jax.random.fold_in(k_eval, 1),    # task.pool_size > 0
+          "shared_key": jax.random.fold_in(k_eval, 2),  # task.prompts = 'shared'
+          "risk_opt": theory_la.icl_risk(gamma_star, cov, n, noise),
+          "risk_gd": theory_la.icl_risk(eta, cov, n, noise)}
+
+
+def hparams(config) -> dict:
+  """The point's setting and its shape-preserving hyperparameters, as arrays."""
   dtype = cfg.float_dtype(config.precision)
-  d, noise = config.task.d, config.task.noise_var
-  k_cov, k_eval = jax.random.split(jax.random.PRNGKey(config.task.seed))
-  cov = task.covariance(k_cov, d, cov_name, config.task.condition_number, dtype)
-  cov_sqrt = task.sqrtm(cov)
-  k_eval = jax.random.fold_in(jax.random.fold_in(k_eval, n_context),
-                              task.COVARIANCES.index(cov_name))
-  evals = task.sample(k_eval, config.eval.num_prompts, n_context, cov_sqrt, noise)
-  k_pool = jax.random.fold_in(k_eval, 1)  # the training pool, when task.pool_size > 0
-  k_shared = jax.random.fold_in(k_eval, 2)  # every seed's prompts, task.prompts = 'shared'
-  gamma_star = theory.optimal_preconditioner(cov, n_context, noise)
-  eta = theory.optimal_gd_lr(d, n_context, noise, cov=cov)
-  return {"cov": cov, "cov_sqrt": cov_sqrt, "eval": evals, "pool_key": k_pool,
-          "shared_key": k_shared,
-          "gamma_star": gamma_star, "eta": eta,
-          "risk_opt": theory.icl_risk(gamma_star, cov, n_context, noise),
-          "risk_gd": theory.icl_risk(eta, cov, n_context, noise)}
+  ctx = setting(config)
+  del ctx["risk_opt"], ctx["risk_gd"]
+  return {**ctx, "lr": jnp.asarray(step_size(config), dtype),
+          **{k: jnp.asarray(cfg.get(config, f), dtype) for f, k in
+             (("model.init_scale", "init_scale"), ("init.u0", "u0"), ("init.g0", "g0"))}}
 
 
 def _h(p: task.Prompts):
@@ -156,7 +159,7 @@ def _h(p: task.Prompts):
   return jnp.einsum("bn,bnd->bd", p.y, p.x) / p.x.shape[1]
 
 
-def _compare_to(params, gamma, p: task.Prompts) -> dict:
+def _compare_to(params, gamma, p: task.Prompts, name: str) -> dict:
   """Prediction distance and sensitivity cosine against `x_q^T Gamma h`."""
   y_model = model.predict(params, p.x, p.y, p.x_q)
   h = _h(p)
@@ -166,29 +169,27 @@ def _compare_to(params, gamma, p: task.Prompts) -> dict:
   s_ref = h @ gamma.T
   cos = jnp.sum(s_model * s_ref, -1) / (
       jnp.linalg.norm(s_model, axis=-1) * jnp.linalg.norm(s_ref, axis=-1))
-  return {"pred_rel_diff": jnp.linalg.norm(y_model - y_ref) / jnp.linalg.norm(y_ref),
-          "sens_cos": jnp.mean(cos),
-          "risk_ref_mc": jnp.mean((y_ref - p.y_q) ** 2)}
+  return {f"{name}_pred_rel_diff": jnp.linalg.norm(y_model - y_ref) / jnp.linalg.norm(y_ref),
+          f"{name}_sens_cos": jnp.mean(cos),
+          f"{name}_risk_mc": jnp.mean((y_ref - p.y_q) ** 2)}
 
 
-def make_train(config, *, n_context: int, init: str, lr: float, num_steps: int,
-               log_every: int, batch_size: int, decay: bool, progress=None):
-  """`train(key, ctx) -> logged metrics and final comparisons`, where `ctx` is a
-  `setting` (shared by the seeds; a traced argument, so covariances of one
-  shape share one compilation)."""
-  m, d, noise = config.model, config.task.d, config.task.noise_var
+def make_train(config):
+  """`train(key, hp)`: logged loss (Monte Carlo on the eval prompts), exact
+  half-risk of `Gamma(t)`, `Gamma`, `u`, `g`, `u g`; the final weights and
+  comparisons with one GD step (`vs_gd_*`) and with `Gamma*` (`vs_opt_*`)."""
+  m, d, n, noise = config.model, config.task.d, config.task.n_context, config.task.noise_var
+  tr = config.train
   pool, shared = config.task.pool_size, config.task.prompts == "shared"
-  optimizer = engine.make_optimizer(config.train.optimizer if init == "random" else "sgd",
-                                    lr, decay_steps=num_steps if decay else None)
+  init = config.init.name
 
-  def train(key, ctx):
+  def train(key, hp):
     init_key, data_key = jax.random.split(key)
     if shared:  # the same prompts (or pool minibatches) for every seed
-      data_key = ctx["shared_key"]
-    params = model.init(init_key, d, form=m.form, name=init, scale=m.init_scale,
-                        u0=ctx.get("u0", 0.0), g0=ctx.get("g0", 0.0),
-                        dtype=ctx["cov"].dtype)
-    evals = ctx["eval"]
+      data_key = hp["shared_key"]
+    params = model.init(init_key, d, form=m.form, name=init, scale=hp["init_scale"],
+                        u0=hp["u0"], g0=hp["g0"], dtype=hp["cov"].dtype)
+    evals = task.sample(hp["eval_key"], config.eval.num_prompts, n, hp["cov_sqrt"], noise)
 
     def metrics_fn(p):
       q = model.merged(p)
@@ -197,31 +198,43 @@ def make_train(config, *, n_context: int, init: str, lr: float, num_steps: int,
       y_gamma = jnp.einsum("bd,de,be->b", evals.x_q, gamma, _h(evals))
       return {"loss": 0.5 * jnp.mean((y_hat - evals.y_q) ** 2),
               # exact for the aligned blocks: no Monte-Carlo noise
-              "loss_gamma": 0.5 * theory.icl_risk(gamma, ctx["cov"], n_context, noise),
+              "loss_gamma": 0.5 * theory_la.icl_risk(gamma, hp["cov"], n, noise),
               "gamma": gamma, "u": q["w_pv"][d, d],
-              "g": jnp.trace(q["w_kq"][:d, :d]) / d,
+              "g": jnp.trace(q["w_kq"][:d, :d]) / d, "ug": jnp.trace(gamma) / d,
               "residual": jnp.linalg.norm(y_hat - y_gamma) / jnp.linalg.norm(y_hat)}
 
     if pool:  # a fixed pool shared by the seeds, minibatches without replacement
-      data = tuple(task.sample(ctx["pool_key"], pool, n_context, ctx["cov_sqrt"], noise))
+      data = tuple(task.sample(hp["pool_key"], pool, n, hp["cov_sqrt"], noise))
     else:     # fresh prompts every step
-      data = lambda k: tuple(task.sample(k, batch_size, n_context, ctx["cov_sqrt"], noise))
+      data = lambda k: tuple(task.sample(k, tr.batch_size, n, hp["cov_sqrt"], noise))
+    optimizer = engine.make_optimizer(
+        tr.optimizer, hp["lr"], decay_steps=tr.num_steps if tr.decay == "cosine" else None)
     state, logged = engine.trajectory(
         params, loss_fn=model.loss, data=data, optimizer=optimizer,
-        metrics_fn=metrics_fn, num_steps=num_steps, log_every=log_every,
-        key=data_key, batch_size=batch_size if pool else None, progress=progress)
+        metrics_fn=metrics_fn, num_steps=tr.num_steps, log_every=tr.log_every,
+        key=data_key, batch_size=tr.batch_size if pool else None)
     final = model.merged(state.params)
-    gd = ctx["eta"] * jnp.eye(d, dtype=ctx["cov"].dtype)
-    return {**logged, "w_kq": final["w_kq"], "w_pv": final["w_pv"],
-            "vs_gd": _compare_to(final, gd, evals),
-            "vs_opt": _compare_to(final, ctx["gamma_star"], evals),
+    gd = hp["eta"] * jnp.eye(d, dtype=hp["cov"].dtype)
+    return {**logged, **final, **_compare_to(final, gd, evals, "vs_gd"),
+            **_compare_to(final, hp["gamma_star"], evals, "vs_opt"),
             "diverged_at": state.diverged_at}
 
   return train
 
 
-def _np(tree):
-  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+def theory(config, out: dict) -> dict:
+  """Aligned init: `gradient_flow` at the logged times (shared by the seeds)."""
+  if config.init.name != "aligned":
+    return {}
+  _, t = log_times(config)
+  d = config.task.d
+  cov = None if config.task.covariance == "isotropic" else \
+      np.asarray(setting(config)["cov"], np.float64)
+  th = theory_la.gradient_flow(t, d, config.task.n_context, config.init.u0,
+                               config.init.g0, config.task.noise_var, cov=cov)
+  return {"loss": th["loss"], "loss_gamma": th["loss"], "u": th["u"],
+          "g": np.trace(th["G"], axis1=1, axis2=2) / d,
+          "ug": np.trace(th["gamma"], axis1=1, axis2=2) / d}
 
 
 def _stats(x) -> dict:
@@ -229,273 +242,215 @@ def _stats(x) -> dict:
   return {"mean": float(s["mean"]), "std": float(s["std"])}
 
 
-def _offset(progress, done: dict):
-  """Progress of one trajectory, shifted by the steps of the parts before it
-  (`done['steps']`, read at call time: one compiled function serves several)."""
-  return None if progress is None else (lambda s: progress(done["steps"] + s))
+def summarize(config, out: dict, pred: dict) -> dict:
+  return _flow(config, out, pred) if pred else _endpoint(config, out)
 
 
-def _endpoint(config, ctx, out, n_context, cov_name) -> dict:
-  """Summary of a random-init part at its last logged step."""
+def _endpoint(config, out) -> dict:
+  """A random-init point at its last logged step."""
+  ctx = setting(config)
   gs = np.asarray(ctx["gamma_star"], np.float64)
   gamma = out["gamma"][:, -1]
   risk = 2 * out["loss"][:, -1]
-  excess = (risk - out["vs_opt"]["risk_ref_mc"]) / float(ctx["risk_opt"])
+  excess = (risk - out["vs_opt_risk_mc"]) / float(ctx["risk_opt"])
   ok = excess < CONVERGED
-  return {"covariance": cov_name, "n_context": int(n_context),
+  return {"covariance": config.task.covariance, "n_context": int(config.task.n_context),
+          "lr": step_size(config),
           "risk_measured": _stats(risk),
           "risk_median": float(np.median(risk)),
           "risk_per_seed": risk.tolist(),
-          "converged_seeds": int(np.sum(ok)), "num_seeds": int(len(risk)),
+          "converged_seeds": int(np.sum(ok)),
           "risk_converged": _stats(risk[ok]) if ok.any() else None,
           "gamma_rel_error_converged": (_stats(np.linalg.norm(
               gamma[ok] - gs, axis=(1, 2)) / np.linalg.norm(gs)) if ok.any() else None),
           "risk_opt_theory": float(ctx["risk_opt"]),
-          "risk_opt_same_prompts": float(out["vs_opt"]["risk_ref_mc"][0]),
+          "risk_opt_same_prompts": float(out["vs_opt_risk_mc"][0]),
           "risk_gd_theory": float(ctx["risk_gd"]),
           "excess_risk_rel": _stats(excess),
           "gamma_rel_error": _stats(np.linalg.norm(gamma - gs, axis=(1, 2))
                                     / np.linalg.norm(gs)),
           "residual": _stats(out["residual"][:, -1]),
           "optimal_gd_lr": float(ctx["eta"]),
-          "vs_gd": {k: _stats(out["vs_gd"][k]) for k in ("pred_rel_diff", "sens_cos")},
-          "vs_opt": {k: _stats(out["vs_opt"][k]) for k in ("pred_rel_diff", "sens_cos")},
-          "diverged_seeds": int(np.sum(out["diverged_at"] >= 0))}
+          "vs_gd": {k: _stats(out[f"vs_gd_{k}"]) for k in ("pred_rel_diff", "sens_cos")},
+          "vs_opt": {k: _stats(out[f"vs_opt_{k}"]) for k in ("pred_rel_diff", "sens_cos")}}
 
 
-def _frame(part, cov_name, n_context, t, out, pred=None) -> pd.DataFrame:
-  s, l = out["loss"].shape
-  cols = {"part": part, "covariance": cov_name, "n_context": n_context,
-          "seed": np.repeat(np.arange(s), l), "t": np.tile(t, s)}
-  for k in ("loss", "loss_gamma", "u", "g", "residual"):
-    cols[k] = out[k].reshape(-1)
-  cols["ug"] = (np.trace(out["gamma"], axis1=2, axis2=3) / out["gamma"].shape[-1]).reshape(-1)
-  for k in ("loss", "u", "g", "ug"):
-    cols[f"{k}_pred"] = np.tile(pred[k], s) if pred is not None else np.nan
-  return pd.DataFrame(cols)
-
-
-def run(config, progress=None) -> dict:
-  validate(config)
-  tr, d = config.train, config.task.d
-  decay = tr.decay == "cosine"
-  t_icl = tr.lr * np.arange(0, tr.num_steps + 1, tr.log_every)
-  summary, arrays, frames, plot_data = {}, {}, [], {}
-  done = {"steps": 0}
-
-  def random_part(n_context, cov_names, num_seeds, lr=tr.lr):
-    train = make_train(config, n_context=n_context, init="random", lr=lr,
-                       num_steps=tr.num_steps, log_every=tr.log_every,
-                       batch_size=tr.batch_size, decay=decay,
-                       progress=_offset(progress, done))
-    fn = engine.vmap_rows(train, 1, batched=False)  # one compilation per N
-    results = []
-    for name in cov_names:
-      ctx = setting(config, name, n_context)
-      out = _np(engine.run_rows(fn, engine.seed_keys(config.seed, num_seeds), ctx,
-                                 batched=False))
-      done["steps"] += tr.num_steps
-      results.append((name, ctx, out))
-    return results
-
-  if "icl" in config.parts:
-    summary["icl"] = []
-    for name, ctx, out in random_part(config.task.n_context, config.task.covariances,
-                                      config.num_seeds):
-      summary["icl"].append(_endpoint(config, ctx, out, config.task.n_context, name))
-      frames.append(_frame("icl", name, config.task.n_context, t_icl, out))
-      arrays.update({f"icl_{name}_{k}": out[k] for k in
-                     ("loss", "gamma", "u", "g", "w_kq", "w_pv")})
-      arrays[f"icl_{name}_gamma_star"] = np.asarray(ctx["gamma_star"])
-      plot_data[f"icl_{name}"] = (ctx, out)
-  if "flow" in config.parts:
-    summary["flow"], flow = _flow_part(config, _offset(progress, done))
-    done["steps"] += config.flow.num_steps
-    frames.append(_frame("flow", config.flow.covariance, config.task.n_context,
-                         flow["t"], flow["out"], flow["pred"]))
-    arrays.update({f"flow_{k}": v for k, v in flow["out"].items()
-                   if k in ("loss", "loss_gamma", "u", "g", "gamma")})
-    arrays.update({f"flow_{k}_pred": v for k, v in flow["pred"].items()})
-    arrays["flow_t"] = flow["t"]
-    plot_data["flow"] = flow
-  if "context" in config.parts:
-    rows = []
-    for n in config.context.n_context:
-      lr = context_lr(config, int(n))
-      (name, ctx, out), = random_part(int(n), (config.context.covariance,),
-                                     config.context.num_seeds, lr)
-      rows.append({**_endpoint(config, ctx, out, int(n), name), "lr": lr})
-      frames.append(_frame("context", name, int(n), t_icl * lr / tr.lr, out))
-      arrays[f"context_{int(n)}_risk"] = 2 * out["loss"][:, -1]
-    summary["context"] = rows
-  summary.update({"d": d, "noise_var": float(config.task.noise_var),
-                  "num_seeds": int(config.num_seeds), "optimizer": tr.optimizer,
-                  "decay": tr.decay, "prompts": config.task.prompts})
-  arrays["t_icl"] = t_icl
-  return {"arrays": arrays, "summary": summary, "table": table(summary),
-          "frame": pd.concat(frames, ignore_index=True),
-          "plot": lambda path: plot(config, summary, plot_data, path)}
-
-
-def _flow_part(config, progress):
-  fl = config.flow
-  n = config.task.n_context
-  ctx = setting(config, fl.covariance, n)
-  ctx["u0"], ctx["g0"] = jnp.asarray(fl.u0, ctx["cov"].dtype), jnp.asarray(fl.g0, ctx["cov"].dtype)
-  train = make_train(config, n_context=n, init="aligned", lr=fl.lr,
-                     num_steps=fl.num_steps, log_every=fl.log_every,
-                     batch_size=fl.batch_size, decay=False, progress=progress)
-  keys = engine.seed_keys(config.seed, fl.num_seeds)
-  out = _np(engine.run_seeds(train, keys, ctx))
-  t = fl.lr * np.arange(0, fl.num_steps + 1, fl.log_every)
-  cov = None if fl.covariance == "isotropic" else np.asarray(ctx["cov"], np.float64)
-  th = theory.gradient_flow(t, config.task.d, n, fl.u0, fl.g0,
-                            config.task.noise_var, cov=cov)
-  d = config.task.d
-  pred = {"loss": th["loss"], "u": th["u"],
-          "g": np.trace(th["G"], axis1=1, axis2=2) / d,
-          "ug": np.trace(th["gamma"], axis1=1, axis2=2) / d}
-  ug = np.trace(out["gamma"], axis1=2, axis2=3) / d
-  sim = {"loss": out["loss_gamma"], "loss_mc": out["loss"], "u": out["u"],
-         "g": out["g"], "ug": ug}
+def _flow(config, out, pred) -> dict:
+  """An aligned-init point against `gradient_flow`."""
+  _, t = log_times(config)
+  sim = {**{k: out[k] for k in ("u", "g", "ug")}, "loss": out["loss_gamma"],
+         "loss_mc": out["loss"]}
   ref = lambda k: pred["loss" if k == "loss_mc" else k]
   cmp = {k: metrics.compare(sim[k], np.broadcast_to(ref(k), sim[k].shape))
          for k in ("loss", "loss_mc", "ug", "u", "g")}
-  t_half = metrics.time_to_fraction(t, ug, pred["ug"][-1], 0.5)
+  t_half = metrics.time_to_fraction(t, out["ug"], pred["ug"][-1], 0.5)
   t_half_th = float(metrics.time_to_fraction(t, pred["ug"], pred["ug"][-1], 0.5))
-  summary = {"covariance": fl.covariance, "u0": float(fl.u0), "g0": float(fl.g0),
-             "lr": float(fl.lr), "batch_size": int(fl.batch_size),
-             "num_seeds": int(fl.num_seeds),
-             **{f"{k}_max_rel_error": float(np.max(c["max_rel_error"])) for k, c in cmp.items()},
-             "loss_r2": float(np.min(cmp["loss"]["r2"])),
-             "t_half_theory": t_half_th, "t_half_measured": _stats(t_half),
-             "gamma_final_rel_error": float(np.max(
-                 np.linalg.norm(out["gamma"][:, -1] - th["gamma"][-1], axis=(1, 2))
-                 / np.linalg.norm(th["gamma"][-1]))),
-             "diverged_seeds": int(np.sum(out["diverged_at"] >= 0))}
-  return summary, {"t": t, "out": out, "pred": pred}
+  gamma_th = theory_la.gradient_flow(t[-1:], config.task.d, config.task.n_context,
+                                     config.init.u0, config.init.g0, config.task.noise_var,
+                                     cov=None if config.task.covariance == "isotropic" else
+                                     np.asarray(setting(config)["cov"], np.float64))["gamma"][-1]
+  return {"covariance": config.task.covariance, "n_context": int(config.task.n_context),
+          "u0": float(config.init.u0), "g0": float(config.init.g0), "lr": step_size(config),
+          "batch_size": int(config.train.batch_size),
+          **{f"{k}_max_rel_error": float(np.max(c["max_rel_error"])) for k, c in cmp.items()},
+          "loss_r2": float(np.min(cmp["loss"]["r2"])),
+          "t_half_theory": t_half_th, "t_half_measured": _stats(t_half),
+          "gamma_final_rel_error": float(np.max(
+              np.linalg.norm(out["gamma"][:, -1] - gamma_th, axis=(1, 2))
+              / np.linalg.norm(gamma_th)))}
 
 
-def table(summary: dict) -> str:
-  lines = [f"one-layer linear self-attention, d = {summary['d']}, "
-           f"noise_var = {summary['noise_var']}"
-           + (", prompts shared by the seeds (opt-in)"
-              if summary.get("prompts") == "shared" else "")]
-  if "icl" in summary:
-    head = (f"{'covariance':>10} {'N':>4} {'converged':>9} {'risk sim':>9} "
-            f"{'risk opt':>9} {'opt (MC)':>9} {'GD risk':>8} {'|G-G*|/|G*|':>12} "
-            f"{'pred diff GD':>13} {'cos GD':>7}")
-    lines += ["", f"trained from random init ({summary['num_seeds']} seeds, "
-              f"{summary['optimizer']}, {summary['decay']} lr) vs the optimum "
-              "Gamma* and one GD step at the best lr", head, "-" * len(head)]
-    for r in summary["icl"]:
-      conv = r["risk_converged"] or {"mean": float("nan")}
-      gerr = r["gamma_rel_error_converged"] or {"mean": float("nan")}
-      lines.append(
-          f"{r['covariance']:>10} {r['n_context']:>4} "
-          f"{r['converged_seeds']:>4}/{r['num_seeds']:<4} {conv['mean']:>9.4f} "
-          f"{r['risk_opt_theory']:>9.4f} {r['risk_opt_same_prompts']:>9.4f} "
-          f"{r['risk_gd_theory']:>8.4f} {gerr['mean']:>12.2e} "
-          f"{r['vs_gd']['pred_rel_diff']['mean']:>13.2e} "
-          f"{r['vs_gd']['sens_cos']['mean']:>7.4f}")
-    lines.append("risk sim and |G-G*| over converged seeds (risk within "
-                 f"{CONVERGED:.0%} of the optimum's); GD columns over all seeds")
-  if "flow" in summary:
-    f = summary["flow"]
-    lines += ["", f"aligned init u0 = {f['u0']}, g0 = {f['g0']} vs gradient_flow "
-              f"(lr {f['lr']}, {f['batch_size']} prompts/step, {f['num_seeds']} seeds):",
-              f"  max relative error: loss {f['loss_max_rel_error']:.2e} (Monte Carlo "
-              f"on the eval prompts {f['loss_mc_max_rel_error']:.2e}), u g "
-              f"{f['ug_max_rel_error']:.2e}, u {f['u_max_rel_error']:.2e}, "
-              f"g {f['g_max_rel_error']:.2e}; loss R^2 {f['loss_r2']:.5f}",
-              f"  half-learning time of u g: theory {f['t_half_theory']:.4f}, "
-              f"simulation {f['t_half_measured']['mean']:.4f}"]
-  if "context" in summary:
-    lines += ["", f"{'N':>4} {'converged':>9} {'risk median':>12} {'optimum':>9} "
-              f"{'GD best lr':>11}   ({summary['context'][0]['covariance']} inputs)"]
-    for r in summary["context"]:
-      lines.append(f"{r['n_context']:>4} {r['converged_seeds']:>4}/{r['num_seeds']:<4} "
-                   f"{r['risk_median']:>12.4f} {r['risk_opt_theory']:>9.4f} "
-                   f"{r['risk_gd_theory']:>11.4f}")
+def text(config, summary: dict) -> str:
+  if "t_half_theory" in summary:
+    f = summary
+    return (f"  aligned init u0 = {f['u0']}, g0 = {f['g0']} vs gradient_flow (lr {f['lr']:.4g}, "
+            f"{f['batch_size']} prompts/step):\n"
+            f"  max relative error: loss {f['loss_max_rel_error']:.2e} (Monte Carlo on the "
+            f"eval prompts {f['loss_mc_max_rel_error']:.2e}), u g {f['ug_max_rel_error']:.2e}, "
+            f"u {f['u_max_rel_error']:.2e}, g {f['g_max_rel_error']:.2e}; loss R^2 "
+            f"{f['loss_r2']:.5f}\n"
+            f"  half-learning time of u g: theory {f['t_half_theory']:.4f}, simulation "
+            f"{f['t_half_measured']['mean']:.4f}")
+  r = summary
+  conv = r["risk_converged"] or {"mean": float("nan")}
+  gerr = r["gamma_rel_error_converged"] or {"mean": float("nan")}
+  used = r["num_seeds"] - r["diverged_seeds"]
+  return (f"  {r['covariance']} inputs, N = {r['n_context']}, lr {r['lr']:.4g}"
+          + (", prompts shared by the seeds (opt-in)" if config.task.prompts == "shared"
+             else "") + "\n"
+          f"  converged {r['converged_seeds']}/{used} (risk within {CONVERGED:.0%} of the "
+          f"optimum's on the same prompts): risk {conv['mean']:.4f}, |G-G*|/|G*| "
+          f"{gerr['mean']:.2e}\n"
+          f"  optimum Gamma*: risk {r['risk_opt_theory']:.4f} (theory), "
+          f"{r['risk_opt_same_prompts']:.4f} (same prompts); one GD step at the best lr "
+          f"{r['risk_gd_theory']:.4f}\n"
+          f"  vs one GD step (all seeds): prediction difference "
+          f"{r['vs_gd']['pred_rel_diff']['mean']:.2e}, sensitivity cosine "
+          f"{r['vs_gd']['sens_cos']['mean']:.4f}")
+
+
+def plot(config, out, pred, summary, path) -> None:
+  """Aligned: the flow's loss and parameters against the simulation.
+  Random: loss, trained Gamma against Gamma*, and (seed 0) the trained
+  weights beside the GD construction moved along the symmetry G -> g G."""
+  _, t = log_times(config)
+  d = config.task.d
+  if pred:
+    fig, (ax, ax_p) = plots.figure(2)
+    plots.trajectories(ax, t, out["loss_gamma"], pred["loss_gamma"],
+                       label="simulation: icl_risk(Gamma(t)) / 2")
+    ax.set(xlabel="t = lr x steps", ylabel="loss (1/2) risk",
+           title=f"aligned init, {config.train.batch_size} prompts/step")
+    plots.legend_theory(ax)
+    for k, c in (("ug", "C0"), ("u", "C1"), ("g", "C2")):
+      plots.trajectories(ax_p, t, out[k], pred[k], color=c,
+                         label=k if k != "ug" else "u g = tr(Gamma)/d")
+    ax_p.set(xlabel="t = lr x steps", title="parameters (theory dashed)")
+    plots.legend_theory(ax_p)
+    plots.save(fig, path)
+    return
+  ctx = setting(config)
+  fig, axes = plots.figure(3, 2, size=(4.6, 3.8))
+  plots.trajectories(axes[0], t, 2 * out["loss"], label="Monte-Carlo risk", log=True)
+  axes[0].axhline(summary["risk_opt_theory"], color="k", ls="--", lw=1, label="optimum Gamma*")
+  axes[0].axhline(summary["risk_gd_theory"], color="C3", ls=":", lw=1,
+                  label="one GD step, best lr")
+  axes[0].set(xlabel="t = lr x steps", ylabel="risk",
+              title=f"{config.task.covariance}, N = {config.task.n_context}")
+  axes[0].legend(fontsize=8)
+  gs = np.asarray(ctx["gamma_star"])
+  for s in range(out["gamma"].shape[0]):
+    axes[1].plot(gs.ravel(), out["gamma"][s, -1].ravel(), "o", ms=3, alpha=0.5, color="C0")
+  lim = [gs.min() - 0.1, gs.max() + 0.1]
+  axes[1].plot(lim, lim, "k-", lw=0.8)
+  axes[1].set(xlabel="optimal_preconditioner entries", ylabel="trained Gamma entries",
+              title="every seed, every entry")
+  w_kq, w_pv = out["w_kq"][0], out["w_pv"][0]
+  g_hat = np.trace(w_kq[:d, :d]) / d
+  con = theory_la.gd_params(d, float(ctx["eta"]))  # moved along G -> g G, u -> u / g
+  con = {"w_kq": np.asarray(con["w_kq"]) * g_hat, "w_pv": np.asarray(con["w_pv"]) / g_hat}
+  for a, (w, title) in zip(axes[2:], ((w_kq, "trained W_KQ (seed 0)"),
+                                      (w_pv, "trained W_PV (seed 0)"),
+                                      (con["w_kq"], "GD construction W_KQ"),
+                                      (con["w_pv"], "GD construction W_PV"))):
+    v = np.abs(w).max()
+    im = a.imshow(w, cmap="RdBu_r", vmin=-v, vmax=v)
+    a.set_title(title, fontsize=10)
+    a.set_xticks([]), a.set_yticks([])
+    fig.colorbar(im, ax=a, fraction=0.046)
+  plots.save(fig, path, "one-layer linear self-attention vs theory.linear_attention")
+
+
+def sweep_summary(config, points) -> dict:
+  """Random init: per covariance, the risk against N. Aligned init: the
+  half-learning-time lag of gradient descent behind the flow against lr,
+  beside its leading order `lr sqrt(d) / 2` on the plateau (docs)."""
+  out: dict = {"risk_vs_n": {}, "flow_lag": []}
+  for p in points:
+    s = p.summary
+    if "risk_median" in s:
+      out["risk_vs_n"].setdefault(s["covariance"], []).append(
+          {k: s[k] for k in ("n_context", "risk_median", "risk_opt_theory",
+                             "risk_opt_same_prompts", "risk_gd_theory", "converged_seeds")}
+          | {"seeds": s["num_seeds"] - s["diverged_seeds"], "risk_per_seed": s["risk_per_seed"]})
+    elif "t_half_theory" in s:
+      out["flow_lag"].append({"lr": s["lr"], "covariance": s["covariance"],
+                              "t_half_rel_error": s["t_half_measured"]["mean"]
+                              / s["t_half_theory"] - 1,
+                              "predicted": s["lr"] * np.sqrt(p.config.task.d) / 2})
+  for rows in out["risk_vs_n"].values():
+    rows.sort(key=lambda r: r["n_context"])
+  out["flow_lag"].sort(key=lambda r: r["lr"])
+  return out
+
+
+def sweep_text(config, summary: dict) -> str:
+  lines = []
+  for cov, rows in summary["risk_vs_n"].items():
+    lines.append(f"{'N':>4} {'converged':>9} {'risk median':>12} {'optimum':>9} "
+                 f"{'GD best lr':>11}   ({cov} inputs)")
+    lines += [f"{r['n_context']:>4} {r['converged_seeds']:>4}/{r['seeds']:<4} "
+              f"{r['risk_median']:>12.4f} {r['risk_opt_theory']:>9.4f} "
+              f"{r['risk_gd_theory']:>11.4f}" for r in rows]
+  if summary["flow_lag"]:
+    lines.append(f"{'lr':>8} {'t_half lag':>11} {'lr sqrt(d)/2':>13}   (aligned init)")
+    lines += [f"{r['lr']:>8.4g} {r['t_half_rel_error']:>11.2%} {r['predicted']:>13.2%}"
+              for r in summary["flow_lag"]]
   return "\n".join(lines)
 
 
-def plot(config, summary, data, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(2, 4, figsize=(17, 8))
-  ax = axes[0]
-  if "flow" in data:
-    f = data["flow"]
-    ax[0].plot(f["t"], f["out"]["loss_gamma"].T, color="C0", alpha=0.6, lw=1.5)
-    ax[0].plot([], [], color="C0", label="simulation: icl_risk(Gamma(t)) / 2")
-    ax[0].plot(f["t"], f["pred"]["loss"], "k--", lw=1.5, label="gradient_flow")
-    ax[0].set(xlabel="t = lr x steps", ylabel="loss (1/2) risk",
-              title=f"aligned init, {config.flow.batch_size} prompts/step")
-    ax[0].legend(fontsize=8)
-    for k, c in (("ug", "C0"), ("u", "C1"), ("g", "C2")):
-      sim = (np.trace(f["out"]["gamma"], axis1=2, axis2=3) / config.task.d
-             if k == "ug" else f["out"][k])
-      ax[1].plot(f["t"], sim.T, color=c, alpha=0.6, lw=1)
-      ax[1].plot(f["t"], f["pred"][k], "--", color="k", lw=1)
-      ax[1].plot([], [], color=c, label=k if k != "ug" else "u g = tr(Gamma)/d")
-    ax[1].set(xlabel="t = lr x steps", title="parameters (theory dashed)")
-    ax[1].legend(fontsize=8)
-  if "context" in summary:
-    rows = summary["context"]
+def sweep_plot(config, points, summary, path) -> None:
+  """Risk against N per covariance (theory lines, trained seeds as dots), and
+  the flow lag against lr."""
+  panels = list(summary["risk_vs_n"].items()) + ([("lag", None)] if summary["flow_lag"] else [])
+  fig, axes = plots.figure(max(len(panels), 1))
+  for ax, (cov, rows) in zip(axes, panels):
+    if rows is None:
+      lag = summary["flow_lag"]
+      lr = np.array([r["lr"] for r in lag])
+      ax.plot(lr, [100 * r["t_half_rel_error"] for r in lag], "o-", label="measured")
+      ax.plot(lr, [100 * r["predicted"] for r in lag], "k--", label="lr sqrt(d) / 2")
+      ax.set(xlabel="learning rate", ylabel="t_half(GD) / t_half(flow) - 1 (%)",
+             title="aligned init: gradient descent lags the flow by O(lr)")
+      ax.legend(fontsize=8)
+      continue
+    c = next(p.config for p in points if p.summary.get("covariance") == cov)
+    ctx = setting(c)
+    cov_m, nv = ctx["cov"], c.task.noise_var
     ns = np.array([r["n_context"] for r in rows])
-    ctx0 = setting(config, rows[0]["covariance"], int(ns[0]))
     dense = np.unique(np.round(np.geomspace(1, ns.max() * 1.5, 40)).astype(int))
-    cov, nv = ctx0["cov"], config.task.noise_var
-    r_opt = [float(theory.icl_risk(theory.optimal_preconditioner(cov, int(n), nv), cov, int(n), nv))
-             for n in dense]
-    r_gd = [float(theory.icl_risk(theory.optimal_gd_lr(config.task.d, int(n), nv, cov=cov),
-                                  cov, int(n), nv)) for n in dense]
-    ax[2].plot(dense, r_opt, "k-", label="optimum Gamma* (icl_risk)")
-    ax[2].plot(dense, r_gd, "C3--", label="one GD step, best lr")
+    r_opt = [float(theory_la.icl_risk(theory_la.optimal_preconditioner(cov_m, int(n), nv),
+                                      cov_m, int(n), nv)) for n in dense]
+    r_gd = [float(theory_la.icl_risk(theory_la.optimal_gd_lr(c.task.d, int(n), nv, cov=cov_m),
+                                     cov_m, int(n), nv)) for n in dense]
+    ax.plot(dense, r_opt, "k-", label="optimum Gamma* (icl_risk)")
+    ax.plot(dense, r_gd, "C3--", label="one GD step, best lr")
     for i, r in enumerate(rows):
-      ax[2].plot(np.full(r["num_seeds"], r["n_context"]), r["risk_per_seed"], "o",
-                 color="C0", ms=4, alpha=0.6, label="trained LSA, per seed" if i == 0 else None)
-    ax[2].plot(ns, [r["risk_opt_same_prompts"] for r in rows], "kx", ms=7,
-               label="Gamma* on the same eval prompts")
-    ax[2].set(xscale="log", yscale="log", xlabel="context length N", ylabel="risk",
-              title=f"risk vs N ({rows[0]['covariance']} inputs)")
-    ax[2].legend(fontsize=8)
-  skew = next((k for k in ("icl_skewed", "icl_isotropic") if k in data), None)
-  if skew is not None:
-    ctx, out = data[skew]
-    gs = np.asarray(ctx["gamma_star"])
-    for s in range(out["gamma"].shape[0]):
-      ax[3].plot(gs.ravel(), out["gamma"][s, -1].ravel(), "o", ms=3, alpha=0.5, color="C0")
-    lim = [gs.min() - 0.1, gs.max() + 0.1]
-    ax[3].plot(lim, lim, "k-", lw=0.8)
-    ax[3].set(xlabel="optimal_preconditioner entries", ylabel="trained Gamma entries",
-              title=f"{skew[4:]} inputs: every seed, every entry")
-  iso = data.get("icl_isotropic") or (data[skew] if skew else None)
-  if iso is not None:
-    ctx, out = iso
-    d = config.task.d
-    w_kq, w_pv = out["w_kq"][0], out["w_pv"][0]
-    g_hat = np.trace(w_kq[:d, :d]) / d
-    # gd_params(d, eta), moved along the symmetry G -> g G, u -> u / g
-    con = theory.gd_params(d, float(ctx["eta"]))
-    con = {"w_kq": np.asarray(con["w_kq"]) * g_hat, "w_pv": np.asarray(con["w_pv"]) / g_hat}
-    for a, (m, title) in zip(axes[1], ((w_kq, "trained W_KQ (seed 0)"),
-                                       (w_pv, "trained W_PV (seed 0)"),
-                                       (con["w_kq"], "GD construction W_KQ"),
-                                       (con["w_pv"], "GD construction W_PV"))):
-      v = np.abs(m).max()
-      im = a.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
-      a.set_title(title, fontsize=10)
-      a.set_xticks([]), a.set_yticks([])
-      fig.colorbar(im, ax=a, fraction=0.046)
-  for a in axes.ravel():
-    if not a.has_data() and not a.images:
-      a.axis("off")
-  fig.suptitle("one-layer linear self-attention: simulation vs theory.linear_attention",
-               fontsize=11)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+      ax.plot(np.full(len(r["risk_per_seed"]), r["n_context"]), r["risk_per_seed"], "o",
+              color="C0", ms=4, alpha=0.6, label="trained LSA, per seed" if i == 0 else None)
+    ax.plot(ns, [r["risk_opt_same_prompts"] for r in rows], "kx", ms=7,
+            label="Gamma* on the same eval prompts")
+    ax.set(xscale="log", yscale="log", xlabel="context length N", ylabel="risk",
+           title=f"risk vs N ({cov} inputs)")
+    ax.legend(fontsize=8)
+  plots.save(fig, path, "one-layer linear self-attention: simulation vs theory.linear_attention")

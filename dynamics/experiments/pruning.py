@@ -1,24 +1,24 @@
 """Early pruning by gradient-flow measures, on every model family.
 
-For each family in `config.families` (`'deep_linear'`, `'relu'`, `'lsa'`:
-full-batch gradient descent on a fixed dataset, so `L` and `||g||^2` are
-exact), each prune step in `config.prune_steps` and every (measure, fraction,
-seed): train to the prune step, score the parameters with
-`theory.pruning.importance` (or uniform random scores, `'random'`), remove
-`fraction` of them (`prune_mask`, lowest scores, `config.scope` 'global' or
-'layer'), and train on with
-the mask held (`dynamics.train.masked`). A dense run (fraction 0) per seed
-sets the target loss: its final loss plus `config.target_gap` times the
-distance from its loss at the prune step to its final loss (0.1: 90% of the
-way the dense run goes).
+A grid point is one (family `model.family`, prune step `prune.step`, measure
+`prune.measure`, fraction `prune.fraction`); the default grid sweeps all
+four. Each seed trains by full-batch gradient descent on a fixed dataset (so
+`L` and `||g||^2` are exact) to the prune step, scores its parameters with
+`theory.pruning.importance` (or uniform random scores, `'random'`), removes
+`fraction` of them (`prune_mask`, lowest scores, `prune.scope` 'global' or
+'layer'), and trains on with the mask held (`dynamics.train.masked`) beside
+the same seed trained on dense. The target loss is the dense run's final loss
+plus `prune.target_gap` times the distance from its loss at the prune step
+to its final loss (0.1: 90% of the way the dense run goes).
 
-Recorded per row: the loss and `||g||^2` right before and after pruning and
-their Taylor predictions of order 1 and 2 (`predicted_change`), the loss
-curve after pruning, the time (`t = lr x steps` after the prune) to reach the
-target, and the final loss. One compiled call per (family, prune step): the
-rows (measure x fraction x seed) are vmapped, measure and fraction traced.
-The verdicts on Lubana & Dick's claims (i)-(iii) are computed from these
-numbers by `claims` (docs/pruning.md says what each test means).
+Per seed: the loss and `||g||^2` right before and after pruning and their
+Taylor predictions of order 1 and 2 (`predicted_change`; `theory` gives the
+order-2 one beside the measured change), the loss curves after pruning
+(pruned and dense), the time (`t = lr x steps` after the prune) to reach the
+target, and the final loss. Measure and fraction are traced, so one compiled
+call serves every (measure, fraction) of a (family, prune step). Across the
+grid, `claims` gives the verdicts on Lubana & Dick's claims (i)-(iii)
+(docs/pruning.md says what each test means).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from dynamics import config as cfg
+from dynamics import plots
 from dynamics import train as engine
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression
@@ -38,44 +38,49 @@ from theory import pruning
 
 FAMILIES = ("deep_linear", "relu", "lsa")
 MEASURES = pruning.MEASURES + ("random",)
+HPARAMS = {"prune.measure": "measure", "prune.fraction": "fraction"}
+TABLE = ("loss", "dense_loss", "grad_norm")
 
 
 def validate(config) -> None:
-  cfg.integer(config, "seed", minimum=0)
-  cfg.integer(config, "num_seeds")
-  cfg.one_of(config, "precision", cfg.PRECISIONS)
+  fam = cfg.one_of(config, "model.family", FAMILIES)
   cfg.integer(config, "task_seed", minimum=0)
-  for field, options in (("families", FAMILIES), ("measures", MEASURES)):
-    value = cfg.get(config, field)
-    if isinstance(value, str) or not value or any(v not in options for v in value):
-      cfg.fail(field, f"must be a non-empty sequence of {options}, got {value!r}.")
-  cfg.one_of(config, "scope", pruning.SCOPES)
-  fractions = cfg.numbers(config, "fractions", minimum=0.0)
-  if any(f >= 1 for f in fractions):
-    cfg.fail("fractions", f"must lie in [0, 1), got {fractions}.")
-  steps = cfg.numbers(config, "prune_steps", minimum=0)
-  if any(not float(s).is_integer() for s in steps):
-    cfg.fail("prune_steps", f"must hold integers, got {steps}.")
-  gap = cfg.positive(config, "target_gap")
+  cfg.one_of(config, "prune.measure", MEASURES)
+  cfg.one_of(config, "prune.scope", pruning.SCOPES)
+  fraction = cfg.nonnegative(config, "prune.fraction")
+  if fraction >= 1:
+    cfg.fail("prune.fraction", f"must lie in [0, 1), got {fraction}.")
+  step = cfg.integer(config, "prune.step", minimum=0)
+  gap = cfg.positive(config, "prune.target_gap")
   if gap >= 1:
-    cfg.fail("target_gap", f"must lie in (0, 1), got {gap}.")
-  for fam in config.families:
-    _, num_steps, log_every = cfg.schedule(config, fam)
-    for s in steps:
-      if s >= num_steps or (num_steps - s) % log_every:
-        cfg.fail("prune_steps", f"({int(s)}) must be below {fam}.num_steps ({num_steps}) "
-                 f"and leave a multiple of {fam}.log_every ({log_every}) steps.")
-  if "deep_linear" in config.families:
+    cfg.fail("prune.target_gap", f"must lie in (0, 1), got {gap}.")
+  _, num_steps, log_every = cfg.schedule(config, fam)
+  if step >= num_steps or (num_steps - step) % log_every:
+    cfg.fail("prune.step", f"({step}) must be below {fam}.num_steps ({num_steps}) "
+             f"and leave a multiple of {fam}.log_every ({log_every}) steps.")
+  if fam == "deep_linear":
     for f in ("d", "width", "depth", "num_samples"):
       cfg.integer(config, f"deep_linear.{f}")
     cfg.nonnegative(config, "deep_linear.init_scale")
-  if "relu" in config.families:
+  if fam == "relu":
     for f in ("d", "width", "num_samples", "teacher_width"):
       cfg.integer(config, f"relu.{f}")
-  if "lsa" in config.families:
+  if fam == "lsa":
     for f in ("d", "n_context", "num_prompts"):
       cfg.integer(config, f"lsa.{f}")
     cfg.nonnegative(config, "lsa.init_scale")
+
+
+def hparams(config) -> dict:
+  return {"measure": jnp.asarray(MEASURES.index(config.prune.measure), jnp.int32),
+          "fraction": jnp.asarray(config.prune.fraction, cfg.float_dtype(config.precision))}
+
+
+def log_times(config):
+  """Steps after the prune, and `t = lr x` them."""
+  c = config[config.model.family]
+  step = np.arange(0, c.num_steps - config.prune.step + 1, c.log_every)
+  return step, c.lr * step
 
 
 def family(config, name: str):
@@ -108,21 +113,20 @@ def _sq(tree):
   return sum(jnp.vdot(l, l) for l in jax.tree_util.tree_leaves(tree))
 
 
-def make_train(config, name: str, prune_step: int, progress=None):
+def make_train(config):
   """`train(key, hp) -> dict` for one family and prune step; `hp` holds the
-  traced `'measure'` (index into `config.measures`) and `'fraction'`."""
+  traced `'measure'` (index into `MEASURES`) and `'fraction'`."""
+  name, prune_step = config.model.family, config.prune.step
   init, loss, data = family(config, name)
   c = config[name]
-  measures = tuple(config.measures)
   remaining = c.num_steps - prune_step
   sgd = engine.make_optimizer("sgd", c.lr)
+  lossc = lambda p: loss(p, *data)
 
   def metrics_fn(p):
     return {"loss": loss(p, *data), "grad_norm": _sq(jax.grad(loss)(p, *data))}
 
   def scores(params, key, measure):
-    lossc = lambda p: loss(p, *data)
-
     def branch(m):
       if m == "random":
         leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -131,7 +135,7 @@ def make_train(config, name: str, prune_step: int, progress=None):
             treedef, [jax.random.uniform(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
       return pruning.importance(lossc, params, m)
 
-    return jax.lax.switch(measure, [lambda m=m: branch(m) for m in measures])
+    return jax.lax.switch(measure, [lambda m=m: branch(m) for m in MEASURES])
 
   def train(key, hp):
     k_init, k_data, k_rand = jax.random.split(key, 3)
@@ -141,20 +145,21 @@ def make_train(config, name: str, prune_step: int, progress=None):
                                    metrics_fn=lambda p: {}, num_steps=prune_step,
                                    log_every=prune_step, key=k_data)
       params = state.params
-    lossc = lambda p: loss(p, *data)
     mask = pruning.prune_mask(scores(params, k_rand, hp["measure"]), hp["fraction"],
-                              scope=config.scope)
+                              scope=config.prune.scope)
     pruned = jax.tree_util.tree_map(lambda p, m: p * m, params, mask)
     before, after = metrics_fn(params), metrics_fn(pruned)
     pred = {o: pruning.predicted_change(lossc, params, mask, order=o) for o in (1, 2)}
-    state, logged = engine.trajectory(
-        pruned, loss_fn=loss, data=data, optimizer=engine.masked(sgd, mask),
-        metrics_fn=metrics_fn, num_steps=remaining, log_every=c.log_every, key=k_data,
-        progress=None if progress is None else (lambda s: progress(prune_step + s)))
+    run = lambda p, opt: engine.trajectory(
+        p, loss_fn=loss, data=data, optimizer=opt, metrics_fn=metrics_fn,
+        num_steps=remaining, log_every=c.log_every, key=k_data)
+    state, logged = run(pruned, engine.masked(sgd, mask))
+    _, dense = run(params, sgd)
     still_zero = sum(jnp.sum(jnp.where(m > 0, 0.0, jnp.abs(p)))
                      for p, m in zip(jax.tree_util.tree_leaves(state.params),
                                      jax.tree_util.tree_leaves(mask)))
     return {"loss": logged["loss"], "grad_norm": logged["grad_norm"],
+            "dense_loss": dense["loss"],
             "d_loss": after["loss"] - before["loss"],
             "d_grad_norm": after["grad_norm"] - before["grad_norm"],
             "loss_before": before["loss"], "grad_norm_before": before["grad_norm"],
@@ -165,65 +170,10 @@ def make_train(config, name: str, prune_step: int, progress=None):
   return train
 
 
-def total_steps(config) -> int:
-  """Steps of every (family, prune step) call, for the progress bar."""
-  return sum(config[f].num_steps for f in config.families) * len(config.prune_steps)
-
-
-def _rows(config):
-  """Row hyperparameters: a dense row (fraction 0) then measure x fraction, each
-  for every seed; returns (keys, hp, labels)."""
-  combos = [("dense", 0, 0.0)] + [(m, i, float(f)) for i, m in enumerate(config.measures)
-                                  for f in config.fractions]
-  s = config.num_seeds
-  keys = jnp.tile(engine.seed_keys(config.seed, s), (len(combos), 1))
-  dtype = cfg.float_dtype(config.precision)
-  hp = {"measure": jnp.repeat(jnp.array([c[1] for c in combos], jnp.int32), s),
-        "fraction": jnp.repeat(jnp.array([c[2] for c in combos], dtype), s)}
-  labels = pd.DataFrame({"measure": np.repeat([c[0] for c in combos], s),
-                         "fraction": np.repeat([c[2] for c in combos], s),
-                         "seed": np.tile(np.arange(s), len(combos))})
-  return keys, hp, labels
-
-
-def run(config, progress=None) -> dict:
-  validate(config)
-  keys, hp, labels = _rows(config)
-  results, curves, done = [], {}, 0
-  for name in config.families:
-    c = config[name]
-    for step in (int(s) for s in config.prune_steps):
-      train = make_train(config, name, step, progress=None if progress is None else (
-          lambda s, o=done: progress(o + s)))
-      out = jax.tree_util.tree_map(np.asarray, engine.run_rows(
-          engine.vmap_rows(train, 1), keys, hp))
-      done += c.num_steps
-      if progress is not None:
-        progress(done)
-      t = c.lr * np.arange(0, c.num_steps - step + 1, c.log_every)
-      table = labels.copy()
-      table["family"], table["prune_step"] = name, step
-      for k in ("d_loss", "d_grad_norm", "pred1_d_loss", "pred2_d_loss",
-                "pred1_d_grad_norm", "pred2_d_grad_norm", "loss_before",
-                "grad_norm_before", "pruned_weight_sum"):
-        table[k] = out[k].astype(np.float64)
-      table["final_loss"] = out["loss"][:, -1]
-      table["diverged"] = out["diverged_at"] >= 0
-      dense = (table["measure"] == "dense").values
-      final, start = out["loss"][dense, -1], out["loss_before"][dense]
-      target = np.tile(final + config.target_gap * (start - final),
-                       len(table) // config.num_seeds)
-      table["target_loss"] = target
-      table["time_to_target"] = [
-          _first_below(t, l, tg) for l, tg in zip(out["loss"], target)]
-      results.append(table)
-      curves[(name, step)] = (t, out["loss"])
-  frame = pd.concat(results, ignore_index=True)
-  summary = summarize(config, frame)
-  arrays = {f"{n}_{s}_loss": v[1] for (n, s), v in curves.items()}
-  arrays.update({f"{n}_{s}_t": v[0] for (n, s), v in curves.items()})
-  return {"arrays": arrays, "summary": summary, "table": text(summary),
-          "frame": frame, "plot": lambda path: plot(config, frame, curves, path)}
+def theory(config, out: dict) -> dict:
+  """The order-2 Taylor prediction of the changes at the prune (computed in
+  `train`, which holds the parameters: `pruning.predicted_change`)."""
+  return {"d_loss": out["pred2_d_loss"], "d_grad_norm": out["pred2_d_grad_norm"]}
 
 
 def _first_below(t, loss, target) -> float:
@@ -237,8 +187,53 @@ def _median(x) -> float:
   return float(np.median(np.where(np.isnan(x), np.inf, x)))
 
 
-def claims(config, frame: pd.DataFrame) -> dict:
-  """Each claim tested per (family, prune step, fraction) setting.
+def summarize(config, out: dict, pred: dict) -> dict:
+  """Medians over seeds (a target never reached counts as infinite) of the
+  time to the target, the changes at the prune, the final loss; the Taylor
+  predictions' median relative errors; per-seed changes for the figure."""
+  _, t = log_times(config)
+  final, start = out["dense_loss"][:, -1], out["loss_before"]
+  target = final + config.prune.target_gap * (start - final)
+  times = [_first_below(t, l, tg) for l, tg in zip(out["loss"], target)]
+  rel = lambda p, q: float(np.median(np.abs(out[p] - out[q]) / np.maximum(np.abs(out[q]), 1e-12)))
+  return {"family": config.model.family, "prune_step": int(config.prune.step),
+          "measure": config.prune.measure, "fraction": float(config.prune.fraction),
+          "time_to_target": _median(times), "reached": int(np.isfinite(times).sum()),
+          "abs_d_loss": _median(np.abs(out["d_loss"])),
+          "d_grad_norm": _median(out["d_grad_norm"]),
+          "final_loss": _median(out["loss"][:, -1]),
+          "dense_final_loss": _median(final),
+          **{f"order{o}_{q}_rel_error": rel(f"pred{o}_{q}", q)
+             for o in (1, 2) for q in ("d_loss", "d_grad_norm")},
+          "per_seed": {k: out[k].tolist() for k in ("d_loss", "pred1_d_loss", "pred2_d_loss",
+                                                    "d_grad_norm", "pred1_d_grad_norm",
+                                                    "pred2_d_grad_norm")},
+          "max_pruned_weight": float(np.max(out["pruned_weight_sum"]))}
+
+
+def text(config, s: dict) -> str:
+  return (f"  time to target {s['time_to_target']:.3g} ({s['reached']} seeds reached it), "
+          f"|dL| {s['abs_d_loss']:.3g}, d||g||^2 {s['d_grad_norm']:.3g}, final loss "
+          f"{s['final_loss']:.3g}; Taylor o1/o2 rel. error of dL "
+          f"{s['order1_d_loss_rel_error']:.2e}/{s['order2_d_loss_rel_error']:.2e}")
+
+
+def plot(config, out, pred, summary, path) -> None:
+  """Loss after pruning (per seed thin, mean solid) beside the dense run's."""
+  _, t = log_times(config)
+  fig, (ax,) = plots.figure(1)
+  plots.trajectories(ax, t, out["loss"], log=True,
+                     label=f"{summary['measure']}, {summary['fraction']:.0%} pruned")
+  plots.trajectories(ax, t, out["dense_loss"], color="0.5", log=True, label="dense")
+  ax.set(xlabel="t after pruning (lr x steps)", ylabel="loss",
+         title=f"{summary['family']}, pruned at step {summary['prune_step']}")
+  ax.legend(fontsize=8)
+  plots.save(fig, path)
+
+
+def claims(points: list[dict]) -> dict:
+  """Each claim tested per (family, prune step, fraction) setting, from the
+  points' summaries.
 
   (i)   magnitude reaches the target no later (median time; never reaching
         counts as infinite) than every other measure (`beats_random`: than
@@ -252,29 +247,29 @@ def claims(config, frame: pd.DataFrame) -> dict:
         'gradient_norm_abs' and 'magnitude'.
   """
   out = {"i": [], "ii": [], "iii": []}
-  first_step = min(int(s) for s in config.prune_steps)
-  for (fam, step, frac), g in frame[frame.measure != "dense"].groupby(
-      ["family", "prune_step", "fraction"]):
-    by = {m: g[g.measure == m] for m in g.measure.unique()}
-    t = {m: _median(d.time_to_target) for m, d in by.items()}
-    setting = {"family": fam, "prune_step": int(step), "fraction": float(frac)}
-    if "magnitude" in by and any(np.isfinite(v) for v in t.values()):
+  settings: dict = {}
+  for s in points:
+    settings.setdefault((s["family"], s["prune_step"], s["fraction"]), {})[s["measure"]] = s
+  first_step = {f: min(k[1] for k in settings if k[0] == f) for f, _, _ in settings}
+  for (fam, step, frac), by in sorted(settings.items()):
+    t = {m: s["time_to_target"] for m, s in by.items()}
+    setting = {"family": fam, "prune_step": step, "fraction": frac}
+    reached = any(np.isfinite(v) for v in t.values())
+    if "magnitude" in by and reached:
       others = [m for m in by if m != "magnitude"]
       out["i"].append({**setting, "holds": all(t["magnitude"] <= t[m] for m in others),
                        "beats_random": t["magnitude"] <= t.get("random", np.inf),
                        "time_to_target": t})
     if "loss_preservation" in by:
-      dl = {m: _median(np.abs(d.d_loss)) for m, d in by.items()}
+      dl = {m: s["abs_d_loss"] for m, s in by.items()}
       smallest = all(dl["loss_preservation"] <= dl[m] for m in dl)
-      early = (step == first_step and "magnitude" in by
-               and any(np.isfinite(v) for v in t.values()))
+      early = step == first_step[fam] and "magnitude" in by and reached
       fast = t["loss_preservation"] <= t["magnitude"] if early else None
       out["ii"].append({**setting, "smallest_abs_d_loss": smallest, "abs_d_loss": dl,
-                        "faster_than_magnitude": fast,
-                        "holds": smallest and (fast is not False)})
+                        "faster_than_magnitude": fast, "holds": smallest and fast is not False})
     if "gradient_norm" in by:
-      fl = {m: _median(d.final_loss) for m, d in by.items()}
-      raised = _median(by["gradient_norm"].d_grad_norm) > 0
+      fl = {m: s["final_loss"] for m, s in by.items()}
+      raised = by["gradient_norm"]["d_grad_norm"] > 0
       worse = all(fl["gradient_norm"] > fl[m] for m in ("gradient_norm_abs", "magnitude")
                   if m in fl)
       out["iii"].append({**setting, "raises_grad_norm": raised, "ends_worse": worse,
@@ -282,36 +277,41 @@ def claims(config, frame: pd.DataFrame) -> dict:
   verdicts = {}
   for k, rows in out.items():
     held = sum(r["holds"] for r in rows)
-    verdicts[k] = ("holds" if rows and held == len(rows) else
+    verdicts[k] = ("untested" if not rows else "holds" if held == len(rows) else
                    "fails" if held == 0 else f"holds in {held} of {len(rows)} settings")
-    if k == "i":
+    if k == "i" and rows:
       verdicts[k] += f" (beats random in {sum(r['beats_random'] for r in rows)})"
   return {"verdicts": verdicts, "settings": out}
 
 
-def summarize(config, frame: pd.DataFrame) -> dict:
-  pruned = frame[frame.measure != "dense"]
-  pred = {}
-  for (fam, frac), g in pruned.groupby(["family", "fraction"]):
+def sweep_summary(config, points) -> dict:
+  rows = [{**p.summary, "seeds": p.summary["num_seeds"] - p.summary["diverged_seeds"]}
+          for p in points if "time_to_target" in p.summary]
+  errors: dict = {}  # over every seed and measure of a (family, fraction)
+  for r in rows:
+    e = errors.setdefault(r["family"], {}).setdefault(str(r["fraction"]), {})
     for q in ("d_loss", "d_grad_norm"):
+      meas = np.asarray(r["per_seed"][q])
       for o in (1, 2):
-        rel = np.abs(g[f"pred{o}_{q}"] - g[q]) / np.maximum(np.abs(g[q]), 1e-12)
-        pred.setdefault(fam, {}).setdefault(str(frac), {})[f"order{o}_{q}_rel_error_median"] = \
-            float(np.median(rel))
-  return {"claims": claims(config, frame), "prediction_errors": pred,
-          "num_seeds": int(config.num_seeds), "diverged_rows": int(frame.diverged.sum()),
-          "max_pruned_weight_after_training": float(frame.pruned_weight_sum.max())}
+        rel = np.abs(np.asarray(r["per_seed"][f"pred{o}_{q}"]) - meas) / np.maximum(
+            np.abs(meas), 1e-12)
+        e.setdefault(f"order{o}_{q}_rel_error", []).extend(rel.tolist())
+  return {"claims": claims(rows),
+          "prediction_errors": {f: {fr: {k: float(np.median(v)) for k, v in e.items()}
+                                    for fr, e in by.items()} for f, by in errors.items()},
+          "max_pruned_weight_after_training": max((r["max_pruned_weight"] for r in rows),
+                                                  default=None)}
 
 
-def text(summary: dict) -> str:
+def sweep_text(config, summary: dict) -> str:
   lines = ["Taylor predictions of the change at the prune (median relative error):",
            f"{'family':>12} {'fraction':>8} {'dL o1':>9} {'dL o2':>9} {'dg2 o1':>9} {'dg2 o2':>9}"]
   for fam, by in summary["prediction_errors"].items():
     for frac, e in by.items():
-      lines.append(f"{fam:>12} {float(frac):>8.2f} {e['order1_d_loss_rel_error_median']:>9.2e} "
-                   f"{e['order2_d_loss_rel_error_median']:>9.2e} "
-                   f"{e['order1_d_grad_norm_rel_error_median']:>9.2e} "
-                   f"{e['order2_d_grad_norm_rel_error_median']:>9.2e}")
+      lines.append(f"{fam:>12} {float(frac):>8.2f} {e['order1_d_loss_rel_error']:>9.2e} "
+                   f"{e['order2_d_loss_rel_error']:>9.2e} "
+                   f"{e['order1_d_grad_norm_rel_error']:>9.2e} "
+                   f"{e['order2_d_grad_norm_rel_error']:>9.2e}")
   lines += ["", "median time to the target loss after pruning (inf: not reached):"]
   for r in summary["claims"]["settings"]["i"]:
     times = " ".join(f"{m}={v:.3g}" for m, v in r["time_to_target"].items())
@@ -322,61 +322,42 @@ def text(summary: dict) -> str:
            "iii": "(iii) GraSP raises ||g||^2 and ends worse"}
   for k, v in summary["claims"]["verdicts"].items():
     lines.append(f"  {names[k]}: {v}")
-  lines.append(f"pruned weights after training: max |theta| {summary['max_pruned_weight_after_training']:.1e}"
-               f"; diverged rows: {summary['diverged_rows']}")
+  lines.append(f"pruned weights after training: max |theta| "
+               f"{summary['max_pruned_weight_after_training']:.1e}")
   return "\n".join(lines)
 
 
-def plot(config, frame, curves, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fams = list(config.families)
-  fig, axes = plt.subplots(2, max(3, len(fams)), figsize=(5.2 * max(3, len(fams)), 9))
-  pruned = frame[frame.measure != "dense"]
-  for ax, q, title in ((axes[0, 0], "d_loss", "change of the loss at the prune"),
-                       (axes[0, 1], "d_grad_norm", "change of ||g||^2 at the prune")):
+def sweep_plot(config, points, summary, path) -> None:
+  """Taylor predictions against the measured changes; per family, the
+  median time to the target against the pruned fraction, per measure."""
+  rows = [p.summary for p in points if "time_to_target" in p.summary]
+  fams = sorted({r["family"] for r in rows}, key=FAMILIES.index)
+  fig, axes = plots.figure(max(2, len(fams)), 2, size=(4.8, 4.0))
+  for ax, q, title in ((axes[0], "d_loss", "change of the loss at the prune"),
+                       (axes[1], "d_grad_norm", "change of ||g||^2 at the prune")):
+    meas = np.concatenate([r["per_seed"][q] for r in rows])
     for o, mk in ((1, "x"), (2, "o")):
-      ax.scatter(pruned[q], pruned[f"pred{o}_{q}"], marker=mk, s=12, alpha=0.5,
-                 label=f"order {o}")
-    lim = np.nanmax(np.abs(pruned[q])) * 1.2
+      ax.scatter(meas, np.concatenate([r["per_seed"][f"pred{o}_{q}"] for r in rows]),
+                 marker=mk, s=12, alpha=0.5, label=f"order {o}")
+    lim = np.nanmax(np.abs(meas)) * 1.2
     ax.plot([-lim, lim], [-lim, lim], "k-", lw=0.8)
-    ax.set(xscale="symlog", yscale="symlog", xlabel="measured", ylabel="predicted",
-           title=title)
+    ax.set(xscale="symlog", yscale="symlog", xlabel="measured", ylabel="predicted", title=title)
     ax.legend(fontsize=8)
-  frac = sorted(config.fractions)[len(config.fractions) // 2]
-  step0 = min(int(s) for s in config.prune_steps)
-  ax = axes[0, 2]
-  finite = pruned.time_to_target[np.isfinite(pruned.time_to_target)]
-  top = 1.1 * finite.max() if len(finite) else 1.0  # bar height for "not reached"
+  finite = [r["time_to_target"] for r in rows if np.isfinite(r["time_to_target"])]
+  top = 1.5 * max(finite) if finite else 1.0  # drawn for "not reached"
+  n = len(axes) // 2
   for j, fam in enumerate(fams):
-    g = pruned[(pruned.family == fam) & (pruned.fraction == frac) & (pruned.prune_step == step0)]
-    for i, m in enumerate(config.measures):
-      v = g[g.measure == m].time_to_target
-      reached = np.isfinite(_median(v))
-      ax.bar(j + 0.15 * (i - 2), _median(v) if reached else top, 0.14,
-             color=f"C{i}", label=m if j == 0 else None,
-             alpha=1.0 if reached else 0.3, hatch=None if reached else "//")
-  ax.set_xticks(range(len(fams)), fams)
-  ax.set(ylabel="median t to target (pale, hatched: not reached)",
-         title=f"time to target, fraction {frac}, prune at step {step0}")
-  ax.legend(fontsize=7)
-  for j, fam in enumerate(fams):
-    ax = axes[1, j]
-    t, loss = curves[(fam, step0)]
-    lab = frame[(frame.family == fam) & (frame.prune_step == step0)]
-    for i, m in enumerate(config.measures):
-      rows = ((lab.measure == m) & (lab.fraction == frac)).values
-      ax.plot(t, np.median(loss[rows], 0), color=f"C{i}", label=m)
-    ax.plot(t, np.median(loss[(lab.measure == "dense").values], 0), "k--", label="dense")
-    ax.axhline(np.median(lab[lab.measure == "dense"].target_loss), color="gray", lw=0.8, ls=":")
-    ax.set(yscale="log", xlabel="t after pruning (lr x steps)", ylabel="loss (median over seeds)",
-           title=f"{fam}: {frac:.0%} pruned at step {step0}")
+    ax = axes[n + j]
+    step0 = min(r["prune_step"] for r in rows if r["family"] == fam)
+    for i, m in enumerate(MEASURES):
+      pts = sorted((r["fraction"], r["time_to_target"]) for r in rows
+                   if r["family"] == fam and r["measure"] == m and r["prune_step"] == step0)
+      if pts:
+        x, y = np.array(pts).T  # offset a little: coinciding measures stay visible
+        ax.plot(x + 0.008 * (i - 2), np.where(np.isfinite(y), y, top), "-",
+                marker="osD^v"[i], ms=5, color=f"C{i}", label=m)
+    ax.axhline(top, color="0.6", ls=":", lw=1)
+    ax.set(yscale="log", xlabel="fraction pruned", ylabel="median t to target (top: never)",
+           title=f"{fam}, pruned at step {step0}")
     ax.legend(fontsize=7)
-  for a in axes.ravel():
-    if not a.has_data():
-      a.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path, "pruning: Taylor predictions, and time to recover against fraction")

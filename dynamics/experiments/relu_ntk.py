@@ -1,16 +1,18 @@
 """Two-layer ReLU networks of growing width against their linearisation (NTK).
 
-For every width in `config.model.widths` the seeds train in one compiled call
-(one compilation per width) by full-batch gradient descent on a fixed teacher
-on the sphere. Recorded per seed: outputs on train and test points, the loss,
-and the relative kernel drift `||Theta_t - Theta_0||_F / ||Theta_0||_F` on the
-training points. Beside them:
-  * the linearised network, `theory.ntk.gradient_descent_mse` with the same
-    `lr` and steps (so no O(lr) discretisation gap), on the empirical NTK at
-    init and on the analytic `relu_ntk`;
-  * the Monte-Carlo gap `||Theta_0 - relu_ntk||_F / ||relu_ntk||_F`.
-The NTK regime predicts gap, drift and distance to the linearisation all
-falling as `width^(-1/2)` (Jacot et al. 2018; Lee et al. 2019). In the
+A grid point is one width (`model.width`; the default grid sweeps it): its
+seeds train by full-batch gradient descent on a fixed teacher on the sphere.
+Logged per seed: outputs on train and test points, the train and test loss,
+and the relative kernel drift `||Theta_t - Theta_0||_F / ||Theta_0||_F` on
+the training points. Beside them (`theory`): the linearised network,
+`theory.ntk.gradient_descent_mse` on each seed's empirical NTK at init with
+the same `lr` and steps (so no O(lr) discretisation gap). The summary adds
+the linearisation on the analytic `relu_ntk` and the Monte-Carlo gap
+`||Theta_0 - relu_ntk||_F / ||relu_ntk||_F`.
+
+Across widths (`sweep_summary`), the NTK regime predicts gap, drift and
+distance to the linearisation all falling as `width^(-1/2)` (Jacot et al.
+2018; Lee et al. 2019): their log-log slopes against width. In the
 `'mean_field'` parameterization the NTK is `O(1/m)`: the run trains with
 `lr * m` (the same function-space time) and the kernel moves by O(1).
 """
@@ -22,22 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import config as cfg
-from dynamics import metrics
+from dynamics import metrics, plots
 from dynamics import train as engine
 from dynamics.models import relu_net
 from dynamics.tasks.sphere_teacher import sphere_teacher
 from theory import ntk
 
 HPARAMS = {"train.lr": "lr"}
+CONSTANTS = ("theta0", "theta0_test")
+TABLE = ("loss", "test_loss", "drift")
+FIGURES = ("kernel_gap", "drift", "dist_train_emp", "dist_test_emp", "dist_train_ana",
+           "dist_test_ana")
 
 
 def validate(config) -> None:
-  cfg.integer(config, "seed", minimum=0)
-  cfg.integer(config, "num_seeds")
-  cfg.one_of(config, "precision", cfg.PRECISIONS)
-  widths = cfg.numbers(config, "model.widths", minimum=1)
-  if any(not float(w).is_integer() for w in widths):
-    cfg.fail("model.widths", f"must hold integers, got {widths}.")
+  cfg.integer(config, "model.width")
   cfg.one_of(config, "model.parameterization", relu_net.PARAMETERIZATIONS)
   cfg.nonnegative(config, "model.w_std")
   cfg.nonnegative(config, "model.b_std")
@@ -48,10 +49,6 @@ def validate(config) -> None:
   cfg.integer(config, "task.teacher_width")
   cfg.one_of(config, "train.optimizer", ("sgd",))
   cfg.schedule(config)
-
-
-def hparams(config) -> dict:
-  return {"lr": jnp.asarray(config.train.lr, cfg.float_dtype(config.precision))}
 
 
 def make_task(config):
@@ -65,15 +62,15 @@ def make_task(config):
   return x[:t.num_train], y[:t.num_train], x[t.num_train:], y[t.num_train:]
 
 
-def _kernel_scale(config, width):
+def _kernel_scale(config):
   """The NTK of 'mean_field' is O(1/m); m x it is the NTK-normalised kernel."""
-  return width if config.model.parameterization == "mean_field" else 1
+  return config.model.width if config.model.parameterization == "mean_field" else 1
 
 
-def make_train(config, width: int, progress=None):
-  """`train(key, hp)` for one width: outputs, loss, drift, kernels at init."""
-  m = config.model
-  x, y, xt, _ = make_task(config)
+def make_train(config):
+  """`train(key, hp)`: outputs, losses and drift logged; kernels at init."""
+  m, width = config.model, config.model.width
+  x, y, xt, yt = make_task(config)
   f = lambda p, x_: relu_net.apply(p, x_, parameterization=m.parameterization,
                                    w_std=m.w_std, b_std=m.b_std)
   if m.parameterization == "ntk":
@@ -81,7 +78,7 @@ def make_train(config, width: int, progress=None):
   else:
     kernel = lambda p, a, b: ntk.empirical_ntk(f, p, a, b)
   loss_fn = lambda p, x_, y_: 0.5 * jnp.mean((f(p, x_) - y_) ** 2)
-  scale = _kernel_scale(config, width)
+  scale = _kernel_scale(config)
 
   def train(key, hp):
     params = relu_net.init(key, x.shape[1], width, parameterization=m.parameterization,
@@ -91,13 +88,13 @@ def make_train(config, width: int, progress=None):
     def metrics_fn(p):
       drift = jnp.linalg.norm(kernel(p, x, x) - theta0) / jnp.linalg.norm(theta0)
       return {"f_train": f(p, x), "f_test": f(p, xt), "loss": loss_fn(p, x, y),
-              "drift": drift}
+              "test_loss": loss_fn(p, xt, yt), "drift": drift}
 
     state, logged = engine.trajectory(
         params, loss_fn=loss_fn, data=(x, y),
         optimizer=engine.make_optimizer("sgd", hp["lr"] * scale),
         metrics_fn=metrics_fn, num_steps=config.train.num_steps,
-        log_every=config.train.log_every, progress=progress)
+        log_every=config.train.log_every)
     return {**logged, "theta0": theta0 * scale,
             "theta0_test": kernel(params, xt, x) * scale,
             "diverged_at": state.diverged_at}
@@ -105,117 +102,118 @@ def make_train(config, width: int, progress=None):
   return train
 
 
-def total_steps(config) -> int:
-  """Steps over every width, for the progress bar."""
-  return config.train.num_steps * len(config.model.widths)
+def _linearised(config, k, k_test, out):
+  """Per seed, the linear model on kernel `k` (`[S, n, n]` or `[n, n]`) from
+  the seed's outputs at init: `(f_train [S, L, n], f_test [S, L, n_test])`."""
+  x, y, _, _ = make_task(config)
+  steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  per_seed = np.ndim(k) == 3
+  lin = [ntk.gradient_descent_mse(k[s] if per_seed else k, y, config.train.lr, steps,
+                                  out["f_train"][s, 0], k_test[s] if per_seed else k_test,
+                                  out["f_test"][s, 0]) for s in range(len(out["f_train"]))]
+  return (np.stack([np.asarray(a) for a, _ in lin]),
+          np.stack([np.asarray(b) for _, b in lin]))
 
 
-def _slope(widths, values) -> float:
+def theory(config, out: dict) -> dict:
+  """The network linearised on each seed's empirical NTK at init."""
+  _, y, _, yt = make_task(config)
+  f_train, f_test = _linearised(config, out["theta0"], out["theta0_test"], out)
+  return {"f_train": f_train, "f_test": f_test,
+          "loss": 0.5 * np.mean((f_train - np.asarray(y)) ** 2, -1),
+          "test_loss": 0.5 * np.mean((f_test - np.asarray(yt)) ** 2, -1)}
+
+
+def summarize(config, out: dict, pred: dict) -> dict:
+  """Seed mean and std of: the NTK gap at init, the largest drift, and the
+  largest distance (relative to `||y||`) to the linearisation on the
+  empirical and on the analytic NTK."""
+  x, y, xt, _ = make_task(config)
+  w, b = config.model.w_std, config.model.b_std
+  k_ana, k_ana_test = ntk.relu_ntk(x, x, w, b), ntk.relu_ntk(xt, x, w, b)
+  ana_train, ana_test = _linearised(config, k_ana, k_ana_test, out)
+  dist = lambda f, g: np.max(np.linalg.norm(f - g, axis=-1), -1) / np.linalg.norm(y)
+  per_seed = {
+      "kernel_gap": np.linalg.norm(out["theta0"] - k_ana, axis=(1, 2)) / np.linalg.norm(k_ana),
+      "drift": np.max(out["drift"], 1),
+      "dist_train_emp": dist(out["f_train"], pred["f_train"]),
+      "dist_test_emp": dist(out["f_test"], pred["f_test"]),
+      "dist_train_ana": dist(out["f_train"], ana_train),
+      "dist_test_ana": dist(out["f_test"], ana_test)}
+  stats = {k: metrics.seed_stats(v) for k, v in per_seed.items()}
+  return {"width": int(config.model.width),
+          "parameterization": config.model.parameterization,
+          **{k: float(s["mean"]) for k, s in stats.items()},
+          **{f"{k}_std": float(s["std"]) for k, s in stats.items()}}
+
+
+def text(config, summary: dict) -> str:
+  return "  " + ", ".join(f"{k} {summary[k]:.3e}" for k in FIGURES)
+
+
+def plot(config, out, pred, summary, path) -> None:
+  """Train and test loss against the linearised network's, and the drift."""
+  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  fig, (ax, ax_d) = plots.figure(2)
+  for name, color in (("loss", "C0"), ("test_loss", "C1")):
+    plots.trajectories(ax, t[1:], out[name][:, 1:], pred[name][:, 1:], color=color,
+                       log=True, label=name.replace("_", " "))
+  ax.set(xscale="log", xlabel="t = lr x steps", ylabel="loss",
+         title=f"width {config.model.width}: network vs linearised (dashed)")
+  plots.legend_theory(ax)
+  plots.trajectories(ax_d, t, out["drift"], color="C2")
+  ax_d.set(xlabel="t = lr x steps", ylabel="||Theta_t - Theta_0|| / ||Theta_0||",
+           title="kernel drift")
+  plots.save(fig, path)
+
+
+def _slope(widths, values) -> float | None:
   """Least-squares slope of log(value) against log(width)."""
+  widths, values = np.asarray(widths, np.float64), np.asarray(values, np.float64)
   ok = np.isfinite(values) & (values > 0)
+  if ok.sum() < 2 or len(set(widths[ok])) < 2:
+    return None
   return float(np.polyfit(np.log(widths[ok]), np.log(values[ok]), 1)[0])
 
 
-def run(config, progress=None) -> dict:
-  validate(config)
-  x, y, xt, yt = make_task(config)
-  steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
-  lr = config.train.lr
-  k_ana, k_ana_test = ntk.relu_ntk(x, x, config.model.w_std, config.model.b_std), \
-      ntk.relu_ntk(xt, x, config.model.w_std, config.model.b_std)
-  widths = np.array([int(w) for w in config.model.widths])
-  keys = engine.seed_keys(config.seed, config.num_seeds)
-  rows, per_width = {}, []
-  for i, width in enumerate(widths):
-    offset = i * config.train.num_steps
-    step_of = None if progress is None else (lambda s, o=offset: progress(o + s))
-    out = jax.tree_util.tree_map(np.asarray, engine.run_seeds(
-        make_train(config, int(width), step_of), keys, hparams(config)))
-    lin = lambda k, kt, s: ntk.gradient_descent_mse(
-        k, y, lr, steps, out["f_train"][s, 0], kt, out["f_test"][s, 0])
-    emp = [lin(out["theta0"][s], out["theta0_test"][s], s) for s in range(len(keys))]
-    ana = [lin(k_ana, k_ana_test, s) for s in range(len(keys))]
-    dist = lambda f, g: np.linalg.norm(f - np.asarray(g), axis=-1) / np.linalg.norm(y)
-    w_rows = {
-        "dist_train_emp": np.stack([dist(out["f_train"][s], e[0]) for s, e in enumerate(emp)]),
-        "dist_test_emp": np.stack([dist(out["f_test"][s], e[1]) for s, e in enumerate(emp)]),
-        "dist_train_ana": np.stack([dist(out["f_train"][s], a[0]) for s, a in enumerate(ana)]),
-        "dist_test_ana": np.stack([dist(out["f_test"][s], a[1]) for s, a in enumerate(ana)]),
-        "loss": out["loss"], "drift": out["drift"],
-        "loss_pred": np.stack([0.5 * np.mean((np.asarray(e[0]) - y) ** 2, -1) for e in emp]),
-        "test_loss": 0.5 * np.mean((out["f_test"] - np.asarray(yt)) ** 2, -1),
-        "row_width": np.full(len(keys), width),
-        "row_seed": np.arange(len(keys))}
-    gap = np.linalg.norm(out["theta0"] - k_ana, axis=(1, 2)) / np.linalg.norm(k_ana)
-    per_width.append({
-        "width": int(width), "kernel_gap": metrics.seed_stats(gap),
-        **{k: metrics.seed_stats(np.max(w_rows[k], axis=1))
-           for k in ("drift", "dist_train_emp", "dist_test_emp",
-                     "dist_train_ana", "dist_test_ana")}})
-    for k, v in w_rows.items():
-      rows.setdefault(k, []).append(v)
-    if width == widths[-1]:
-      widest = {"out": out, "emp": emp}
-  arrays = {k: np.concatenate(v) for k, v in rows.items()}
-  arrays.update({"step": steps, "t": lr * steps, "widths": widths})
-  names = ("kernel_gap", "drift", "dist_train_emp", "dist_test_emp",
-           "dist_train_ana", "dist_test_ana")
-  means = {k: np.array([float(r[k]["mean"]) for r in per_width]) for k in names}
-  summary = {
-      "parameterization": config.model.parameterization,
-      "num_seeds": int(config.num_seeds),
-      "widths": [{"width": r["width"], **{k: float(r[k]["mean"]) for k in names},
-                  **{f"{k}_std": float(r[k]["std"]) for k in names}} for r in per_width],
-      "slopes": {k: _slope(widths, means[k]) for k in names},
-      "predicted_slope": -0.5 if config.model.parameterization != "mean_field" else None}
-  return {"arrays": arrays, "summary": summary, "table": table(summary),
-          "plot": lambda path: plot(config, arrays, summary, widest, path)}
+def _by_width(points):
+  rows = sorted((p.summary for p in points if "drift" in p.summary), key=lambda s: s["width"])
+  return np.array([r["width"] for r in rows]), rows
 
 
-def table(summary: dict) -> str:
-  cols = ("kernel_gap", "drift", "dist_train_emp", "dist_test_emp", "dist_test_ana")
-  head = f"{'width':>7} " + " ".join(f"{c:>15}" for c in cols)
-  lines = [f"parameterization: {summary['parameterization']} "
-           f"({summary['num_seeds']} seeds; drift and distances: max over training, "
-           "distances relative to ||y||)", head, "-" * len(head)]
-  for r in summary["widths"]:
-    lines.append(f"{r['width']:>7} " + " ".join(f"{r[c]:>15.3e}" for c in cols))
-  lines.append(f"{'slope':>7} " + " ".join(f"{summary['slopes'][c]:>15.3f}" for c in cols))
+def sweep_summary(config, points) -> dict:
+  """Log-log slopes against width of every figure (NTK regime: -0.5 each)."""
+  widths, rows = _by_width(points)
+  parameterizations = {r["parameterization"] for r in rows}
+  return {"slopes": {k: _slope(widths, [r[k] for r in rows]) for k in FIGURES},
+          "predicted_slope": None if "mean_field" in parameterizations else -0.5}
+
+
+def sweep_text(config, summary: dict) -> str:
+  slopes = summary["slopes"]
+  line = " ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in slopes.items())
   pred = summary["predicted_slope"]
-  lines.append("NTK regime predicts slope -0.5 for each" if pred is not None else
-               "mean_field: no NTK limit; the kernel moves by O(1)")
-  return "\n".join(lines)
+  return ("log-log slope against width: " + line + "\n" +
+          ("NTK regime predicts slope -0.5 for each" if pred is not None else
+           "mean_field: no NTK limit; the kernel moves by O(1)"))
 
 
-def plot(config, arrays, summary, widest, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  widths = np.array([r["width"] for r in summary["widths"]])
-  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+def sweep_plot(config, points, summary, path) -> None:
+  """Gap, drift and distance to the linearisation against width, with the
+  width^-1/2 of the NTK regime."""
+  widths, rows = _by_width(points)
+  fig, (ax,) = plots.figure(1, size=(6.5, 4.6))
   for i, (k, label) in enumerate((("kernel_gap", "NTK gap at init"),
                                   ("drift", "kernel drift (max over t)"),
                                   ("dist_test_emp", "||f - f_lin|| / ||y||, test"))):
-    mean = np.array([r[k] for r in summary["widths"]])
-    std = np.array([r[f"{k}_std"] for r in summary["widths"]])
-    ax.errorbar(widths, mean, yerr=std, fmt="o-", color=f"C{i}",
-                label=f"{label}: slope {summary['slopes'][k]:.2f}")
-  ref = np.array([r["drift"] for r in summary["widths"]])[0]
-  ax.loglog(widths, ref * (widths / widths[0]) ** -0.5, "k--", lw=1, label="width^-1/2")
+    slope = summary["slopes"][k]
+    ax.errorbar(widths, [r[k] for r in rows], yerr=[r[f"{k}_std"] for r in rows],
+                fmt="o-", color=f"C{i}",
+                label=f"{label}: slope {'-' if slope is None else f'{slope:.2f}'}")
+  if len(rows):
+    ref = rows[0]["drift"]
+    ax.plot(widths, ref * (widths / widths[0]) ** -0.5, "k--", lw=1, label="width^-1/2")
   ax.set(xscale="log", yscale="log", xlabel="width m",
-         title=f"{config.model.parameterization} parameterization")
+         title=f"{config.model.parameterization} parameterization, seed mean +- std")
   ax.legend(fontsize=8)
-  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
-  loss = widest["out"]["loss"]
-  ax2.loglog(t[1:], loss[:, 1:].T, color="C0", alpha=0.3, lw=0.8)
-  ax2.loglog(t[1:], loss[:, 1:].mean(0), color="C0", lw=2, label=f"network, width {widths[-1]}")
-  y = make_task(config)[1]
-  lin = np.stack([0.5 * np.mean((np.asarray(e[0]) - np.asarray(y)) ** 2, -1)
-                  for e in widest["emp"]])
-  ax2.loglog(t[1:], lin[:, 1:].mean(0), "k--", lw=1.5, label="linearised (empirical NTK)")
-  ax2.set(xlabel="t = lr x steps", ylabel="training loss", title="widest network")
-  ax2.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)

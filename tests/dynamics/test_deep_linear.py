@@ -4,13 +4,19 @@ import jax
 import numpy as np
 import pytest
 
-from dynamics import experiments, metrics
+from dynamics import experiments, metrics, simulate, sweep
 from dynamics import train as engine
 from dynamics.experiments import deep_linear as exp
 from dynamics.models import deep_linear as model
 from dynamics.tasks.linear_teacher import linear_teacher
-from tests.helpers import load_config
+from tests.helpers import config as load_config
 from theory import deep_linear as theory
+
+
+def run(c):
+  """One point (the base config), in memory."""
+  c.sweep = {}
+  return simulate(c)[0][0]
 
 
 def aligned_config(depth, lr, horizon=16.0):
@@ -27,9 +33,11 @@ def aligned_config(depth, lr, horizon=16.0):
 
 def u_errors(config):
   """Max relative error of every u_i(t) of every seed: `[seeds, modes]`."""
-  out = exp.run(config)["arrays"]
-  emp = np.moveaxis(out["u"], 1, -1)
-  pred = theory.mode_strength(out["t"], out["s"], out["u0"][0], config.model.depth)
+  pt = run(config)
+  emp = np.moveaxis(pt.out["u"], 1, -1)
+  u0 = np.zeros(8)
+  u0[:4] = config.init.u0
+  pred = theory.mode_strength(pt.t, pt.out["task_s"][0], u0, config.model.depth)
   return metrics.compare(emp, np.moveaxis(np.asarray(pred), 0, -1))["max_rel_error"]
 
 
@@ -53,13 +61,12 @@ def test_random_init_learning_times():
   c.model.depth, c.model.width = 2, 128
   c.init.name, c.init.scale = "random", 0.05
   c.train.lr, c.train.num_steps, c.train.log_every = 0.01, 1200, 5
-  result = exp.run(c)
-  rows = result["summary"]["modes"]
-  t = result["arrays"]["t"]
-  u = np.moveaxis(result["arrays"]["u"], 1, -1)[:, :4]
-  measured = metrics.time_to_fraction(t, u, result["arrays"]["s"][:4])
-  predicted = np.stack([theory.learning_time(result["arrays"]["s"][:4], u0[:4], 2)
-                        for u0 in result["arrays"]["u0"]])
+  pt = run(c)
+  rows = pt.summary["modes"]
+  s = pt.out["task_s"][0, :4]
+  u = np.moveaxis(pt.out["u"], 1, -1)[:, :4]
+  measured = metrics.time_to_fraction(pt.t, u, s)
+  predicted = np.stack([theory.learning_time(s, u0[:4], 2) for u0 in pt.out["u0_eff"]])
   # Small-init approximation (effective u0, no mode coupling) plus O(lr):
   # a few percent; the issue's bound is 10%.
   np.testing.assert_array_less(np.abs(measured / predicted - 1), 0.10)
@@ -79,7 +86,7 @@ def test_seed_independent_of_batch():
   for alone, batched in zip(init(keys[3]), jax.vmap(init)(keys)):
     np.testing.assert_array_equal(alone, batched[3])
   with jax.enable_x64(True):
-    train, hp = exp.make_train(c), exp.hparams(c)
+    train, hp = exp.make_train(c), experiments.hparams(exp, c)
     batch = engine.run_seeds(train, keys, hp)
     alone = engine.run_seeds(train, keys[3:4], hp)
   # Trajectories agree to rounding, not bitwise: XLA picks a different dot
@@ -128,7 +135,7 @@ def test_minibatch_and_optimizers_run():
     c = aligned_config(2, 0.01, 2.0)
     c.precision = "float32"
     c.train.optimizer, c.train.batch_size = optimizer, batch
-    out = exp.run(c)["arrays"]
+    out = run(c).out
     assert out["loss"].shape == (3, c.train.num_steps // c.train.log_every + 1)
     assert np.all(np.isfinite(out["loss"])) and out["loss"][0, -1] < out["loss"][0, 0]
 
@@ -138,7 +145,7 @@ def test_minibatch_and_optimizers_run():
     ("model.width", 0),
     ("model.depth", 0),
     ("task.singular_values", (3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.1, 0.1, 0.1)),
-    ("model.name", "transformer"),
+    ("experiment", "dynamics.experiments.transformer"),
     ("train.num_steps", 1001),
     ("init.name", "orthogonal"),
     ("precision", "float16"),
@@ -146,20 +153,19 @@ def test_minibatch_and_optimizers_run():
     ("num_seeds", 0),
 ])
 def test_bad_config_names_the_field(field, value, monkeypatch):
-  c = load_config("deep_linear")
+  c = load_config("deep_linear", ["sweep={}"])
   section, _, name = field.rpartition(".")
   (c[section] if section else c)[name] = value
   monkeypatch.setattr(engine, "trajectory", lambda *a, **k: pytest.fail("compiled"))
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    experiments.get(c)
-    exp.run(c)
+    sweep.plan(c)
 
 
 def test_aligned_width_must_hold_the_modes():
-  c = load_config("deep_linear")
+  c = load_config("deep_linear", ["sweep={}"])
   c.init.name, c.model.width = "aligned", 4
   with pytest.raises(ValueError, match=r"model\.width"):
-    experiments.get(c)
+    sweep.plan(c)
 
 
 def test_statistics_formulation_trains_the_same_trajectories():
@@ -179,7 +185,7 @@ def test_statistics_formulation_trains_the_same_trajectories():
       c.train.formulation = form
       fn = exp.make_train(c)
       out[form] = jax.device_get(engine.run_seeds(fn, engine.seed_keys(0, 3),
-                                                  exp.hparams(c)))
+                                                  experiments.hparams(exp, c)))
   for k in ("loss", "u"):
     np.testing.assert_allclose(out["statistics"][k], out["samples"][k], rtol=1e-9,
                                atol=1e-12)

@@ -1,20 +1,16 @@
 """The linear-attention model and the in-context-learning experiment at test size."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 
+from dynamics import experiments, simulate, sweep
+from dynamics import train as engine
 from dynamics.experiments import lsa_icl
 from dynamics.models import linear_attention as model
 from dynamics.tasks import icl_regression as icl
-from tests.helpers import ROOT, load_config
+from tests.helpers import config
 from theory import linear_attention as la
 
 
@@ -61,23 +57,21 @@ def test_task_covariance_and_sampling():
   np.testing.assert_allclose(p.y.shape, (20000, 3))
 
 
-def small(parts, **overrides):
-  c = load_config("lsa_icl")
-  c.parts = parts
+def small(name="lsa_icl", **overrides):
+  """4 seeds, 1000 steps, 4096 eval prompts; `overrides` as `field=value`."""
+  c = config(name)
   c.num_seeds = 4
   c.eval.num_prompts = 4096
   c.train.num_steps, c.train.log_every = 1000, 100
-  c.flow.num_steps, c.flow.log_every, c.flow.lr, c.flow.batch_size = 500, 10, 0.01, 1024
-  c.flow.num_seeds = 1
   for k, v in overrides.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
+    section, _, field = k.replace("__", ".").rpartition(".")
+    (c[section] if section else c)[field] = v
   return c
 
 
 def test_trained_models_reach_the_optimum():
-  summary = lsa_icl.run(small(("icl",)))["summary"]
-  iso, skew = summary["icl"]
+  c = small(sweep={"task": {"covariance": ("isotropic", "skewed")}})
+  iso, skew = [p.summary for p in simulate(c)[0]]
   # isotropic: every seed reaches Gamma* = optimal_gd_lr I, and predicts like
   # one GD step at that rate
   assert iso["converged_seeds"] == 4, iso["risk_per_seed"]
@@ -93,11 +87,28 @@ def test_trained_models_reach_the_optimum():
   assert skew["risk_gd_theory"] > 1.2 * skew["risk_opt_theory"]  # GD is not optimal here
 
 
+def test_risk_against_context_length():
+  """Two context lengths in one grid: each point's theory is icl_risk of its
+  own optimum (computed here independently), and the step follows the
+  curvature of the risk, lr / a(N)."""
+  c = small(sweep={"task": {"n_context": (2, 8)}}, task__covariance="skewed",
+            train__num_steps=200, num_seeds=2, eval__num_prompts=512)
+  points, summary = simulate(c)
+  rows = summary["risk_vs_n"]["skewed"]
+  assert [r["n_context"] for r in rows] == [2, 8]
+  cov = np.asarray(lsa_icl.setting(points[1].config)["cov"])
+  np.testing.assert_allclose(rows[1]["risk_opt_theory"],
+                             la.icl_risk(la.optimal_preconditioner(cov, 8), cov, 8), rtol=1e-5)
+  for p, n in zip(points, (2, 8)):
+    assert p.summary["lr"] == pytest.approx(c.train.lr * n / (n + 1 + c.task.d))
+    np.testing.assert_allclose(p.t[1], p.summary["lr"] * c.train.log_every)
+
+
 def flow(lr, batch_size=1024):
   steps = int(round(5.0 / lr))
-  return lsa_icl.run(small(("flow",), **{
-      "flow.lr": lr, "flow.num_steps": steps, "flow.log_every": steps // 100,
-      "flow.batch_size": batch_size}))["summary"]["flow"]
+  c = small("lsa_flow", sweep={}, num_seeds=1, train__lr=lr, train__num_steps=steps,
+            train__log_every=steps // 100, train__batch_size=batch_size)
+  return simulate(c)[0][0].summary
 
 
 def test_aligned_init_tracks_gradient_flow():
@@ -115,39 +126,12 @@ def test_aligned_init_tracks_gradient_flow():
   assert err_big > 2 * abs(err_small), (err_big, err_small)
 
 
-def test_run_script_writes_every_part(tmp_path):
-  out = tmp_path / "lsa"
-  proc = subprocess.run(
-      [sys.executable, "scripts/run.py", "--config=configs/lsa_icl.py",
-       f"--config.output_dir={out}", "--config.num_seeds=2",
-       "--config.train.num_steps=200", "--config.train.log_every=100",
-       "--config.task.covariances=('isotropic',)", "--config.eval.num_prompts=512",
-       "--config.flow.num_steps=100", "--config.flow.num_seeds=1",
-       "--config.flow.batch_size=256", "--config.context.n_context=(2, 8)",
-       "--config.context.num_seeds=2"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert sorted(os.listdir(out)) == ["config.json", "figure.png", "summary.json",
-                                     "trajectories.npz", "trajectories.parquet"]
-  table = pd.read_parquet(out / "trajectories.parquet")
-  assert set(table["part"]) == {"icl", "flow", "context"}
-  assert set(table[table.part == "context"]["n_context"]) == {2, 8}
-  summary = json.loads((out / "summary.json").read_text())
-  assert [r["n_context"] for r in summary["context"]] == [2, 8]
-  assert f"{summary['context'][1]['risk_opt_theory']:.4f}" in proc.stdout
-  cov = np.asarray(lsa_icl.setting(load_config("lsa_icl"), "skewed", 8)["cov"])
-  np.testing.assert_allclose(summary["context"][1]["risk_opt_theory"],
-                             la.icl_risk(la.optimal_preconditioner(cov, 8), cov, 8), rtol=1e-5)
-
-
 def test_finite_pool_of_prompts_overfits():
   """A pool of 32 prompts (shared by the seeds) against fresh prompts: the
   pool-trained layer generalises worse, as it must with so few tasks."""
-  over = {"task.covariances": ("isotropic",), "train.num_steps": 600, "num_seeds": 2,
-          "train.lr": 0.02}
-  online = lsa_icl.run(small(("icl",), **over))["summary"]["icl"][0]
-  pooled = lsa_icl.run(small(("icl",), **over, **{"task.pool_size": 32,
-                                                  "train.batch_size": 32}))["summary"]["icl"][0]
+  over = dict(sweep={}, train__num_steps=600, num_seeds=2, train__lr=0.026)
+  online = simulate(small(**over))[0][0].summary
+  pooled = simulate(small(**over, task__pool_size=32, train__batch_size=32))[0][0].summary
   assert pooled["risk_measured"]["mean"] > 1.05 * online["risk_measured"]["mean"], (pooled, online)
 
 
@@ -158,46 +142,45 @@ def test_shared_prompts_are_an_opt_in():
   init, which draws nothing, the seeds coincide; with the default
   `'per_seed'` they do not. Either way a seed's run does not depend on the
   seeds run beside it."""
-  from dynamics import train as engine
-  c = small(("flow",))
+  c = small("lsa_flow", sweep={}, init__u0=0.1, init__g0=0.1, train__lr=0.01,
+            train__num_steps=40, train__log_every=1, train__batch_size=64)
   n, d, lr = c.task.n_context, c.task.d, 0.01
-  ctx = lsa_icl.setting(c, "isotropic", n)
-  ctx["u0"] = ctx["g0"] = jnp.float32(0.1)
+  hp = experiments.hparams(lsa_icl, c)
   keys = engine.seed_keys(0, 5)
   spread = {}
   for prompts in lsa_icl.PROMPTS:
     c.task.prompts = prompts
-    train = lsa_icl.make_train(c, n_context=n, init="aligned", lr=lr, num_steps=40,
-                               log_every=1, batch_size=64, decay=False)
-    out = engine.run_seeds(train, keys, ctx)
-    alone = engine.run_seeds(train, keys[3:4], ctx)
+    train = lsa_icl.make_train(c)
+    out = engine.run_seeds(train, keys, hp)
+    alone = engine.run_seeds(train, keys[3:4], hp)
     np.testing.assert_allclose(alone["gamma"][0], out["gamma"][3], rtol=1e-5, atol=1e-7)
     spread[prompts] = np.ptp(out["u"][:, -1]) / np.abs(out["u"][0, -1])
   assert spread["shared"] < 1e-6 < 1e-3 < spread["per_seed"], spread
   w0 = model.init(None, d, name="aligned", u0=0.1, g0=0.1)
-  batch = icl.sample(jax.random.fold_in(ctx["shared_key"], 0), 64, n, ctx["cov_sqrt"])
+  batch = icl.sample(jax.random.fold_in(hp["shared_key"], 0), 64, n, hp["cov_sqrt"])
   w1 = jax.tree_util.tree_map(lambda w, g: w - lr * g, w0, jax.grad(model.loss)(w0, *batch))
   np.testing.assert_allclose(out["gamma"][:, 1], np.broadcast_to(
       model.effective_gamma(w1), out["gamma"][:, 1].shape), rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("field, value", [
-    ("parts", ("icl", "nope")), ("task.covariances", ("isotropic", "diag")),
-    ("task.n_context", 0), ("flow.lr", -1.0), ("flow.num_steps", 101),
-    ("context.n_context", (4, 2.5)), ("train.decay", "linear"),
-    ("task.condition_number", 0.5), ("task.pool_size", 100), ("task.prompts", "own")])
+    ("init.name", "orthogonal"), ("task.covariance", "diag"), ("task.n_context", 0),
+    ("train.lr", -1.0), ("train.num_steps", 2001), ("train.decay", "linear"),
+    ("task.condition_number", 0.5), ("task.pool_size", 100), ("task.prompts", "own"),
+    ("train.lr_scaling", "sqrt")])
 def test_bad_config(field, value):
-  c = load_config("lsa_icl")
+  c = config("lsa_icl", ["sweep={}"])
   section, _, name = field.rpartition(".")
   (c[section] if section else c)[name] = value
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    lsa_icl.validate(c)
+    sweep.plan(c)
 
 
-def test_aligned_flow_needs_merged_form():
-  c = load_config("lsa_icl")
-  c.model.form = "separate"
+def test_aligned_init_needs_merged_form_and_a_constant_rate():
+  c = config("lsa_flow", ["model.form=separate"])
   with pytest.raises(ValueError, match=r"model\.form"):
-    lsa_icl.validate(c)
-  c.parts = ("icl",)
-  lsa_icl.validate(c)
+    sweep.plan(c)
+  c = config("lsa_flow", ["train.decay=cosine"])
+  with pytest.raises(ValueError, match=r"train\.decay"):
+    sweep.plan(c)
+  sweep.plan(config("lsa_icl", ["model.form=separate"]))

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dynamics import simulate, sweep
 from dynamics import train as engine
 from dynamics.experiments import pruning as experiment
 from dynamics.models import deep_linear
-from tests.helpers import load_config
+from tests.helpers import config
 from theory import pruning
 
 
@@ -58,10 +59,10 @@ def test_masked_sgd_is_projected_gradient_descent():
 
 
 def small():
-  c = load_config("pruning")
+  c = config("pruning")
   c.num_seeds = 2
-  c.fractions = (0.05, 0.5)
-  c.prune_steps = (20,)  # the default's step 0 skips the pre-prune phase only
+  c.sweep.prune.fraction = (0.05, 0.5)
+  c.sweep.prune.step = (20,)  # the default's step 0 skips the pre-prune phase only
   for fam in experiment.FAMILIES:
     c[fam].num_steps, c[fam].log_every = 100, 10
   c.deep_linear.width = c.relu.width = 16
@@ -69,32 +70,38 @@ def small():
 
 
 def test_experiment_small():
-  with jax.enable_x64(True):  # the config's precision
-    out = experiment.run(small())
-  frame, summary = out["frame"], out["summary"]
-  assert len(frame) == 3 * 1 * 2 * (1 + 5 * 2)  # families x steps x seeds x rows
+  points, summary = simulate(small())
+  assert len(points) == 3 * 1 * 5 * 2  # families x steps x measures x fractions
   assert summary["max_pruned_weight_after_training"] == 0.0
-  assert summary["diverged_rows"] == 0
+  assert all(p.summary["diverged_seeds"] == 0 for p in points)
   # removing 5% of the weights: the order-2 Taylor prediction beats order 1
-  small_cut = frame[(frame.fraction == 0.05) & (frame.measure != "random")]
-  err = lambda o: np.median(np.abs(small_cut[f"pred{o}_d_loss"] - small_cut.d_loss))
+  small_cut = [p for p in points if p.fields["prune.fraction"] == 0.05
+               and p.fields["prune.measure"] != "random"]
+  err = lambda o: np.median(np.concatenate([np.abs(p.out[f"pred{o}_d_loss"] - p.out["d_loss"])
+                                            for p in small_cut]))
   assert err(2) < 0.5 * err(1), (err(1), err(2))
-  # the dense rows lose nothing at the prune
-  dense = frame[frame.measure == "dense"]
-  assert np.all(dense.d_loss == 0) and np.all(dense.pred2_d_loss == 0)
+  # the theory beside the measured change is the order-2 prediction
+  np.testing.assert_array_equal(points[0].pred["d_loss"], points[0].out["pred2_d_loss"])
+  # the dense continuation loses nothing at the prune: it starts where the
+  # pruned run stood before pruning, and is the same for every measure
+  for p in points:
+    np.testing.assert_allclose(p.out["dense_loss"][:, 0], p.out["loss_before"], rtol=1e-12)
+  np.testing.assert_array_equal(points[0].out["dense_loss"], points[2].out["dense_loss"])
   assert set(summary["claims"]["verdicts"]) == {"i", "ii", "iii"}
   # GraSP's removal raises ||g||^2 to first order by construction: the
   # prediction is positive for it (it removes the most negative theta (Hg))
-  grasp = frame[(frame.measure == "gradient_norm") & (frame.fraction == 0.05)]
-  assert np.all(grasp.pred1_d_grad_norm > 0)
+  grasp = [p for p in points if p.fields["prune.measure"] == "gradient_norm"
+           and p.fields["prune.fraction"] == 0.05]
+  assert all(np.all(p.out["pred1_d_grad_norm"] > 0) for p in grasp)
 
 
 @pytest.mark.parametrize("field, value", [
-    ("families", ("deep_linear", "cnn")), ("measures", ("snip",)), ("fractions", (0.5, 1.0)),
-    ("prune_steps", (0, 2000)), ("target_gap", 1.5), ("scope", "row"), ("relu.lr", 0.0)])
+    ("model.family", "cnn"), ("prune.measure", "snip"), ("prune.fraction", 1.0),
+    ("prune.step", 2000), ("prune.target_gap", 1.5), ("prune.scope", "row"),
+    ("deep_linear.lr", 0.0)])
 def test_bad_config(field, value):
-  c = load_config("pruning")
+  c = config("pruning", ["sweep={}"])
   section, _, name = field.rpartition(".")
   (c[section] if section else c)[name] = value
   with pytest.raises(ValueError, match=field):
-    experiment.validate(c)
+    sweep.plan(c)

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from dynamics import _rows, progress
 from dynamics import train as engine
 from tests.helpers import ROOT
 
@@ -33,14 +34,20 @@ def test_logs_at_steps_zero_to_num_steps():
   np.testing.assert_allclose(m["theta"], expected, rtol=1e-5)
 
 
-def test_progress_callback_reaches_num_steps():
-  seen = []
-  theta0 = jnp.ones(2)
-  engine.trajectory(theta0, loss_fn=lambda th, x: jnp.sum(th**2), data=(jnp.zeros((2, 1)),),
-                    optimizer=optax.sgd(0.1), metrics_fn=lambda th: {}, num_steps=30,
-                    log_every=10, progress=seen.append)
-  jax.effects_barrier()
-  assert sorted(seen) == [10, 20, 30]
+def test_progress_bar_counts_every_seed_step():
+  """The engine's bar: the steps of a row are counted while it is traced, the
+  ticks of every chunk of rows (one host call each, not one per seed) move it,
+  and it ends at seeds x steps whatever the chunking."""
+  run = lambda k, lr: quadratic_run(k, lr, num_steps=200, log_every=10)[1]["theta"]
+  keys = engine.seed_keys(0, 6)
+  for chunk, execs in ((0, 1), (1, 6), (3, 2)):
+    with progress.bar(6 * 200, disable=True) as bar:
+      engine.run_seeds(run, keys, 0.1, chunk=chunk, devices=jax.devices()[:1])
+      jax.effects_barrier()
+    # 20 logged intervals, a tick each, for every chunk of rows
+    assert bar.ticks == 20 * execs and bar.n == 6 * 200, (chunk, bar.ticks, bar.n)
+  fn = _rows.vmap_rows(run, 1, batched=False)
+  assert _rows.plan_rows(fn, keys, 0.1).steps == 200
 
 
 def test_minibatches_differ_by_step_and_seed():
@@ -93,13 +100,14 @@ def test_four_devices_equal_one():
 def test_cpu_devices_default_and_batched_lapack_guard():
   """`import dynamics` gives one CPU device per core (here forced to 2 by
   DYNAMICS_CPU_DEVICES); a train function with a batched LAPACK kernel runs its
-  rows on one device (two devices can hang inside it: dynamics.train.row_devices),
+  rows on one device (two devices can hang inside it: dynamics._rows.row_devices),
   one without runs on both, and the results equal a one-device run."""
   script = textwrap.dedent("""
       import sys, numpy as np
       sys.path.insert(0, %r)
       import dynamics
       import jax, jax.numpy as jnp
+      from dynamics import _rows
       from dynamics import train as engine
       assert jax.device_count() == 2, jax.devices()
       def train(key, scale):
@@ -109,15 +117,15 @@ def test_cpu_devices_default_and_batched_lapack_guard():
         return jax.random.normal(key, (6,)) * scale
       keys, scales = engine.seed_keys(0, 64), jnp.linspace(1, 2, 64)
       for f, n in ((train, 1), (plain, 2)):
-        fn = engine.vmap_rows(f, 1)
-        assert len(engine.row_devices(fn, keys, scales)) == n, f
-        got = engine.run_rows(fn, keys, scales)
-        one = engine.run_rows(fn, keys, scales, devices=jax.devices()[:1])
+        fn = _rows.vmap_rows(f, 1)
+        assert len(_rows.row_devices(fn, keys, scales)) == n, f
+        got = _rows.run_rows(fn, keys, scales)
+        one = _rows.run_rows(fn, keys, scales, devices=jax.devices()[:1])
         np.testing.assert_array_equal(got, one)
       # the helpers in dynamics.linalg vmap as loops of single decompositions
       from dynamics.linalg import svd
-      fn = engine.vmap_rows(lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1], 1)
-      assert len(engine.row_devices(fn, keys, scales)) == 2
+      fn = _rows.vmap_rows(lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1], 1)
+      assert len(_rows.row_devices(fn, keys, scales)) == 2
       # a row without decompositions or FFTs, or with them only inside
       # dynamics.linalg's loops, is planned without lowering it
       class NoLower:
@@ -126,9 +134,9 @@ def test_cpu_devices_default_and_batched_lapack_guard():
         def lower(self, *a, **k): raise AssertionError("lowered")
       for f in (lambda k, s: plain(k, s) @ jnp.ones((6, 6)),
                 lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1]):
-        fn = engine.vmap_rows(f, 1)
+        fn = _rows.vmap_rows(f, 1)
         spy = fn._replace(fn=NoLower(fn.fn))
-        assert len(engine.row_devices(spy, keys, scales)) == 2
+        assert len(_rows.row_devices(spy, keys, scales)) == 2
       print("ok")
   """ % ROOT)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -176,12 +184,12 @@ def test_chunked_rows_equal_one_vmap():
   """Rows looped in chunks (even, uneven with padding, one at a time, the
   automatic choice) give what one vmap over every row gives."""
   with jax.enable_x64(True):
-    fn = engine.vmap_rows(regression_run, 1)
+    fn = _rows.vmap_rows(regression_run, 1)
     keys = engine.seed_keys(0, 11)
     lrs = jnp.linspace(0.05, 0.5, 11)
-    ref = engine.run_rows(fn, keys, lrs, chunk=0, devices=jax.devices()[:1])
+    ref = _rows.run_rows(fn, keys, lrs, chunk=0, devices=jax.devices()[:1])
     for chunk in (1, 3, 4, None):
-      got = engine.run_rows(fn, keys, lrs, chunk=chunk)
+      got = _rows.run_rows(fn, keys, lrs, chunk=chunk)
       for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -195,19 +203,19 @@ def test_chunk_follows_the_largest_array():
   rows vmap in chunks that fit it; few rows are not chunked; rows sharing
   large random draws every step are not chunked."""
   keys = engine.seed_keys(0, 4096)
-  big = engine.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (512, 1024))), 0)
-  small = engine.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (64, 16))), 0)
+  big = _rows.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (512, 1024))), 0)
+  small = _rows.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (64, 16))), 0)
   cpu = [d for d in jax.devices() if d.platform == "cpu"][:1]
-  assert engine.plan_rows(big, keys, devices=cpu).chunk == 1
-  chunk = engine.plan_rows(small, keys, devices=cpu).chunk
-  assert chunk * 64 * 16 * 4 <= engine.CHUNK_BYTES < 2 * chunk * 64 * 16 * 4
-  assert engine.plan_rows(small, keys[:8], devices=cpu).chunk == 0
+  assert _rows.plan_rows(big, keys, devices=cpu).chunk == 1
+  chunk = _rows.plan_rows(small, keys, devices=cpu).chunk
+  assert chunk * 64 * 16 * 4 <= _rows.CHUNK_BYTES < 2 * chunk * 64 * 16 * 4
+  assert _rows.plan_rows(small, keys[:8], devices=cpu).chunk == 0
   # a large array the rows share (a training set) does not shrink the chunks
   data = jnp.ones((512, 1024))
-  with_data = engine.vmap_rows(
+  with_data = _rows.vmap_rows(
       lambda k: jnp.sum(jax.random.normal(k, (64, 16))) + jnp.sum(jnp.tanh(data)), 0)
-  assert engine.plan_rows(with_data, keys, devices=cpu).chunk == chunk
-  assert engine.plan_rows(small, keys, devices=cpu, chunk=0).chunk == 0
+  assert _rows.plan_rows(with_data, keys, devices=cpu).chunk == chunk
+  assert _rows.plan_rows(small, keys, devices=cpu, chunk=0).chunk == 0
   # a loop drawing numbers common to every row, as large as `big`'s: chunks
   # would each draw them again, so the rows vmap at once; drawn per row, they
   # run one at a time
@@ -216,6 +224,6 @@ def test_chunk_follows_the_largest_array():
       x = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3) if shared else c[1], i),
                             (512, 1024))
       return (c[0] + jnp.mean(x * c[0]), c[1]), None
-    return engine.vmap_rows(lambda k: jax.lax.scan(body, (1.0, k), jnp.arange(3))[0][0], 0)
-  assert engine.plan_rows(steps(True), keys, devices=cpu).chunk == 0
-  assert engine.plan_rows(steps(False), keys, devices=cpu).chunk == 1
+    return _rows.vmap_rows(lambda k: jax.lax.scan(body, (1.0, k), jnp.arange(3))[0][0], 0)
+  assert _rows.plan_rows(steps(True), keys, devices=cpu).chunk == 0
+  assert _rows.plan_rows(steps(False), keys, devices=cpu).chunk == 1
