@@ -99,6 +99,16 @@ CHUNK_BYTES = 1 << 18
 _PLANS: dict = {}
 
 
+def env_chunk() -> int | None:
+  """`DYNAMICS_CHUNK_ROWS` (None when unset); a ValueError naming it when bad."""
+  env = os.environ.get("DYNAMICS_CHUNK_ROWS")
+  if env is None:
+    return None
+  if not env.strip().isdigit():
+    raise ValueError(f"DYNAMICS_CHUNK_ROWS={env!r} must be an integer >= 0.")
+  return int(env)
+
+
 class RowPlan(NamedTuple):
   devices: list  # devices to shard rows over
   chunk: int     # rows per vmapped chunk on a device; 0: all at once
@@ -133,11 +143,9 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
   """
   devices = jax.devices() if devices is None else list(devices)
   cpu = devices[0].platform == "cpu"
-  env = os.environ.get("DYNAMICS_CHUNK_ROWS")
+  env = env_chunk()
   if chunk is None and env is not None:
-    if not env.strip().isdigit():
-      raise ValueError(f"DYNAMICS_CHUNK_ROWS={env!r} must be an integer >= 0.")
-    chunk = int(env)
+    chunk = env
   spec = jax.tree_util.tree_map(
       lambda a: (a.shape, a.dtype) if hasattr(a, "dtype") else type(a), (keys, args))
   key = (fn, str(spec), len(devices), cpu)

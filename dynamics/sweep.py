@@ -23,6 +23,7 @@ The experiment (`config.experiment`) follows the protocol of
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 from dynamics import _rows, io, metrics, progress
 from dynamics import config as cfg
 from dynamics import experiments as protocol
+from dynamics.devices import compiler_options
 from dynamics import train as engine
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
@@ -201,6 +203,7 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_
                      f"got {checkpoint_every_steps!r}.")
   if figures not in FIGURES:
     raise ValueError(f"--figures must be one of {FIGURES}, got {figures!r}.")
+  _rows.env_chunk(), compiler_options()  # the engine's settings, checked before writing
   p = plan(config)  # every ValueError before anything is written
   io.check_writable(out_dir, out_name)
   with _precision(p):
@@ -285,9 +288,11 @@ def analyze(experiment, config, out: dict, fields: dict, index: int = 0) -> Poin
   logged = [k for k, a in out.items() if k != "diverged_at" and a.ndim >= 2
             and a.shape[1] == num_logs and k not in constants]
   diverged_at = out.pop("diverged_at", None)
-  if diverged_at is None:
+  if diverged_at is None and "loss" in out:  # no train state: the first non-finite loss
     finite = np.isfinite(out["loss"])
     diverged_at = np.where(finite.all(-1), -1, step[np.argmin(finite, -1)])
+  elif diverged_at is None:
+    diverged_at = np.full(num_seeds, -1)
   diverged_at = np.asarray(diverged_at)
   diverged = diverged_at >= 0
   after = diverged[:, None] & (step[None, :] > diverged_at[:, None])
@@ -396,7 +401,6 @@ def load_arrays(out_dir: str, point: int = 0) -> dict:
 
 def _precision(p: Plan):
   """x64 on for the run of a float64 config (and off again after)."""
-  import contextlib
   if p.configs[0].precision == "float64":
     return jax.enable_x64(True)
   return contextlib.nullcontext()

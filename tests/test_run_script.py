@@ -218,6 +218,15 @@ def test_bad_input_fails_before_compiling_and_writes_nothing(tmp_path, args, mes
   assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("var, value", [("DYNAMICS_CHUNK_ROWS", "-1"),
+                                        ("DYNAMICS_CPU_OPT_LEVEL", "9")])
+def test_bad_engine_settings_fail_before_writing(tmp_path, monkeypatch, var, value):
+  monkeypatch.setenv(var, value)
+  code, err = run_main("--config=configs/deep_linear.py", f"--out={tmp_path / 'bad'}")
+  assert code == 2 and var in err, err
+  assert not (tmp_path / "bad").exists()
+
+
 def test_missing_config_and_unwritable_out(tmp_path):
   code, err = run_main(f"--config={tmp_path}/nope.py")
   assert code == 2 and "does not exist" in err

@@ -445,11 +445,12 @@ def sweep_plot(config, points, summary, path) -> None:
                                      cov_m, int(n), nv)) for n in dense]
     ax.plot(dense, r_opt, "k-", label="optimum Gamma* (icl_risk)")
     ax.plot(dense, r_gd, "C3--", label="one GD step, best lr")
-    for i, r in enumerate(rows):
-      ax.plot(np.full(len(r["risk_per_seed"]), r["n_context"]), r["risk_per_seed"], "o",
-              color="C0", ms=4, alpha=0.6, label="trained LSA, per seed" if i == 0 else None)
-    ax.plot(ns, [r["risk_opt_same_prompts"] for r in rows], "kx", ms=7,
+    ax.plot(ns, [r["risk_opt_same_prompts"] for r in rows], "kx", ms=9, zorder=1,
             label="Gamma* on the same eval prompts")
+    for i, r in enumerate(rows):  # hollow, on top: seeds at the optimum stay visible
+      ax.plot(np.full(len(r["risk_per_seed"]), r["n_context"]), r["risk_per_seed"], "o",
+              mfc="none", color="C0", ms=5, zorder=3,
+              label="trained LSA, per seed" if i == 0 else None)
     ax.set(xscale="log", yscale="log", xlabel="context length N", ylabel="risk",
            title=f"risk vs N ({cov} inputs)")
     ax.legend(fontsize=8)
