@@ -132,7 +132,8 @@ def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDic
   Raises:
     ValueError: naming the file or the field (with the closest field names
       for a typo) when the file is missing, defines no `get_config`, or an
-      override names no field or has the wrong type.
+      override names no field, has the wrong type, or sets a field that a
+      `config.sweep` axis would replace at every grid point.
   """
   if not os.path.isfile(path):
     raise ValueError(f"config file {path!r} does not exist.")
@@ -145,9 +146,18 @@ def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDic
   config = module.get_config()
   if isinstance(overrides, dict):
     overrides = overrides.items()
+  fields = []
   for item in overrides:
     field, value = _split(item) if isinstance(item, str) else item
     set_field(config, field, value)
+    fields.append(field)
+  swept = set(leaf_fields(config.get("sweep") or {}))
+  for field in fields:
+    if field in swept:  # the grid would replace the value at every point
+      raise ValueError(
+          f"`{field}` is an axis of config.sweep, which sets it at every grid "
+          f"point: override the axis (`--config.sweep.{field}=(value,)`) or run "
+          "one point (`--config.sweep={}`).")
   name = config.get("experiment")
   if isinstance(name, str) and name.endswith(".py") and not os.path.isabs(name):
     here = os.path.join(os.path.dirname(os.path.abspath(path)), name)

@@ -299,7 +299,8 @@ def analyze(experiment, config, out: dict, fields: dict, index: int = 0) -> Poin
   for k in logged:
     out[k] = np.where(after.reshape(after.shape + (1,) * (out[k].ndim - 2)), np.nan,
                       out[k].astype(np.float64))
-  pred = protocol.theory(experiment, config, out)
+  with jax.enable_x64(True):  # theory in float64 whatever the run's precision
+    pred = protocol.theory(experiment, config, out)
   kept = ~diverged
   summary = {"num_seeds": int(num_seeds), "diverged_seeds": int(diverged.sum())}
   if kept.any():

@@ -1,13 +1,23 @@
 """Argument checks shared by the theory modules.
 
-Checks on values run only when the value is concrete; under `jit` or `vmap`
-the argument is a tracer and only its shape can be checked, so traced calls
-skip the value checks instead of failing.
+Every numeric argument must be real numbers: a string, `None`, a boolean, a
+complex number or an object array is a `ValueError` naming the argument, on
+concrete and traced values alike (a tracer's dtype is known). Checks on values
+(finite, sign, symmetry) run only when the value is concrete; under `jit` or
+`vmap` the argument is a tracer and only its dtype and shape can be checked,
+so traced calls skip the value checks instead of failing.
+
+Values are checked in the working precision (`jnp.result_type(float)`:
+float32 unless `jax_enable_x64` is on), so `t = 1e300` with float32 is refused
+as not representable instead of silently becoming `inf`.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -20,34 +30,74 @@ def concrete(x) -> np.ndarray | None:
     return None
 
 
-def check_finite(name: str, x) -> None:
+def real(name: str, x) -> np.ndarray | None:
+  """Checks that `x` holds real numbers; its values in the working float
+  precision, or None when traced."""
+  if x is None or isinstance(x, (str, bytes)):
+    raise ValueError(f"`{name}` must be a real number or array, got {x!r}.")
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    try:
+      dtype = np.asarray(x).dtype
+    except (TypeError, ValueError):
+      raise ValueError(f"`{name}` must be a real number or array, got "
+                       f"{type(x).__name__}.") from None
+  kind = np.dtype(dtype).kind
+  if kind == "c":
+    raise ValueError(f"`{name}` must be real, got complex values.")
+  if kind not in "iuf":
+    raise ValueError(f"`{name}` must be a real number or array, got dtype "
+                     f"{np.dtype(dtype)} ({type(x).__name__}).")
   v = concrete(x)
+  if v is None:
+    return None
+  working = np.dtype(jnp.result_type(float))
+  with np.errstate(over="ignore"):
+    cast = v.astype(working)
+  overflow = np.isfinite(v) & ~np.isfinite(cast)
+  if np.any(overflow):
+    raise ValueError(
+        f"`{name}` = {v[overflow].flat[0]:.3g} is not representable in "
+        f"{working} (enable float64 with `jax.config.update('jax_enable_x64', "
+        "True)` or `with jax.enable_x64(True):`).")
+  return cast
+
+
+def check_finite(name: str, x) -> None:
+  v = real(name, x)
   if v is not None and not np.all(np.isfinite(v)):
     raise ValueError(f"`{name}` must be finite, got {v!r}.")
 
 
-def check_finite_nonnegative(name: str, x) -> None:
-  v = concrete(x)
+def check_finite_nonnegative(name: str, x, allow_inf: bool = False) -> None:
+  v = real(name, x)
   if v is None:
     return
-  if not np.all(np.isfinite(v)):
+  if np.any(np.isnan(v)) or (not allow_inf and not np.all(np.isfinite(v))):
     raise ValueError(f"`{name}` must be finite, got {v!r}.")
   if np.any(v < 0):
     raise ValueError(f"`{name}` must be non-negative, got {v!r}.")
 
 
 def check_positive(name: str, x) -> None:
-  v = concrete(x)
+  v = real(name, x)
   if v is None:
     return
   if not np.all(np.isfinite(v)) or np.any(v <= 0):
     raise ValueError(f"`{name}` must be positive and finite, got {v!r}.")
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+  """A Python or numpy integer (or an integral float) `>= minimum`."""
+  ok = (isinstance(value, (numbers.Integral, np.integer))
+        or (isinstance(value, (float, np.floating)) and float(value).is_integer()))
+  if isinstance(value, (bool, np.bool_)) or not ok or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
 def check_depth(depth) -> int:
-  if isinstance(depth, bool) or not float(depth).is_integer() or depth < 1:
-    raise ValueError(f"`depth` must be an integer >= 1, got {depth!r}.")
-  return int(depth)
+  return check_int("depth", depth)
 
 
 def check_ndim(name: str, x, ndims: tuple[int, ...]) -> None:
@@ -55,3 +105,14 @@ def check_ndim(name: str, x, ndims: tuple[int, ...]) -> None:
     raise ValueError(
         f"`{name}` must have {' or '.join(map(str, ndims))} dimensions, "
         f"got shape {np.shape(x)}.")
+
+
+def check_result(names: str, value) -> None:
+  """A concrete result that is not finite although its (checked, finite)
+  arguments are means they overflow the working precision."""
+  v = concrete(value)
+  if v is not None and not np.all(np.isfinite(v)):
+    raise ValueError(
+        f"{names} are too large for {np.dtype(jnp.result_type(float))}: the "
+        "result overflows (rescale them, or enable float64 with "
+        "`jax.config.update('jax_enable_x64', True)`).")

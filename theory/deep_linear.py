@@ -15,11 +15,11 @@ Time follows the conventions: `t = lr * k` after `k` full-batch gradient
 descent steps, so `tau = 1` reproduces gradient descent at small `lr`.
 
 Closed forms used here:
-  * N = 1: `u = s + (u0 - s) exp(-t/tau)`.
-  * N = 2: `u = s u0 / (u0 (1 - e^{-a}) + s e^{-a})`, `a = 2 s t / tau`,
+  * N = 1: `u = u0 e^{-t/tau} + s (1 - e^{-t/tau})`.
+  * N = 2: `u = 1 / ((1 - e^{-a})/s + e^{-a}/u0)`, `a = 2 s t / tau`,
     which is Saxe et al.'s `s e^{a} / (e^{a} - 1 + s/u0)` divided through by
-    `e^{a}`, so it cannot overflow, and written with `(1 - e^{-a})/s` so that
-    `s = 0` is finite.
+    `u0 e^{a}`, so that nothing overflows, and `(1 - e^{-a})/s -> 2t/tau` as
+    `s -> 0`; `u0 = 0` stays 0.
   * N >= 3: with `z = (u/s)^(1/N)`, separating variables in (1) gives
     `t = tau / (N s^(2-2/N)) [F(z) - F(z0)]`, where partial fractions over the
     N-th roots of unity `w_k = exp(2 pi i k/N)` give
@@ -80,14 +80,21 @@ def _z_of_q(q: jax.Array, growth: jax.Array) -> jax.Array:
   return jnp.where(growth, -jnp.expm1(-q), 1.0 + jnp.exp(-q))
 
 
+def _q_of_z(z: jax.Array, growth: jax.Array) -> jax.Array:
+  """`q = -log|1 - z|`, accurate for small `z` (growth from `u0 << s`)."""
+  return jnp.where(growth, -jnp.log1p(-jnp.where(growth, z, 0.0)),
+                   -jnp.log(jnp.abs(z - 1.0)))
+
+
 def _deep_setup(s, u0, n, tau):
   """Shared set-up of the N >= 3 implicit solution on safe values."""
   degenerate = (s == 0) | (u0 == 0) | (u0 == s)
   s_ = jnp.where(degenerate, 1.0, s)
   u0_ = jnp.where(degenerate, 0.5, u0)
   growth = u0_ < s_
-  z0 = (u0_ / s_) ** (1.0 / n)
-  q0 = -jnp.log(jnp.abs(1.0 - z0))
+  # z0 = (u0/s)^(1/N) through logs: u0/s can underflow where z0 cannot.
+  z0 = jnp.exp((jnp.log(u0_) - jnp.log(s_)) / n)
+  q0 = _q_of_z(z0, growth)
   c = tau / (n * s_ ** (2.0 - 2.0 / n))  # t = c [F(z) - F(z0)]
   return s_, growth, z0, q0, c, _big_f(z0, q0, n)
 
@@ -99,35 +106,37 @@ def _deep_mode_strength(t, s, u0, n, tau):
   slope = c * jnp.where(growth, 1.0, z0 ** (2.0 - 2.0 * n))
   hi = jnp.clip(q0 + t / slope, q0, jnp.maximum(q0, _Q_MAX))
   lo = jnp.broadcast_to(q0, hi.shape)
+  # Growth bisects in log q (q > 0 there), so that a mode that has barely
+  # moved from a tiny u0 keeps its relative precision; decay in q itself.
+  to_w = lambda q: jnp.where(growth, jnp.log(jnp.where(growth, q, 1.0)), q)
+  to_q = lambda w: jnp.where(growth, jnp.exp(w), w)
 
   def bisect(_, bounds):
     lo, hi = bounds
     mid = 0.5 * (lo + hi)
-    below = c * (_big_f(_z_of_q(mid, growth), mid, n) - f0) < t
+    q = to_q(mid)
+    below = c * (_big_f(_z_of_q(q, growth), q, n) - f0) < t
     return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
-  lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (lo, hi))
-  u = s_ * _z_of_q(0.5 * (lo + hi), growth) ** n
-  # s = 0: tau du/dt = -N u^(1+p), p = 2 - 2/N, so u^-p = u0^-p + p N t/tau.
+  lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (to_w(lo), to_w(hi)))
+  # s z^N in logs: z^N may be subnormal (flushed to 0) where s z^N is not.
+  u = jnp.exp(jnp.log(s_) + n * jnp.log(_z_of_q(to_q(0.5 * (lo + hi)), growth)))
+  u = jnp.where(t == 0, u0, u)
+  # s = 0: tau du/dt = -N u^(1+p), p = 2 - 2/N, so u = u0 (1 + p N t u0^p /
+  # tau)^(-1/p), the product formed in logs so that no factor overflows.
   p = 2.0 - 2.0 / n
   u0_pos = jnp.where(u0 > 0, u0, 1.0)
-  u_s0 = (u0_pos ** (-p) + p * n * t / tau) ** (-1.0 / p)
+  log_x = jnp.log(p * n * t / tau) + p * jnp.log(u0_pos)
+  u_s0 = u0_pos * jnp.exp(-jnp.logaddexp(0.0, log_x) / p)
   u = jnp.where(s == 0, u_s0, u)
   u = jnp.where(u0 == s, s, u)
   return jnp.where(u0 == 0, 0.0, u)
 
 
-def _one_minus_exp_over(a):
-  """`(1 - e^{-a}) / a`, equal to 1 at `a = 0` and accurate near it."""
-  small = a < 1e-4
-  a_ = jnp.where(small, 1.0, a)
-  return jnp.where(small, 1.0 - a / 2 + a * a / 6, -jnp.expm1(-a_) / a_)
-
-
 def _check_mode_args(t, s, u0, depth, tau):
   n = _checks.check_depth(depth)
-  for name, x in (("t", t), ("s", s)):
-    _checks.check_finite_nonnegative(name, x)
+  _checks.check_finite_nonnegative("t", t, allow_inf=True)
+  _checks.check_finite_nonnegative("s", s)
   if n == 1:  # u = s + (u0 - s) e^{-t/tau} holds for any real u0
     _checks.check_finite("u0", u0)
   else:  # balanced networks have u = a^N >= 0
@@ -153,7 +162,7 @@ def mode_strength(t: ArrayLike, s: ArrayLike, u0: ArrayLike, depth: int = 2,
   samples, `t = lr * steps`, `tau = 1` for plain gradient descent).
 
   Args:
-    t: times, `[T]` (or a scalar), finite and >= 0.
+    t: times, `[T]` (or a scalar), >= 0; `inf` gives the limit.
     s: singular values of `Sigma_yx`, scalar or `[M]`, >= 0.
     u0: initial strengths, scalar or `[M]`, >= 0 for depth >= 2 (balanced
       networks have `u = a^N >= 0`), any finite value for depth 1. `u0 = 0` stays 0 for depth >= 2; `u0 > s` decays to s.
@@ -173,11 +182,19 @@ def mode_strength(t: ArrayLike, s: ArrayLike, u0: ArrayLike, depth: int = 2,
 @functools.partial(jax.jit, static_argnums=3)
 def _mode_strength(t, s, u0, n, tau):
   if n == 1:
-    return s + (u0 - s) * jnp.exp(-t / tau)
+    # u0 e^{-t} + s (1 - e^{-t}): no cancellation when u0 << s.
+    return u0 * jnp.exp(-t / tau) - s * jnp.expm1(-t / tau)
   if n == 2:
-    a = 2.0 * s * t / tau
-    denom = u0 * (2.0 * t / tau) * _one_minus_exp_over(a) + jnp.exp(-a)
-    return u0 / denom
+    # u = u0 / (u0 h + e^{-a}), a = 2 s t / tau, h = (1 - e^{-a}) / s: Saxe
+    # et al.'s `s e^a / (e^a - 1 + s/u0)` divided through by `e^a`, so that
+    # nothing overflows, with h -> 2 t / tau as s -> 0 (series below a = 1e-4).
+    a = jnp.where(s == 0, 0.0, 2.0 * s * t / tau)
+    small = a < 1e-4
+    h = jnp.where(small, 2.0 * t / tau * (1.0 - a / 2 + a * a / 6),
+                  -jnp.expm1(-a) / jnp.where(small, 1.0, s))
+    u0_ = jnp.where(u0 == 0, 1.0, u0)  # 1 / (h + e^{-a} / u0): no subnormals
+    u = jnp.where(t == 0, u0, 1.0 / (h + jnp.exp(-a) / u0_))  # t = 0 exactly
+    return jnp.where(u0 == 0, 0.0, u)
   return _deep_mode_strength(t, s, u0, n, tau)
 
 

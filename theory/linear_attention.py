@@ -54,10 +54,7 @@ def _float(x) -> jnp.ndarray:
   return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
-    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
+_check_int = _checks.check_int
 
 
 def _check_cov(cov, d: int | None = None) -> jnp.ndarray:
@@ -66,7 +63,7 @@ def _check_cov(cov, d: int | None = None) -> jnp.ndarray:
     raise ValueError(f"`cov` must be a square matrix, got shape {np.shape(cov)}.")
   if d is not None and np.shape(cov)[0] != d:
     raise ValueError(f"`cov` must be [{d}, {d}], got shape {np.shape(cov)}.")
-  v = _checks.concrete(cov)
+  v = _checks.real("cov", cov)
   if v is not None:
     v = v.astype(float)
     if not np.all(np.isfinite(v)):
@@ -120,6 +117,7 @@ def icl_risk(gamma: ArrayLike, cov: ArrayLike, n_context: int,
   """
   n = _check_common(n_context, noise_var)
   cov = _check_cov(cov)
+  _checks.check_finite("gamma", gamma)
   gamma = _float(gamma)
   if gamma.ndim == 0:
     gamma = gamma * jnp.eye(cov.shape[0], dtype=cov.dtype)
@@ -128,8 +126,10 @@ def icl_risk(gamma: ArrayLike, cov: ArrayLike, n_context: int,
   c = (jnp.trace(cov) + noise_var) / n
   cov2 = cov @ cov
   quad = gamma.T @ cov @ gamma
-  return (noise_var + jnp.trace(cov) - 2 * jnp.trace(gamma @ cov2)
+  risk = (noise_var + jnp.trace(cov) - 2 * jnp.trace(gamma @ cov2)
           + (1 + 1 / n) * jnp.trace(quad @ cov2) + c * jnp.trace(quad @ cov))
+  _checks.check_result("`gamma` and `cov`", risk)
+  return risk
 
 
 def optimal_preconditioner(cov: ArrayLike, n_context: int,
@@ -172,6 +172,11 @@ def flow_velocity(u: ArrayLike, G: ArrayLike, cov: ArrayLike, n_context: int,
   """
   n = _check_common(n_context, noise_var)
   cov = _check_cov(cov)
+  _checks.check_finite("u", u)
+  _checks.check_ndim("u", u, (0,))
+  _checks.check_finite("G", G)
+  if np.shape(G) != cov.shape:
+    raise ValueError(f"`G` must be shaped like `cov` {cov.shape}, got {np.shape(G)}.")
   u, G = _float(u), _float(G)
   c = (jnp.trace(cov) + noise_var) / n
   e = cov @ (u * G.T) @ ((1 + 1 / n) * cov @ cov + c * cov) - cov @ cov
@@ -179,23 +184,47 @@ def flow_velocity(u: ArrayLike, G: ArrayLike, cov: ArrayLike, n_context: int,
 
 
 def _isotropic_gamma(t, d, a, u0, g0):
-  """`gamma(t) = u g` in closed form (module docstring), float64 numpy."""
+  """`gamma(t) = u g` in closed form (module docstring), float64 numpy.
+
+  With `k = |C| / (2 sqrt d)`, `gamma = k sinh(phi)` and `E = e^phi` obeys a
+  logistic equation with fixed point `E+ = e^{phi+}`, `sinh(phi+) = 1/(a k)`:
+  `r = (E - E+)/(E + 1/E+) = r0 e^{-lam t}`, `lam = 2 sqrt(d (1 + (a k)^2))`.
+  `gamma` is formed from the displacement from whichever end (the init or the
+  fixed point) leaves the smaller terms, so neither a huge `|C|` (`E+ -> 1`)
+  nor a huge `gamma0` cancels.
+  """
   rd = np.sqrt(d)
   big_c = u0**2 - d * g0**2
   gamma0 = u0 * g0
   if big_c == 0.0:  # balanced: logistic in gamma, gamma keeps its sign
     if gamma0 == 0.0:
       return np.zeros_like(t)
-    r = 2 * rd * np.sign(gamma0)
-    return gamma0 / (a * gamma0 + (1 - a * gamma0) * np.exp(-r * t))
+    x = 2 * rd * t
+    if gamma0 > 0:  # grows to 1/a
+      return gamma0 / (np.exp(-x) - a * gamma0 * np.expm1(-x))
+    # gamma0 < 0 decays to the saddle at 0 (its stable manifold), divided
+    # through by e^x so that nothing overflows
+    return gamma0 * np.exp(-x) / (1 + a * gamma0 * np.expm1(-x))
   k = abs(big_c) / (2 * rd)
   b = a * k
-  e_plus = (1 + np.sqrt(1 + b * b)) / b          # e^phi at the fixed point
-  e0 = np.exp(np.arcsinh(gamma0 / k))
-  r0 = (e0 - e_plus) / (e0 + 1 / e_plus)          # < 1
-  r = r0 * np.exp(-2 * rd * np.sqrt(1 + b * b) * t)
-  e = (e_plus + r / e_plus) / (1 - r)
-  return k * (e - 1 / e) / 2
+  phi_p, phi0 = np.arcsinh(1 / b), np.arcsinh(gamma0 / k)
+  e_p, e0 = np.exp(phi_p), np.exp(phi0)
+  lam = 2 * rd * np.hypot(1.0, b)
+  diff0 = e_p * np.expm1(phi0 - phi_p)               # E0 - E+
+  r0 = diff0 / (e0 + 1 / e_p)
+  r = r0 * np.exp(-lam * t)
+  if r0 > 0:  # start above E+: (1 - r0) + r0 (1 - e^{-lam t}), two positive terms
+    one_minus_r = (e_p + 1 / e_p) / (e0 + 1 / e_p) + r0 * -np.expm1(-lam * t)
+  else:       # r <= 0: 1 - r is a sum of positive terms
+    one_minus_r = 1 - r
+  # from the init: E - E0 = -(E0 - E+)(1 - e^{-lam t}) / (1 - r)
+  delta = np.log1p(diff0 * np.expm1(-lam * t) / one_minus_r / e0)
+  start = (gamma0 * np.cosh(delta), k * np.cosh(phi0) * np.sinh(delta))
+  # from the fixed point: phi = phi+ + log1p(r / E+^2) - log1p(-r)
+  eps = np.log1p(r / e_p**2) - np.log1p(-r)
+  near = (np.cosh(eps) / a, k * np.cosh(phi_p) * np.sinh(eps))
+  use_start = np.abs(start[0]) + np.abs(start[1]) <= np.abs(near[0]) + np.abs(near[1])
+  return np.where(use_start, start[0] + start[1], near[0] + near[1])
 
 
 def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
@@ -206,7 +235,8 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
   Time is `t = lr * steps` (docs/conventions.md). Isotropic inputs
   (`cov = None`) use the closed form of the module docstring; a given `cov`
   is solved in its eigenbasis (`G` stays `Q diag(g_j) Q^T`, `d + 1` coupled
-  ODEs) with scipy's DOP853 at `rtol = 1e-11`. Computed in float64 numpy.
+  ODEs) with scipy's LSODA and the exact Jacobian at `rtol = 1e-11`, in a
+  time that grows like `log t`. Computed in float64 numpy.
 
   Args:
     t: times `>= 0`, scalar or 1-D.
@@ -222,8 +252,13 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
   """
   d = _check_int("d", d)
   n = _check_common(n_context, noise_var)
-  _checks.check_finite("u0", u0)
-  _checks.check_finite("g0", g0)
+  for name, x in (("u0", u0), ("g0", g0)):
+    _checks.check_finite(name, x)
+    _checks.check_ndim(name, x, (0,))
+  if not np.isfinite(float(u0)**2 + d * float(g0)**2):
+    raise ValueError(f"`u0` and `g0` are too large: u0^2 + d g0^2 overflows "
+                     f"float64 (u0 = {u0!r}, g0 = {g0!r}).")
+  _checks.real("t", t)
   t = np.asarray(t, dtype=np.float64)
   _checks.check_ndim("t", t, (0, 1))
   _checks.check_finite_nonnegative("t", t)
@@ -233,7 +268,7 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
     a = (n + 1 + d + noise_var) / n
     gamma = _isotropic_gamma(t, d, a, u0, g0)
     big_c = u0**2 - d * g0**2
-    s = np.sqrt(big_c**2 + 4 * d * gamma**2)        # u^2 + d g^2
+    s = np.hypot(big_c, 2 * np.sqrt(d) * gamma)     # u^2 + d g^2
     if big_c > 0:        # u keeps its sign, u^2 = (C + s) / 2
       u = np.sign(u0) * np.sqrt((big_c + s) / 2)
       g = gamma / u
@@ -246,21 +281,35 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
     eye = np.eye(d)
     out = {"u": u, "g": g, "ug": gamma, "G": g[:, None, None] * eye,
            "gamma": gamma[:, None, None] * eye,
-           "loss": 0.5 * (noise_var + d * (1 - 2 * gamma + a * gamma**2))}
+           # 1 - 2 gamma + a gamma^2 without cancelling near gamma* = 1/a
+           "loss": 0.5 * (noise_var + d * ((1 - 1 / a) + a * (gamma - 1 / a)**2))}
   else:
-    cov = np.asarray(_check_cov(cov, d), dtype=np.float64)
+    _check_cov(cov, d)
+    cov = np.asarray(cov, dtype=np.float64)  # not through the working precision
     lam, q = np.linalg.eigh((cov + cov.T) / 2)
     lam = np.clip(lam, 0.0, None)
     c = (lam.sum() + noise_var) / n
     m = (1 + 1 / n) * lam**2 + c * lam
+    m_ = np.where(m > 0, m, 1.0)
 
     def rhs(_, z):
       e = lam * z[0] * z[1:] * m - lam**2
       return np.concatenate([[-np.dot(z[1:], e)], -z[0] * e])
 
+    def jac(_, z):
+      u, g = z[0], z[1:]
+      e = lam * u * g * m - lam**2
+      out = np.diag(np.concatenate([[-np.sum(g * g * lam * m)], -u * u * lam * m]))
+      out[0, 1:] = -(e + g * lam * u * m)
+      out[1:, 0] = -(e + u * lam * g * m)
+      return out
+
     z0 = np.concatenate([[u0], np.full(d, g0)])
     order = np.argsort(t)
-    sol = solve_ivp(rhs, (0.0, float(t.max())), z0, method="DOP853",
+    # LSODA switches to BDF once the flow is stiff (near the fixed point, or
+    # with large |u0|, |g0|), so its steps grow geometrically: the cost grows
+    # like log t, not t.
+    sol = solve_ivp(rhs, (0.0, float(t.max())), z0, method="LSODA", jac=jac,
                     t_eval=t[order], rtol=1e-11, atol=1e-14)
     if not sol.success:
       raise RuntimeError(f"gradient_flow: ODE solver failed: {sol.message}")
@@ -270,5 +319,8 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
     gam = u[:, None] * gj
     G = np.einsum("ij,tj,kj->tik", q, gj, q)
     out = {"u": u, "G": G, "gamma": u[:, None, None] * np.swapaxes(G, 1, 2),
-           "loss": 0.5 * (noise_var + np.sum(lam - 2 * gam * lam**2 + gam**2 * lam * m, 1))}
+           # lam - 2 gam lam^2 + gam^2 lam m, written about the optimum lam/m
+           "loss": 0.5 * (noise_var + np.sum(np.where(
+               m > 0, lam * m * (gam - lam / m_) ** 2 + lam * (1 - lam**2 / m_),
+               lam), 1))}
   return {k: v[0] for k, v in out.items()} if scalar else out

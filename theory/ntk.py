@@ -36,8 +36,9 @@ from theory import _checks
 
 
 def _pair(x1, x2):
-  _checks.check_ndim("x1", x1, (2,))
-  _checks.check_ndim("x2", x2, (2,))
+  for name, x in (("x1", x1), ("x2", x2)):
+    _checks.check_finite(name, x)
+    _checks.check_ndim(name, x, (2,))
   if np.shape(x1)[1] != np.shape(x2)[1]:
     raise ValueError(f"`x1` and `x2` must have the same feature dimension, got "
                      f"{np.shape(x1)[1]} and {np.shape(x2)[1]}.")
@@ -103,6 +104,10 @@ def empirical_ntk(apply_fn: Callable, params, x1: ArrayLike,
     `[n1, n2]`.
   """
   x1, x2 = _pair(x1, x2)
+  if not callable(apply_fn):
+    raise ValueError(f"`apply_fn` must be callable, got {type(apply_fn).__name__}.")
+  if not jax.tree_util.tree_leaves(params):
+    raise ValueError("`params` has no array leaves: the NTK would be 0.")
 
   # per-example gradients (vmap of grad): O(n P) memory for the Jacobian. A
   # jacrev of the batched function pulls back n cotangents through every
@@ -129,11 +134,22 @@ def relu_empirical_ntk(params: dict, x1: ArrayLike, x2: ArrayLike,
   """
   same = x1 is x2
   x1, x2 = _pair(x1, x2)
+  _checks.check_finite_nonnegative("w_std", w_std)
+  _checks.check_finite_nonnegative("b_std", b_std)
+  if not isinstance(params, dict) or "W" not in params or "v" not in params:
+    raise ValueError("`params` must be a dict with `W` ([m, d]) and `v` ([m]) (and "
+                     "optionally `b`, `b_out`), as dynamics.models.relu_net.init makes.")
+  if np.ndim(params["W"]) != 2 or np.shape(params["W"])[1] != x1.shape[1] \
+      or np.size(params["v"]) != np.shape(params["W"])[0]:
+    raise ValueError(f"`params` shapes W {np.shape(params['W'])}, v "
+                     f"{np.shape(params['v'])} do not fit inputs of dimension {x1.shape[1]} "
+                     "(W: [m, d], v: [m]).")
   m, d = params["W"].shape
   v2 = params["v"].reshape(m) ** 2
+  b = params.get("b", jnp.zeros(m, x1.dtype))
 
   def features(x):
-    h = w_std * x @ params["W"].T / jnp.sqrt(d) + b_std * params["b"]
+    h = w_std * x @ params["W"].T / jnp.sqrt(d) + b_std * b
     return jax.nn.relu(h), (h > 0).astype(h.dtype)
 
   def block(f1, f2):
@@ -164,9 +180,12 @@ def _symmetric_blocks(block, feats, num: int) -> jax.Array:
       for i in range(len(parts))], axis=0)
 
 
+PSD_TOL = 100  # eigenvalues below -PSD_TOL n eps max|lam| mean "not PSD"
+
+
 def _eigh_train(k_train_train):
-  k = _checks.concrete(k_train_train)
   _checks.check_ndim("k_train_train", k_train_train, (2,))
+  k = _checks.real("k_train_train", k_train_train)
   n1, n2 = np.shape(k_train_train)
   if n1 != n2:
     raise ValueError(f"`k_train_train` must be square, got {(n1, n2)}.")
@@ -176,29 +195,62 @@ def _eigh_train(k_train_train):
     if not np.allclose(k, k.T, rtol=1e-5, atol=1e-8 * np.max(np.abs(k))):
       raise ValueError("`k_train_train` must be symmetric.")
   evals, evecs = jnp.linalg.eigh(jnp.asarray(k_train_train, jnp.result_type(float)))
-  # Eigenvalues below rounding are the kernel's null space: they neither
-  # decay nor are inverted (kernel regression with the pseudo-inverse).
-  tol = jnp.finfo(evals.dtype).eps * n1 * jnp.max(jnp.abs(evals))
-  return jnp.where(evals > tol, evals, 0.0), evecs
+  # eigh is backward stable: it decomposes K + E with ||E|| ~ n eps ||K||, so
+  # an eigenvalue below -PSD_TOL n eps ||K|| is not rounding of a PSD kernel.
+  tol = PSD_TOL * jnp.finfo(evals.dtype).eps * n1 * jnp.max(jnp.abs(evals))
+  if k is not None and float(evals[0]) < -float(tol):
+    raise ValueError(
+        f"`k_train_train` must be positive semi-definite: its smallest "
+        f"eigenvalue is {float(evals[0]):.3g}, below -{float(tol):.3g} "
+        f"({PSD_TOL} n eps max|eigenvalue|).")
+  # Eigenvalues <= 0 (rounding of a PSD kernel) are its null space: they
+  # neither decay nor move the test points (pseudo-inverse). Positive ones
+  # are used as they are, however small, so that a near-null direction
+  # converges at its own rate instead of growing in t.
+  return jnp.maximum(evals, 0.0), evecs
 
 
-def _predict(evals, evecs, y_train, decay, gain, f0_train, k_test_train,
+def _check_outputs(y_train, f0_train, k_test_train, f0_test, n):
+  _checks.check_finite("y_train", y_train)
+  _checks.check_ndim("y_train", y_train, (1, 2))
+  if np.shape(y_train)[0] != n:
+    raise ValueError(f"`y_train` must have {n} rows (one per training "
+                     f"point of `k_train_train`), got shape {np.shape(y_train)}.")
+  if f0_train is not None:
+    _checks.check_finite("f0_train", f0_train)
+    if np.size(f0_train) != np.size(y_train):
+      raise ValueError(f"`f0_train` must be shaped like `y_train` "
+                       f"{np.shape(y_train)}, got {np.shape(f0_train)}.")
+  if k_test_train is not None:
+    _checks.check_finite("k_test_train", k_test_train)
+    if np.ndim(k_test_train) != 2 or np.shape(k_test_train)[1] != n:
+      raise ValueError(f"`k_test_train` must be [n_test, {n}], got "
+                       f"{np.shape(k_test_train)}.")
+  if f0_test is not None:
+    _checks.check_finite("f0_test", f0_test)
+    if k_test_train is None:
+      raise ValueError("`f0_test` needs `k_test_train`.")
+    want = (np.shape(k_test_train)[0],) + tuple(np.shape(y_train)[1:])
+    if np.size(f0_test) != int(np.prod(want)):
+      raise ValueError(f"`f0_test` must be shaped {want}, got {np.shape(f0_test)}.")
+
+
+def _predict(evals, evecs, y_train, moved, gain, f0_train, k_test_train,
              f0_test):
-  """`f = y + V decay V^T (f0 - y)`; test `f0* + K*V gain V^T (y - f0)`."""
+  """`f = f0 + V moved V^T (y - f0)`, `moved = 1 - decay`, so that a small
+  move from `f0` keeps its relative precision; test points
+  `f0* + K*V gain V^T (y - f0)`."""
   y = jnp.asarray(y_train, evecs.dtype)
   vec = y.ndim == 1
   y = y[:, None] if vec else y
   f0 = jnp.zeros_like(y) if f0_train is None else jnp.asarray(
       f0_train, y.dtype).reshape(y.shape)
   r = evecs.T @ (f0 - y)                                  # [n, k]
-  f_train = y + jnp.einsum("ij,tj,jk->tik", evecs, decay, r)
+  f_train = f0 - jnp.einsum("ij,tj,jk->tik", evecs, moved, r)
   out = f_train[..., 0] if vec else f_train
   if k_test_train is None:
     return out
   kt = jnp.asarray(k_test_train, y.dtype)
-  if kt.ndim != 2 or kt.shape[1] != y.shape[0]:
-    raise ValueError(f"`k_test_train` must be [n_test, {y.shape[0]}], got "
-                     f"{kt.shape}.")
   f0t = jnp.zeros((kt.shape[0], y.shape[1]), y.dtype) if f0_test is None else (
       jnp.asarray(f0_test, y.dtype).reshape(kt.shape[0], y.shape[1]))
   f_test = f0t - jnp.einsum("ij,tj,jk->tik", kt @ evecs, gain, r)
@@ -214,31 +266,39 @@ def gradient_flow_mse(k_train_train: ArrayLike, y_train: ArrayLike,
   `f_t = y + exp(-t K/n) (f0 - y)` on the training set and
   `f*_t = f0* + K*  K^{-1} (I - exp(-t K/n)) (y - f0)` on test points,
   through one eigendecomposition `K = V diag(lam) V^T`; the factor
-  `(1 - e^{-t lam/n}) / lam` is evaluated as `(t/n) (1 - e^{-a})/a`, so
-  `t -> inf` gives kernel regression (pseudo-inverse) and `lam -> 0` is finite.
+  `(1 - e^{-t lam/n}) / lam` is `-expm1(-a) / lam`, `a = t lam / n`, (its
+  series `(t/n)(1 - a/2)` below `a = 1e-6`), bounded by `1/lam` for every
+  `t`: `t = inf` gives kernel regression. Eigenvalues `<= 0` (rounding of a
+  PSD kernel) are the null space: there `f` keeps its initial value and the
+  test points do not move (pseudo-inverse). Positive eigenvalues are used as
+  computed, however small; an eigenvalue within `n eps max(lam)` of 0 is
+  known only to that precision, and so is the motion along it. A kernel with
+  an eigenvalue below `-PSD_TOL n eps max|lam|` is refused as not PSD.
   Time in the units of `docs/conventions.md` (`t = lr * steps`).
 
   Args:
     k_train_train: `[n, n]` symmetric PSD kernel.
     y_train: `[n]` or `[n, k]`.
-    t: `[T]` times >= 0.
+    t: `[T]` times >= 0 (`inf` allowed: kernel regression).
     f0_train, f0_test: outputs at init (default 0).
     k_test_train: `[n_test, n]`.
 
   Returns:
     `f_train: [T, n(, k)]`, or `(f_train, f_test)` when `k_test_train` is given.
   """
-  _checks.check_finite_nonnegative("t", t)
+  _checks.check_finite_nonnegative("t", t, allow_inf=True)
   _checks.check_ndim("t", t, (0, 1))
   evals, evecs = _eigh_train(k_train_train)
   n = evals.shape[0]
+  _check_outputs(y_train, f0_train, k_test_train, f0_test, n)
   t = jnp.atleast_1d(jnp.asarray(t, evals.dtype))[:, None]
-  a = t * evals / n
+  null = evals == 0
+  a = jnp.where(null, 0.0, t * evals / n)
   small = a < 1e-6
-  a_ = jnp.where(small, 1.0, a)
-  gain = (t / n) * jnp.where(small, 1 - a / 2, -jnp.expm1(-a_) / a_)
-  return _predict(evals, evecs, y_train, jnp.exp(-a), gain, f0_train,
-                  k_test_train, f0_test)
+  lam = jnp.where(small, 1.0, evals)
+  gain = jnp.where(small, (t / n) * (1 - a / 2), -jnp.expm1(-a) / lam)
+  return _predict(evals, evecs, y_train, -jnp.expm1(-a), jnp.where(null, 0.0, gain),
+                  f0_train, k_test_train, f0_test)
 
 
 def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
@@ -262,6 +322,7 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
   _checks.check_ndim("steps", steps, (0, 1))
   evals, evecs = _eigh_train(k_train_train)
   n = evals.shape[0]
+  _check_outputs(y_train, f0_train, k_test_train, f0_test, n)
   k = jnp.atleast_1d(jnp.asarray(steps, evals.dtype))[:, None]
   a = lr * evals / n
   # (1 - a)^k via logs for accuracy at small a; a > 1 (steps past the edge
@@ -274,5 +335,7 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
   one_minus = jnp.where(a < 0.5, one_minus, 1 - decay)
   small = a < 1e-6
   gain = jnp.where(small, k * lr / n, one_minus / jnp.where(small, 1.0, evals))
-  return _predict(evals, evecs, y_train, decay, gain, f0_train, k_test_train,
+  gain = jnp.where(evals == 0, 0.0, gain)  # the null space: pseudo-inverse
+  moved = jnp.where(evals == 0, 0.0, one_minus)
+  return _predict(evals, evecs, y_train, moved, gain, f0_train, k_test_train,
                   f0_test)

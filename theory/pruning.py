@@ -57,7 +57,7 @@ def hvp(loss_fn: Callable, params, v):
 
 def importance(loss_fn: Callable, params, measure: str):
   """Scores shaped like `params` for `measure` in `MEASURES` (module docstring)."""
-  if measure not in MEASURES:
+  if not isinstance(measure, str) or measure not in MEASURES:
     raise ValueError(f"Unknown `measure` {measure!r}; known: {', '.join(MEASURES)}.")
   if measure == "magnitude":
     return _map(jnp.abs, params)
@@ -70,7 +70,7 @@ def importance(loss_fn: Callable, params, measure: str):
 
 
 def _check_fraction(fraction) -> None:
-  v = _checks.concrete(fraction)
+  v = _checks.real("fraction", fraction)
   if v is not None and (v.ndim or not np.isfinite(v) or not 0 <= v <= 1):
     raise ValueError(f"`fraction` must be a number in [0, 1], got {fraction!r}.")
 
@@ -102,6 +102,12 @@ def prune_mask(scores, fraction, scope: str = "global", keep: str = "highest"):
     raise ValueError(f"Unknown `keep` {keep!r}; known: {', '.join(KEEPS)}.")
   _check_fraction(fraction)
   leaves, treedef = jax.tree_util.tree_flatten(scores)
+  if not leaves:
+    raise ValueError("`scores` has no array leaves.")
+  for leaf in leaves:  # a NaN would rank as the highest score
+    v = _checks.real("scores", leaf)
+    if v is not None and np.any(np.isnan(v)):
+      raise ValueError("`scores` contains NaN; ranking it would be arbitrary.")
   if scope == "layer":
     masks = [_mask_flat(jnp.ravel(l), fraction, keep).reshape(jnp.shape(l)) for l in leaves]
   else:
@@ -141,7 +147,7 @@ def predicted_change(loss_fn: Callable, params, mask, order: int = 2) -> dict:
   `D^3L[g] delta delta = d/de (delta^T H(theta + e g) delta)`; order 1 keeps
   the first terms. Returns `{'loss': ..., 'grad_norm': ...}` (scalars).
   """
-  if order not in (1, 2):
+  if isinstance(order, bool) or order not in (1, 2):
     raise ValueError(f"`order` must be 1 or 2, got {order!r}.")
   _check_mask(params, mask)
   g = jax.grad(loss_fn)(params)

@@ -220,8 +220,11 @@ def theory(config, out: dict) -> dict:
   u = np.asarray(jax.vmap(lambda u0_: theory_dl.mode_strength(
       t, task.s, u0_, config.model.depth))(u0))
   # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for
-  # whitened inputs); without noise it is 0 and rounds to +-1e-7 in float32.
-  irreducible = max(float(task.sigma_yy_trace - np.sum(task.s**2)), 0.0)
+  # whitened inputs) is the noise's share. Without noise y = W* x exactly and
+  # it is exactly 0; the task's float32 statistics would round it to a false
+  # floor of ~1e-6 instead.
+  irreducible = 0.0 if config.task.noise_var == 0 else max(
+      float(task.sigma_yy_trace - np.sum(task.s**2)), 0.0)
   loss = 0.5 * np.sum((task.s - u) ** 2, axis=-1) + 0.5 * irreducible
   return {"u": u, "loss": loss}
 

@@ -196,3 +196,24 @@ def test_statistics_formulation_trains_the_same_trajectories():
   c.train.formulation = "statistics"
   with pytest.raises(ValueError, match="train.formulation"):
     exp.validate(c)
+
+
+def test_theory_loss_has_no_rounding_floor():
+  """Without label noise the irreducible loss is exactly 0, and the theory is
+  float64 whatever the run's precision: the aligned theory loss falls to
+  `0.5 sum (s - u)^2`, below 1e-12 by t = 32 (e^{-2 * 0.5 * 32} ~ 1e-14 for
+  the slowest mode, s = 0.5), not to the ~1e-6 a float32 `tr Sigma_yy - sum
+  s^2` would leave. With noise the floor is the noise's share, > 0."""
+  c = aligned_config(2, 0.02, horizon=40.0)
+  c.precision, c.num_seeds, c.train.log_every = "float32", 2, 100
+  pt = run(c)
+  assert pt.pred["loss"].dtype == np.float64
+  assert pt.pred["loss"][:, -1].max() < 1e-12, pt.pred["loss"][:, -1]
+  c.task.noise_var = 0.1
+  pt = run(c)
+  # the aligned init starts the noise's own modes of Sigma_yx (i >= 4) at 0,
+  # where they stay: what remains is tr Sigma_yy minus the 4 learned s_i^2
+  s = pt.out["task_s"][0]
+  floor = 0.5 * (pt.out["task_sigma_yy_trace"][0] - np.sum(s[:4] ** 2))
+  np.testing.assert_allclose(pt.pred["loss"][:, -1], floor, rtol=1e-6)
+  assert floor > 0.1

@@ -9,7 +9,10 @@ import pytest
 from dynamics.models import linear_attention as model
 from theory import linear_attention as la
 
-x64 = pytest.fixture(autouse=True)(lambda: (yield jax.enable_x64(True).__enter__()))
+@pytest.fixture(autouse=True)
+def x64():  # float64 for every test here, restored after each
+  with jax.enable_x64(True):
+    yield
 
 
 def random_cov(key, d, floor=0.1):

@@ -8,7 +8,10 @@ from scipy.linalg import expm
 
 from theory import ntk
 
-x64 = pytest.fixture(autouse=True)(lambda: (yield jax.enable_x64(True).__enter__()))
+@pytest.fixture(autouse=True)
+def x64():  # float64 for every test here, restored after each
+  with jax.enable_x64(True):
+    yield
 
 
 def sphere(key, n, d):

@@ -11,7 +11,10 @@ from dynamics.models import deep_linear, linear_attention
 from dynamics.tasks import icl_regression
 from theory import pruning
 
-x64 = pytest.fixture(autouse=True)(lambda: (yield jax.enable_x64(True).__enter__()))
+@pytest.fixture(autouse=True)
+def x64():  # float64 for every test here, restored after each
+  with jax.enable_x64(True):
+    yield
 
 
 def tanh_net(key=0, d=4, m=6, p=12):
