@@ -4,17 +4,21 @@ Every file is written to a temporary sibling and renamed into place, so a
 killed run leaves either the old file, the complete new one, or nothing.
 Files and directories get the permissions a plain `open` or `mkdir` would
 (`0666` / `0777` less the umask): under the usual umask colleagues can read a
-run. JSON is strict (`NaN` and infinities become `null`).
+run. JSON is strict (`NaN` and infinities become `null`). One process at a time
+writes a run directory (`lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import math
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +49,35 @@ def check_writable(out_dir: str, name: str = "--out") -> None:
                      "a writable directory.")
   if os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK):
     raise ValueError(f"{name} ({out_dir!r}) is not writable.")
+
+
+LOCK = ".lock"  # in the run directory; never removed, so never raced
+
+
+@contextlib.contextmanager
+def lock(out_dir: str, name: str = "--out"):
+  """Holds the run directory `out_dir` (which must exist) for this process.
+
+  An exclusive `flock` on `out_dir/.lock`: the kernel releases it when the
+  holder exits, however it exits, so a killed run leaves no stale lock and
+  the next run simply takes it. The file records the holder, which a second
+  writer's `ValueError` names.
+  """
+  path = os.path.join(out_dir, LOCK)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+      raise ValueError(f"{name} ({out_dir!r}) is being written by {holder}; wait for "
+                       "it to finish or choose another directory.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since "
+                  f"{datetime.datetime.now().isoformat(timespec='seconds')})\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def makedirs(path: str) -> None:

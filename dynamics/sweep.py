@@ -217,7 +217,17 @@ def _run_sweep(p, config, out_dir, memory_budget_mb, checkpoint_every_steps, fig
   config_json = _canonical(config)
   execution = {"backend": jax.default_backend(), "devices": jax.device_count(),
                "chunk_rows": os.environ.get("DYNAMICS_CHUNK_ROWS")}
-  old_grid = _check_resumable(out_dir, config_json, execution, out_name)
+  _check_resumable(out_dir, config_json, execution, out_name)  # before writing anything
+  io.makedirs(out_dir)
+  with io.lock(out_dir, out_name):
+    # again under the lock: a writer that held it may have changed the directory
+    old_grid = _check_resumable(out_dir, config_json, execution, out_name)
+    return _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures,
+                       verbose, old_grid, config_json, execution)
+
+
+def _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures, verbose,
+                old_grid, config_json, execution):
   trains = [_train(p.experiment, g) for g in p.groups]
   if old_grid is None:
     chunks = [_chunk_slices(g, t, memory_budget_mb, jax.device_count())
@@ -270,7 +280,7 @@ def _run_sweep(p, config, out_dir, memory_budget_mb, checkpoint_every_steps, fig
   for sub in ("", "chunks", "points"):  # temporaries of writes a kill interrupted
     for name in os.listdir(os.path.join(out_dir, sub)):
       path = os.path.join(out_dir, sub, name)
-      if name.startswith("."):
+      if name.startswith(".") and name != io.LOCK:
         shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
   if verbose:
     print(report(p, summaries, sweep))
@@ -589,7 +599,7 @@ def _sweep_summary(p: Plan, points) -> dict:
 def _check_resumable(out_dir, config_json: str, execution: dict, name: str):
   """The stored grid of a run to resume, None for a new run; refuses a
   directory that holds something else."""
-  if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+  if not os.path.isdir(out_dir) or not set(os.listdir(out_dir)) - {io.LOCK}:
     return None
   stored = os.path.join(out_dir, "config.json")
   if not os.path.exists(stored):

@@ -56,6 +56,11 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # a full or vanished disk: what was written so far is kept
+    where = f" ({e.filename})" if e.filename else ""
+    print(f"error: writing the run failed: {e.strerror or e}{where}; every finished "
+          "chunk is kept, and rerunning the same command resumes.", file=sys.stderr)
+    return 2
   print(f"{time.perf_counter() - start:.1f} s (compile included); wrote {path}/: "
         "results.parquet, summary.csv, summary.json, figure.png, points/ "
         "(load with dynamics.load_sweep)")

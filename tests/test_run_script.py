@@ -3,6 +3,7 @@ override of its grid) killed with SIGKILL and resumed, an experiment from
 outside the package, what a run directory records, and bad input."""
 
 import contextlib
+import errno
 import importlib.util
 import io
 import json
@@ -209,6 +210,24 @@ def test_bad_engine_settings_fail_before_writing(tmp_path, monkeypatch, var, val
   code, err = run_main("--config=configs/deep_linear.py", f"--out={tmp_path / 'bad'}")
   assert code == 2 and var in err, err
   assert not (tmp_path / "bad").exists()
+
+
+def test_a_full_disk_is_one_line_and_resumable(tmp_path, monkeypatch):
+  from dynamics import io
+  real = io.write_npz
+
+  def full(path, arrays):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+  monkeypatch.setattr(io, "write_npz", full)
+  args = ["--config=configs/deep_linear.py", f"--out={tmp_path / 'run'}", *TINY_DL,
+          "--figures=none"]
+  code, err = run_main(*args)
+  assert code == 2 and "No space left on device" in err and "resumes" in err, err
+  assert len(err.strip().splitlines()) == 1, err
+  monkeypatch.setattr(io, "write_npz", real)
+  code, err = run_main(*args)
+  assert code == 0, err
 
 
 def test_missing_config_and_unwritable_out(tmp_path):

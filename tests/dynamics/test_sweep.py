@@ -265,3 +265,43 @@ def test_resume_mid_trajectory_from_orbax_checkpoint(tmp_path, monkeypatch):
   # rows; a few eps (1.2e-7) of the O(1) weights, also in modes near 0
   pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
   assert not [d for d in os.listdir(tmp_path / "run" / "chunks") if d.endswith(".ckpt")]
+
+
+HOLD_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from dynamics import io
+os.makedirs({out!r}, exist_ok=True)
+with io.lock({out!r}):
+  print("held", flush=True)
+  time.sleep(600)
+"""
+
+
+def test_one_writer_at_a_time_and_no_stale_lock(tmp_path):
+  """A second writer is refused, naming the holder's pid, and writes nothing;
+  once the holder is killed (SIGKILL: no clean-up of its own) the next run
+  takes the lock and completes, equal to a run that never met another."""
+  c = small_config("float32")
+  out = str(tmp_path / "run")
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT.format(root=ROOT, out=out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ValueError, match=f"being written by process {holder.pid} on"):
+      run_sweep(c, out, verbose=False)
+    assert os.listdir(out) == [io.LOCK]
+  finally:
+    holder.kill()
+    holder.wait()
+  run_sweep(c, out, verbose=False)
+  run_sweep(c, str(tmp_path / "ref"), verbose=False)
+  pd.testing.assert_frame_equal(load_sweep(out), load_sweep(str(tmp_path / "ref")))
+  assert f"process {os.getpid()} on" in open(os.path.join(out, io.LOCK)).read()
+
+
+def test_a_writer_in_the_same_process_is_refused_too(tmp_path):
+  out = str(tmp_path / "run")
+  os.makedirs(out)
+  with io.lock(out, "--out"), pytest.raises(ValueError, match=f"--out .*process {os.getpid()}"):
+    run_sweep(small_config("float32"), out, verbose=False)
