@@ -133,6 +133,26 @@ def write_frame(path: str, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda f: frame.to_parquet(f, index=False))
 
 
+def concat_parquet(path: str, parts: list) -> None:
+  """The parquet files `parts`, one after another, as one file at `path`,
+  streamed a part at a time. Columns are the union of the parts' (a column a
+  part lacks is null there; differing types are promoted, e.g. int to float)."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  schema = pa.unify_schemas([pq.read_schema(f) for f in parts],
+                            promote_options="permissive").remove_metadata()
+
+  def write(f):
+    with pq.ParquetWriter(f, schema) as w:
+      for part in parts:
+        t = pq.read_table(part)
+        w.write_table(pa.table([t.column(c.name).cast(c.type) if c.name in t.column_names
+                                else pa.nulls(len(t), c.type) for c in schema],
+                               schema=schema))
+
+  atomic_write(path, write)
+
+
 def write_figure(path: str, draw) -> None:
   """`draw(file_path)` saves a figure; written atomically like every file."""
   tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".fig.")

@@ -462,6 +462,25 @@ def _split(group: Group, out: dict):
     offset += c.num_seeds
 
 
+def _point_rows(out_dir, gi: int, group: Group, num_chunks: int):
+  """`(point index, its rows)` for each point of group `gi`, reading its chunk
+  files in order and holding no more than a chunk and a point's rows (the
+  rows are point-major, so each point's seeds are contiguous)."""
+  sizes = iter(zip(group.points, [c.num_seeds for c in group.configs]))
+  want = next(sizes, None)
+  buf = []
+  for ci in range(num_chunks):
+    with np.load(_chunk_path(out_dir, gi, ci), allow_pickle=False) as z:
+      buf.append({k: z[k] for k in z.files})
+    have = sum(len(next(iter(b.values()))) for b in buf)
+    while want is not None and have >= want[1]:
+      rows = buf[0] if len(buf) == 1 else {
+          k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+      i, n = want
+      yield i, {k: v[:n] for k, v in rows.items()}
+      buf, have, want = [{k: v[n:] for k, v in rows.items()}], have - n, next(sizes, None)
+
+
 def _segments(experiment, config, every: int):
   """`run(keys, hps, ckpt_dir)` running rows in segments of about `every`
   steps, or None (no `make_segments`, or runs no longer than `every`). After
@@ -531,18 +550,18 @@ def _collect(out_dir, p: Plan, chunks, figures: str, verbose: bool):
   summaries, the per-point arrays and figures, and the sweep figure."""
   io.makedirs(os.path.join(out_dir, "points"))
   draw = figures == "all" or (figures == "auto" and len(p.points) <= AUTO_FIGURES)
-  frames, summaries = [], [None] * len(p.points)
+  summaries = [None] * len(p.points)
+  # each point's rows of the table go to a file of their own, then are
+  # streamed into results.parquet: memory holds one chunk and one point
+  parts = os.path.join(out_dir, ".table")
+  shutil.rmtree(parts, ignore_errors=True)
+  io.makedirs(parts)
   bar = tqdm(total=len(p.points), desc="analysis", unit="point", delay=2,
              disable=not verbose, dynamic_ncols=True)
   for gi, group in enumerate(p.groups):
-    parts = []
-    for ci in range(len(chunks[gi])):
-      with np.load(_chunk_path(out_dir, gi, ci), allow_pickle=False) as z:
-        parts.append({k: z[k] for k in z.files})
-    out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    for i, o in _split(group, out):
+    for i, o in _point_rows(out_dir, gi, group, len(chunks[gi])):
       pt = analyze(p.experiment, p.configs[i], o, p.points[i], i)
-      frames.append(pt.frame)
+      io.write_frame(os.path.join(parts, f"p{i:05d}.parquet"), pt.frame)
       summaries[i] = pt.summary
       arrays = {**pt.out, **{f"{k}_pred": v for k, v in pt.pred.items()},
                 "step": pt.step, "t": pt.t}
@@ -553,14 +572,14 @@ def _collect(out_dir, p: Plan, chunks, figures: str, verbose: bool):
                         lambda path, pt=pt: _plot_point(p.experiment, pt, path))
       bar.update(1)
   bar.close()
-  table = pd.concat(frames, ignore_index=True).sort_values(["point", "seed", "step"],
-                                                           kind="stable")
   summary = pd.DataFrame([{"point": i, **{f: (str(v) if isinstance(v, (tuple, list)) else v)
                                           for f, v in pt.items()}, **protocol.flat(io.strict(s))}
                           for i, (pt, s) in enumerate(zip(p.points, summaries))])
   sweep = _sweep_summary(p, [protocol.PointSummary(i, p.points[i], p.configs[i], s)
                              for i, s in enumerate(summaries)])
-  io.write_frame(os.path.join(out_dir, "results.parquet"), table)
+  io.concat_parquet(os.path.join(out_dir, "results.parquet"),  # rows by point, seed, step
+                    [os.path.join(parts, f"p{i:05d}.parquet") for i in range(len(p.points))])
+  shutil.rmtree(parts)
   io.write_frame(os.path.join(out_dir, "summary.csv"), summary)
   io.write_json(os.path.join(out_dir, "summary.json"), {
       "points": [{"point": i, "fields": p.points[i], **s} for i, s in enumerate(summaries)],

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
                   "configs/deep_linear.py")
   ap.add_argument("--out", help="run directory (default: config.output_dir)")
   ap.add_argument("--memory_budget_mb", type=float, default=sweep.DEFAULT_MEMORY_BUDGET_MB,
-                  help="memory for one chunk of (point x seed) rows; one file per chunk")
+                  help="memory for the outputs of one chunk of (point x seed) rows in flight (the "
+                       "process also holds JAX and one point's analysis); one file per chunk")
   ap.add_argument("--checkpoint_every_steps", type=int,
                   default=sweep.DEFAULT_CHECKPOINT_EVERY_STEPS,
                   help="runs longer than this are checkpointed (orbax) every this many "

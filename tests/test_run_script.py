@@ -103,7 +103,7 @@ def test_killed_and_resumed_equals_uninterrupted(name, tmp_path):
   assert set(swept) <= set(a.columns)
   assert all(a[f].nunique() == 2 for f in swept)
   leftovers = [f for d in ("", "chunks", "points") for f in os.listdir(tmp_path / "run" / d)
-               if f.startswith(".")]
+               if f.startswith(".") and f != ".lock"]  # the lock file stays
   assert not leftovers
 
 
@@ -158,7 +158,7 @@ def test_a_run_directory_records_and_refuses(tmp_path):
   proc = run_dl(out)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "t_half theory" in proc.stdout
-  assert sorted(os.listdir(out)) == ["chunks", "config.json", "figure.png", "grid.json",
+  assert sorted(os.listdir(out)) == [".lock", "chunks", "config.json", "figure.png", "grid.json",
                                      "points", "provenance.json", "results.parquet",
                                      "summary.csv", "summary.json"]
   arrays = load_arrays(str(out), 0)
