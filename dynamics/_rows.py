@@ -86,9 +86,16 @@ def pad_and_shard(keys: jax.Array, *args, batched: bool = True,
     sharding = jax.sharding.NamedSharding(
         jax.sharding.Mesh(np.array(devices), ("rows",)),
         jax.sharding.PartitionSpec("rows"))
-    keys = jax.device_put(keys, sharding)
+    if jax.process_count() > 1:
+      # every process holds the same rows: each places its devices' share
+      put = lambda tree: jax.tree_util.tree_map(
+          lambda a: jax.make_array_from_callback(
+              a.shape, sharding, lambda index, a=np.asarray(a): a[index]), tree)
+    else:
+      put = lambda tree: jax.device_put(tree, sharding)
+    keys = put(keys)
     if batched:
-      args = jax.device_put(args, sharding)
+      args = put(args)
   return keys, args
 
 
@@ -171,8 +178,14 @@ def plan_rows(fn: Callable, keys: jax.Array, *args, devices: list | None = None,
       _PLANS.clear()
     _PLANS[key] = (safe, auto, steps)
   safe, auto, steps = _PLANS[key]
-  # fewer rows than devices: padding would only duplicate work
-  devices = devices[:min(len(devices), rows)] if safe else devices[:1]
+  if jax.process_count() > 1:
+    # every process takes part in every call: all devices, or one a process
+    first = {}
+    for d in devices:
+      first.setdefault(d.process_index, d)
+    devices = devices if safe else list(first.values())
+  else:  # fewer rows than devices: padding would only duplicate work
+    devices = devices[:min(len(devices), rows)] if safe else devices[:1]
   chunk = auto if chunk is None else chunk
   if not isinstance(fn, Rows):
     chunk = 0
@@ -284,4 +297,7 @@ def run_rows(fn: Callable, keys: jax.Array, *args, batched: bool = True,
     else:
       out = fn(keys, *args)
     out = jax.block_until_ready(out)
+  if jax.process_count() > 1:  # every process gets every row
+    from jax.experimental import multihost_utils
+    out = multihost_utils.process_allgather(out, tiled=True)
   return jax.tree_util.tree_map(lambda a: a[:rows], out)

@@ -205,7 +205,6 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_
     raise ValueError(f"--figures must be one of {FIGURES}, got {figures!r}.")
   _rows.env_chunk(), compiler_options()  # the engine's settings, checked before writing
   p = plan(config)  # every ValueError before anything is written
-  io.check_writable(out_dir, out_name)
   with _precision(p):
     return _run_sweep(p, config, out_dir, memory_budget_mb, checkpoint_every_steps,
                       figures, out_name, verbose)
@@ -216,20 +215,59 @@ def _run_sweep(p, config, out_dir, memory_budget_mb, checkpoint_every_steps, fig
   out_dir = os.path.abspath(out_dir)
   config_json = _canonical(config)
   execution = {"backend": jax.default_backend(), "devices": jax.device_count(),
+               "processes": jax.process_count(),
                "chunk_rows": os.environ.get("DYNAMICS_CHUNK_ROWS")}
-  _check_resumable(out_dir, config_json, execution, out_name)  # before writing anything
-  io.makedirs(out_dir)
-  with io.lock(out_dir, out_name):
-    # again under the lock: a writer that held it may have changed the directory
-    old_grid = _check_resumable(out_dir, config_json, execution, out_name)
+  if jax.process_index() > 0:  # under jax.distributed: process 0 writes
+    state = _shared(None)
+    if "error" in state:
+      raise ValueError(state["error"])
     return _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures,
-                       verbose, old_grid, config_json, execution)
+                       False, state["grid"], config_json, execution, state["todo"])
+  sent = []  # whether the other processes have their state
+
+  def share(state):
+    if jax.process_count() > 1:
+      _shared(state)
+    sent.append(True)
+
+  try:
+    io.check_writable(out_dir, out_name)
+    _check_resumable(out_dir, config_json, execution, out_name)  # before writing anything
+    io.makedirs(out_dir)
+    with io.lock(out_dir, out_name):
+      # again under the lock: a writer that held it may have changed the directory
+      old_grid = _check_resumable(out_dir, config_json, execution, out_name)
+      return _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures,
+                         verbose, old_grid, config_json, execution, share=share)
+  except ValueError as e:
+    if not sent:  # refused before the run began: the others stop too
+      share({"error": f"the writing process (0) refused: {e}"})
+    raise
+
+
+def _shared(obj):
+  """Process 0's JSON-able `obj`, on every process (`jax.distributed`)."""
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if obj is not None else \
+      np.zeros(0, np.uint8)
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+  buf = np.zeros(n, np.uint8)
+  buf[:data.size] = data[:n]
+  return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
 
 
 def _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures, verbose,
-                old_grid, config_json, execution):
+                old_grid, config_json, execution, todo=None, share=None):
+  """Runs what is left of the grid. On process 0 (the only one, or the writer
+  under `jax.distributed`) `old_grid` is the stored grid or None; the other
+  processes get process 0's grid and `todo` chunks, run the same calls (rows
+  sharded over every process's devices) and write nothing."""
+  writer = jax.process_index() == 0
   trains = [_train(p.experiment, g) for g in p.groups]
-  if old_grid is None:
+  if not writer:
+    grid_json = old_grid
+    chunks = [g["chunks"] for g in grid_json["groups"]]
+  elif old_grid is None:
     chunks = [_chunk_slices(g, t, memory_budget_mb, jax.device_count())
               for g, t in zip(p.groups, trains)]
     grid_json = {"points": p.points, "execution": execution,
@@ -239,43 +277,52 @@ def _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures, v
     grid_json = old_grid
     chunks = [g["chunks"] for g in grid_json["groups"]]
     checkpoint_every_steps = grid_json["checkpoint_every_steps"]
-  io.makedirs(os.path.join(out_dir, "chunks"))
-  prov = _read_json(os.path.join(out_dir, "provenance.json"), [])
-  io.write_json(os.path.join(out_dir, "provenance.json"), prov + [io.provenance()])
-  if old_grid is None:
-    io.atomic_write(os.path.join(out_dir, "config.json"), lambda f: f.write(config_json.encode()))
-    io.write_json(os.path.join(out_dir, "grid.json"), grid_json)
+  if writer:
+    io.makedirs(os.path.join(out_dir, "chunks"))
+    prov = _read_json(os.path.join(out_dir, "provenance.json"), [])
+    io.write_json(os.path.join(out_dir, "provenance.json"), prov + [io.provenance()])
+    if old_grid is None:
+      io.atomic_write(os.path.join(out_dir, "config.json"),
+                      lambda f: f.write(config_json.encode()))
+      io.write_json(os.path.join(out_dir, "grid.json"), grid_json)
+    todo = [[ci for ci in range(len(chunks[gi]))
+             if not os.path.exists(_chunk_path(out_dir, gi, ci))] for gi in range(len(chunks))]
+    share({"grid": grid_json, "todo": todo})
 
   total = sum(g.rows * t.steps for g, t in zip(p.groups, trains))
   with progress.bar(total, "sweep" if len(p.points) > 1 else "train",
                     disable=not verbose) as bar:
     for gi, (group, (train, steps, _)) in enumerate(zip(p.groups, trains)):
-      todo = [(ci, sl) for ci, sl in enumerate(chunks[gi])
-              if not os.path.exists(_chunk_path(out_dir, gi, ci))]
-      pending = {ci for ci, _ in todo}
+      pending = set(todo[gi])
+      todo_gi = [(ci, sl) for ci, sl in enumerate(chunks[gi]) if ci in pending]
       bar.skip(steps * sum(b - a for ci, (a, b) in enumerate(chunks[gi])
                            if ci not in pending))
-      if not todo:
+      if not todo_gi:
         continue
       start = time.perf_counter()
       keys, hps = _group_rows(p.experiment, group)
-      segments = _segments(p.experiment, group.configs[0], checkpoint_every_steps)
+      # under jax.distributed the chunk files are the only checkpoints
+      segments = None if jax.process_count() > 1 else _segments(
+          p.experiment, group.configs[0], checkpoint_every_steps)
       fn = _rows.vmap_rows(train, 1) if segments is None else None
-      for ci, (a, b) in todo:
+      for ci, (a, b) in todo_gi:
         path = _chunk_path(out_dir, gi, ci)
         rows_hps = jax.tree_util.tree_map(lambda x: x[a:b], hps)
         if segments is None:
           out = _rows.run_rows(fn, keys[a:b], rows_hps)
         else:
           out = segments(keys[a:b], rows_hps, path + ".ckpt")
-        io.write_npz(path, jax.tree_util.tree_map(np.asarray, out))
-        shutil.rmtree(path + ".ckpt", ignore_errors=True)
+        if writer:
+          io.write_npz(path, jax.tree_util.tree_map(np.asarray, out))
+          shutil.rmtree(path + ".ckpt", ignore_errors=True)
       if verbose and len(p.groups) > 1:
         shape = {f: v for f, v in p.points[group.points[0]].items()
                  if f not in getattr(p.experiment, "HPARAMS", {})}
         bar.write(f"group {gi + 1}/{len(p.groups)} ({_fields_text(shape)}): "
                   f"{len(group.points)} point(s), {group.rows} rows, "
                   f"{len(chunks[gi])} chunk(s), {time.perf_counter() - start:.1f} s")
+  if not writer:
+    return out_dir
   summaries, sweep = _collect(out_dir, p, chunks, figures, verbose)
   for sub in ("", "chunks", "points"):  # temporaries of writes a kill interrupted
     for name in os.listdir(os.path.join(out_dir, sub)):
@@ -636,11 +683,11 @@ def _check_resumable(out_dir, config_json: str, execution: dict, name: str):
   grid_json = _read_json(os.path.join(out_dir, "grid.json"), None)
   if grid_json is None:
     return None
-  if grid_json.get("execution") != execution:
+  if {"processes": 1, **grid_json.get("execution", {})} != execution:
     raise ValueError(
         f"{name} ({out_dir!r}) was started with {grid_json.get('execution')}; now "
-        f"{execution}. Resume it with the same devices and DYNAMICS_CHUNK_ROWS, so "
-        "that the rows computed before and after agree bit for bit.")
+        f"{execution}. Resume it with the same devices, processes and "
+        "DYNAMICS_CHUNK_ROWS, so that the rows computed before and after agree bit for bit.")
   return grid_json
 
 

@@ -18,6 +18,8 @@ import argparse
 import sys
 import time
 
+import jax
+
 from dynamics import config as cfg
 from dynamics import sweep
 
@@ -39,7 +41,21 @@ def main(argv=None) -> int:
   ap.add_argument("--figures", default="auto", choices=sweep.FIGURES,
                   help=f"auto: the grid's figure, and each point's up to {sweep.AUTO_FIGURES} "
                        "points; all; none")
+  ap.add_argument("--distributed", action="store_true",
+                  help="one of several processes under jax.distributed: "
+                       "jax.distributed.initialize() reads SLURM, Open MPI or TPU settings")
+  ap.add_argument("--coordinator_address", help="with --num_processes and --process_id: "
+                  "jax.distributed by hand, e.g. localhost:1234 (process 0's host)")
+  ap.add_argument("--num_processes", type=int)
+  ap.add_argument("--process_id", type=int)
   args, rest = ap.parse_known_args(argv)
+  by_hand = (args.coordinator_address, args.num_processes, args.process_id)
+  if any(v is not None for v in by_hand):
+    if any(v is None for v in by_hand):
+      ap.error("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(*by_hand)  # before any computation
+  elif args.distributed:
+    jax.distributed.initialize()
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
@@ -62,6 +78,8 @@ def main(argv=None) -> int:
     print(f"error: writing the run failed: {e.strerror or e}{where}; every finished "
           "chunk is kept, and rerunning the same command resumes.", file=sys.stderr)
     return 2
+  if jax.process_index() > 0:
+    return 0  # process 0 wrote the run and reports it
   print(f"{time.perf_counter() - start:.1f} s (compile included); wrote {path}/: "
         "results.parquet, summary.csv, summary.json, figure.png, points/ "
         "(load with dynamics.load_sweep)")
