@@ -132,6 +132,34 @@ def test_resume_keeps_the_chunk_layout_it_began_with(tmp_path, monkeypatch):
   assert not [f for f in os.listdir(tmp_path / "run") if f.startswith(".") and f != io.LOCK]
 
 
+@pytest.mark.parametrize("setting", ["DYNAMICS_CHUNK_ROWS", "devices"])
+def test_resume_with_another_rounding_is_refused(tmp_path, monkeypatch, setting):
+  """Killed, then rerun with a setting that changes how rows are batched (and
+  so how they round): refused with one line naming it, nothing touched; the
+  original setting then resumes to the uninterrupted table."""
+  c = small_config("float32")
+  budget = 0.0021
+  run_sweep(c, str(tmp_path / "ref"), memory_budget_mb=budget, verbose=False)
+  real = dying(monkeypatch, "g0", after=2)
+  with pytest.raises(Killed):
+    run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
+  monkeypatch.setattr(io, "write_npz", real)
+  before = sorted(os.listdir(tmp_path / "run" / "chunks"))
+  with monkeypatch.context() as m:
+    if setting == "devices":
+      m.setattr(sweep.jax, "device_count", lambda *a: 7)
+      match = "'devices': 7"
+    else:
+      m.setenv("DYNAMICS_CHUNK_ROWS", "1")
+      match = "'chunk_rows': '1'"
+    with pytest.raises(ValueError, match=match):
+      run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
+  assert sorted(os.listdir(tmp_path / "run" / "chunks")) == before
+  run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
+  pd.testing.assert_frame_equal(load_sweep(str(tmp_path / "ref")),
+                                load_sweep(str(tmp_path / "run")))
+
+
 def test_divergence_is_flagged_and_left_out(tmp_path):
   c = small_config(precision="float32")
   c.sweep = {"train": {"lr": (0.02, 3.0)}}
