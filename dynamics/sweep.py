@@ -278,6 +278,7 @@ def _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures, v
     chunks = [g["chunks"] for g in grid_json["groups"]]
     checkpoint_every_steps = grid_json["checkpoint_every_steps"]
   if writer:
+    _remove_temporaries(out_dir)  # of writes a kill interrupted (we hold the lock)
     io.makedirs(os.path.join(out_dir, "chunks"))
     prov = _read_json(os.path.join(out_dir, "provenance.json"), [])
     io.write_json(os.path.join(out_dir, "provenance.json"), prov + [io.provenance()])
@@ -324,11 +325,7 @@ def _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures, v
   if not writer:
     return out_dir
   summaries, sweep = _collect(out_dir, p, chunks, figures, verbose)
-  for sub in ("", "chunks", "points"):  # temporaries of writes a kill interrupted
-    for name in os.listdir(os.path.join(out_dir, sub)):
-      path = os.path.join(out_dir, sub, name)
-      if name.startswith(".") and name != io.LOCK:
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+  _remove_temporaries(out_dir)
   if verbose:
     print(report(p, summaries, sweep))
   return out_dir
@@ -507,6 +504,18 @@ def _split(group: Group, out: dict):
   for i, c in zip(group.points, group.configs):
     yield i, {k: v[offset:offset + c.num_seeds] for k, v in out.items()}
     offset += c.num_seeds
+
+
+def _remove_temporaries(out_dir) -> None:
+  """The temporaries (`.name.XXXX`, `.table/`) of writes a kill interrupted;
+  not the lock, not the `.ckpt/` checkpoints of unfinished chunks."""
+  for sub in ("", "chunks", "points"):
+    if not os.path.isdir(os.path.join(out_dir, sub)):
+      continue
+    for name in os.listdir(os.path.join(out_dir, sub)):
+      path = os.path.join(out_dir, sub, name)
+      if name.startswith(".") and name != io.LOCK:
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
 def _point_rows(out_dir, gi: int, group: Group, num_chunks: int):

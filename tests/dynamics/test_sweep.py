@@ -111,9 +111,12 @@ def dying(monkeypatch, prefix: str, after: int):
 
 
 def test_resume_keeps_the_chunk_layout_it_began_with(tmp_path, monkeypatch):
-  """Interrupted after two chunk files, resumed with another memory budget:
-  the run keeps its first layout (the same rows in each chunk), so the table
-  equals an uninterrupted run's bit for bit, and nothing is computed twice."""
+  """Interrupted after two chunk files. Rerun with a setting that changes how
+  rows are batched (and so how they round), it refuses with one line naming
+  it and touches nothing; resumed with another memory budget, the run keeps
+  its first layout (the same rows in each chunk), so the table equals an
+  uninterrupted run's bit for bit, nothing is computed twice, and the
+  temporary of the write the kill interrupted is gone from the start."""
   c = small_config("float32")
   budget = 0.0021  # 2 rows per chunk: 3 chunk files per group
   run_sweep(c, str(tmp_path / "ref"), memory_budget_mb=budget, verbose=False)
@@ -124,40 +127,29 @@ def test_resume_keeps_the_chunk_layout_it_began_with(tmp_path, monkeypatch):
   done = sorted(os.listdir(tmp_path / "run" / "chunks"))
   assert len([f for f in done if f.endswith(".npz")]) == 2
   stamps = {f: os.path.getmtime(tmp_path / "run" / "chunks" / f) for f in done}
+  for setting, match in (("devices", "'devices': 7"),
+                         ("DYNAMICS_CHUNK_ROWS", "'chunk_rows': '1'")):
+    with monkeypatch.context() as m:
+      if setting == "devices":
+        m.setattr(sweep.jax, "device_count", lambda *a: 7)
+      else:
+        m.setenv(setting, "1")
+      with pytest.raises(ValueError, match=match):
+        run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
+    assert sorted(os.listdir(tmp_path / "run" / "chunks")) == done
+  stray = tmp_path / "run" / "chunks" / ".g0000_c00002.npz.tmp"
+  stray.write_text("half a file")
+  started = []
+  real_collect = sweep._collect
+  monkeypatch.setattr(sweep, "_collect", lambda *a, **k: (
+      started.append(stray.exists()), real_collect(*a, **k))[1])
   run_sweep(c, str(tmp_path / "run"), memory_budget_mb=100.0, verbose=False)
+  assert started == [False]
   for f, stamp in stamps.items():
     assert os.path.getmtime(tmp_path / "run" / "chunks" / f) == stamp
   pd.testing.assert_frame_equal(load_sweep(str(tmp_path / "ref")),
                                 load_sweep(str(tmp_path / "run")))
   assert not [f for f in os.listdir(tmp_path / "run") if f.startswith(".") and f != io.LOCK]
-
-
-@pytest.mark.parametrize("setting", ["DYNAMICS_CHUNK_ROWS", "devices"])
-def test_resume_with_another_rounding_is_refused(tmp_path, monkeypatch, setting):
-  """Killed, then rerun with a setting that changes how rows are batched (and
-  so how they round): refused with one line naming it, nothing touched; the
-  original setting then resumes to the uninterrupted table."""
-  c = small_config("float32")
-  budget = 0.0021
-  run_sweep(c, str(tmp_path / "ref"), memory_budget_mb=budget, verbose=False)
-  real = dying(monkeypatch, "g0", after=2)
-  with pytest.raises(Killed):
-    run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
-  monkeypatch.setattr(io, "write_npz", real)
-  before = sorted(os.listdir(tmp_path / "run" / "chunks"))
-  with monkeypatch.context() as m:
-    if setting == "devices":
-      m.setattr(sweep.jax, "device_count", lambda *a: 7)
-      match = "'devices': 7"
-    else:
-      m.setenv("DYNAMICS_CHUNK_ROWS", "1")
-      match = "'chunk_rows': '1'"
-    with pytest.raises(ValueError, match=match):
-      run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
-  assert sorted(os.listdir(tmp_path / "run" / "chunks")) == before
-  run_sweep(c, str(tmp_path / "run"), memory_budget_mb=budget, verbose=False)
-  pd.testing.assert_frame_equal(load_sweep(str(tmp_path / "ref")),
-                                load_sweep(str(tmp_path / "run")))
 
 
 def test_divergence_is_flagged_and_left_out(tmp_path):
