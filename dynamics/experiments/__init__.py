@@ -26,8 +26,10 @@ Optional (defaults in this module):
                                      HPARAMS field as an array of the run's
                                      float dtype)
     log_times(config) -> (step, t)   the logged steps and their time `t = lr x
-                                     step` (default from `train.num_steps`,
-                                     `train.log_every`, `train.lr`)
+                                     step` (default `logged_times(config)`:
+                                     from `train.num_steps`, `train.log_every`,
+                                     `train.lr`; experiments call it rather
+                                     than rebuild the steps)
     theory(config, out) -> dict      for a metric `name`, its prediction,
                                      shaped like `out[name]` (per seed) or like
                                      one seed's (shared); table column
@@ -131,12 +133,18 @@ def hparams(experiment, config) -> dict:
           for field, key in getattr(experiment, "HPARAMS", {}).items()}
 
 
+def logged_times(config) -> tuple[np.ndarray, np.ndarray]:
+  """The steps a run logs, `0, log_every, ..., num_steps` (`config.train`),
+  and their time `t = lr x step` (docs/conventions.md): `(step, t)`."""
+  step = np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  return step, config.train.lr * step
+
+
 def log_times(experiment, config) -> tuple[np.ndarray, np.ndarray]:
   if hasattr(experiment, "log_times"):
     step, t = experiment.log_times(config)
     return np.asarray(step), np.asarray(t, np.float64)
-  step = np.arange(0, config.train.num_steps + 1, config.train.log_every)
-  return step, config.train.lr * step
+  return logged_times(config)
 
 
 def theory(experiment, config, out: dict) -> dict:

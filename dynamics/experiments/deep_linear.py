@@ -22,6 +22,7 @@ import numpy as np
 
 from dynamics import config as cfg
 from dynamics import metrics, plots
+from dynamics.experiments import logged_times
 from dynamics import train as engine
 from dynamics.models import deep_linear as model
 from dynamics.tasks.linear_teacher import linear_teacher
@@ -216,7 +217,7 @@ def theory(config, out: dict) -> dict:
   if u0 is None:
     return {}
   task = _task(out)
-  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  _, t = logged_times(config)
   u = np.asarray(jax.vmap(lambda u0_: theory_dl.mode_strength(
       t, task.s, u0_, config.model.depth))(u0))
   # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for
@@ -237,7 +238,7 @@ def _nan(reduce, x) -> float:
 
 def summarize(config, out: dict, pred: dict) -> dict:
   """Per teacher mode and for the loss: theory beside simulation."""
-  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  _, t = logged_times(config)
   m = len(config.task.singular_values)
   s = _task(out).s
   u_emp = np.moveaxis(np.asarray(out["u"], np.float64), 1, -1)  # [S, K, L]
@@ -302,7 +303,7 @@ def text(config, summary: dict) -> str:
 
 def plot(config, out: dict, pred: dict, summary: dict, path: str) -> None:
   """Per-seed (thin) and mean (solid) mode strengths and loss, theory dashed."""
-  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  _, t = logged_times(config)
   fig, (ax_u, ax_l) = plots.figure(2, size=(5.5, 4.2))
   for i, mode in enumerate(summary["modes"]):
     plots.trajectories(ax_u, t, out["u"][:, :, i],

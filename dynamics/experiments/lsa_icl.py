@@ -47,6 +47,7 @@ import numpy as np
 
 from dynamics import config as cfg
 from dynamics import metrics, plots
+from dynamics.experiments import logged_times
 from dynamics import train as engine
 from dynamics.models import linear_attention as model
 from dynamics.tasks import icl_regression as task
@@ -115,7 +116,7 @@ def step_size(config) -> float:
 
 
 def log_times(config):
-  step = np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  step, _ = logged_times(config)
   return step, step_size(config) * step
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from dynamics import config as cfg
 from dynamics import metrics, plots
+from dynamics.experiments import logged_times
 from dynamics import train as engine
 from dynamics.models import relu_net
 from dynamics.tasks.sphere_teacher import sphere_teacher
@@ -106,7 +107,7 @@ def _linearised(config, k, k_test, out):
   """Per seed, the linear model on kernel `k` (`[S, n, n]` or `[n, n]`) from
   the seed's outputs at init: `(f_train [S, L, n], f_test [S, L, n_test])`."""
   x, y, _, _ = make_task(config)
-  steps = np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  steps, _ = logged_times(config)
   per_seed = np.ndim(k) == 3
   lin = [ntk.gradient_descent_mse(k[s] if per_seed else k, y, config.train.lr, steps,
                                   out["f_train"][s, 0], k_test[s] if per_seed else k_test,
@@ -153,7 +154,7 @@ def text(config, summary: dict) -> str:
 
 def plot(config, out, pred, summary, path) -> None:
   """Train and test loss against the linearised network's, and the drift."""
-  t = config.train.lr * np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  _, t = logged_times(config)
   fig, (ax, ax_d) = plots.figure(2)
   for name, color in (("loss", "C0"), ("test_loss", "C1")):
     plots.trajectories(ax, t[1:], out[name][:, 1:], pred[name][:, 1:], color=color,

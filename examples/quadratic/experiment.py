@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import config as cfg
-from dynamics import make_optimizer, metrics, trajectory
+from dynamics import logged_times, make_optimizer, metrics, trajectory
 
 HPARAMS = {"train.lr": "lr"}  # stacked: every lr of a grid runs in one compiled call
 
@@ -51,7 +51,7 @@ def make_train(config):
 def theory(config, out):
   """Every seed's exact trajectory from its own start `out["w"][:, 0]`."""
   a = curvatures(config)
-  k = np.arange(0, config.train.num_steps + 1, config.train.log_every)
+  k, _ = logged_times(config)  # the logged steps 0, log_every, ..., num_steps
   w = 1.0 + (out["w"][:, :1] - 1.0) * (1.0 - config.train.lr * a) ** k[None, :, None]
   return {"w": w, "loss": 0.5 * np.sum(a * (w - 1.0) ** 2, -1)}
 
