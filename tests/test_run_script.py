@@ -141,6 +141,24 @@ def test_an_experiment_from_outside_the_package(tmp_path, form):
   assert "loss_max_rel_error" in proc.stdout
 
 
+def test_the_tanh_ntk_example(tmp_path):
+  """examples/tanh_ntk, tiny, as the README's install leaves it: it writes its
+  table, figures and slope, and its theory is the network's linearization: at
+  step 0 they coincide, and the distance to it falls with width (1/sqrt(m) at
+  least; here 16 against 1024)."""
+  code, err = run_main("--config=examples/tanh_ntk/config.py", f"--out={tmp_path / 'run'}",
+                       "--config.num_seeds=2", "--config.train.num_steps=40",
+                       "--config.sweep.model.width=(16,1024)", "--config.sweep.train.lr=(0.5,)")
+  assert code == 0, err
+  table = load_sweep(str(tmp_path / "run"))
+  start = table[table.step == 0]
+  np.testing.assert_allclose(start["f_test_0"], start["f_test_0_pred"], rtol=1e-5, atol=1e-6)
+  summary = load_summary(str(tmp_path / "run")).sort_values("model.width")
+  assert summary["distance"].iloc[0] > 4 * summary["distance"].iloc[1], summary["distance"]
+  assert (tmp_path / "run" / "figure.png").exists() and (tmp_path / "run" / "points" /
+                                                         "p00000.png").exists()
+
+
 TINY_DL = [f"--config.{o}" for o in CASES["deep_linear"][0]] + ["--config.sweep={}"]
 
 
