@@ -36,17 +36,26 @@ def save(fig, path: str, title: str | None = None) -> None:
 
 def trajectories(ax, t, sim, pred=None, *, color="C0", label: str | None = None,
                  log: bool = False) -> None:
-  """Per seed thin, seed mean solid (NaN-aware: diverged seeds drop out),
-  theory dashed black.
+  """Per seed thin, seed mean solid, theory dashed black, against `t`.
+
+  Seeds whose last value is not finite (diverged: the runner masks what they
+  logged after diverging) are left out of the lines and the mean, and
+  counted in the legend entry (`label (2 of 8 diverged, left out)`).
 
   Args:
     t: `[L]` times.
     sim: `[S, L]` one metric of every seed.
-    pred: `[S, L]` (per seed; its mean is drawn) or `[L]`, or None.
+    pred: `[S, L]` (per seed; its mean over the kept seeds is drawn) or `[L]`, or None.
   """
   from matplotlib.collections import LineCollection
   sim = np.asarray(sim, np.float64)
   t = np.asarray(t, np.float64)
+  kept = np.isfinite(sim[:, -1])
+  if not kept.all():
+    label = f"{label or 'mean'} ({(~kept).sum()} of {len(kept)} diverged, left out)"
+    if pred is not None and np.ndim(pred) == 2 and kept.any():
+      pred = np.asarray(pred)[kept]
+    sim = sim[kept] if kept.any() else sim
   if log:
     ax.set_yscale("log")
   # one collection, not a line per seed: half the drawing time

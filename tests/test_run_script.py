@@ -267,3 +267,26 @@ def test_every_config_runs_its_default_grid(name, tmp_path):
               f"--out={tmp_path / name}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert len(load_summary(str(tmp_path / name))) > 1
+
+
+def test_plot_sweep_compares_points_at_the_same_time(tmp_path):
+  """lr 0.01 and 0.02 log at t = 0.2 k and 0.4 k. At --t=2.6 the first point
+  is a logged row, returned as is; the second lies halfway between its rows at
+  t = 2.4 and 2.8, and gets their mean (linear interpolation), where the
+  same step index would have put it at t = 5.2."""
+  out = tmp_path / "run"
+  assert run_dl(out, "--config.init.name=aligned", "--config.sweep.train.lr=(0.01,0.02)",
+                "--config.train.num_steps=300").returncode == 0
+  spec = importlib.util.spec_from_file_location("plot_sweep", os.path.join(ROOT, "scripts",
+                                                                            "plot_sweep.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  table = load_sweep(str(out)).sort_values(["train.lr", "seed"])
+  at = module.at_time(table, ["u_0", "u_0_pred"], 2.6).sort_values(["train.lr", "seed"])
+  rows = lambda lr, t: table[(table["train.lr"] == lr) & np.isclose(table["t"], t)]
+  np.testing.assert_array_equal(at[at["train.lr"] == 0.01]["u_0"], rows(0.01, 2.6)["u_0"])
+  mid = (rows(0.02, 2.4)["u_0"].to_numpy() + rows(0.02, 2.8)["u_0"].to_numpy()) / 2
+  np.testing.assert_allclose(at[at["train.lr"] == 0.02]["u_0"], mid, rtol=1e-12)
+  proc = run([sys.executable, "scripts/plot_sweep.py", f"--dir={out}", "--x=train.lr",
+              "--metric=u_0", "--t=2.6"])
+  assert proc.returncode == 0 and (out / "u_0_vs_train.lr.png").exists(), proc.stderr[-2000:]
