@@ -23,10 +23,18 @@ def figure(ncols: int = 1, nrows: int = 1, *, size: tuple = (5.2, 4.0)):
 
 
 def save(fig, path: str, title: str | None = None) -> None:
+  """Saves and closes `fig`: empty panels hidden, and log axes that span a
+  decade or more labelled at powers of ten only (matplotlib also labels
+  minor ticks on short log axes, where the labels run into each other)."""
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter
   for ax in fig.axes:
     if not ax.has_data() and not ax.images:
       ax.axis("off")
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+      lo, hi = sorted(lim)
+      if axis.get_scale() == "log" and lo > 0 and hi / lo >= 10:
+        axis.set_minor_formatter(NullFormatter())
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()

@@ -18,3 +18,14 @@ def test_diverged_seeds_are_left_out_and_counted():
   assert len(ax.collections[0].get_segments()) == 3
   import matplotlib.pyplot as plt
   plt.close(fig)
+
+
+def test_log_axes_label_powers_of_ten_only(tmp_path):
+  from matplotlib.ticker import NullFormatter
+  t = np.linspace(20, 400, 20)
+  fig, (ax,) = plots.figure()
+  plots.trajectories(ax, t, np.tile(1 / t, (2, 1)), log=True)
+  ax.set_xscale("log")
+  plots.save(fig, str(tmp_path / "f.png"))
+  assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)  # 20..400: minors unlabelled
+  assert (tmp_path / "f.png").exists()
