@@ -1,0 +1,300 @@
+"""theory.ntk.mlp_kernel against its recursion written out by hand, closed
+forms, finer quadrature, and Monte Carlo of finite networks."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynamics.models import mlp
+from theory import ntk
+
+ACTS = ntk.ACTIVATIONS
+
+
+def inputs(d=5):
+  """Six inputs in d = 5: generic ones, an identical pair, an antipodal
+  pair and a zero input (the edge cases of the arc-cosine formulas)."""
+  x = np.random.default_rng(0).normal(size=(6, d))
+  x[2], x[4], x[5] = x[1], -x[3], 0.0
+  return x
+
+
+# ---- the depth-3 recursion written out by hand, pair by pair -------------
+
+def e_relu(q1, k, q2):
+  c = max(-1.0, min(1.0, k / math.sqrt(q1 * q2)))
+  t = math.acos(c)
+  return (math.sqrt(q1 * q2) * (math.sin(t) + (math.pi - t) * c) / (2 * math.pi),
+          (math.pi - t) / (2 * math.pi))
+
+
+def e_erf(q1, k, q2):
+  return (2 / math.pi * math.asin(2 * k / math.sqrt((1 + 2 * q1) * (1 + 2 * q2))),
+          4 / math.pi / math.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k * k))
+
+
+@pytest.mark.parametrize("act, e", [("relu", e_relu), ("erf", e_erf)])
+@pytest.mark.parametrize("w, b", [(1.0, 0.0), (1.4, 0.3)])
+def test_depth3_against_recursion_by_hand(act, e, w, b):
+  x = inputs()[:4]
+  d = x.shape[1]
+  with jax.enable_x64(True):
+    got = ntk.mlp_kernel(3, act, w, b)(x)
+    width = 7
+    std = ntk.mlp_kernel(3, act, w, b, "standard", width=width)(x)
+  for i in range(4):
+    for j in range(4):
+      k1 = lambda a, c: w**2 * x[a] @ x[c] / d + b**2
+      q1, q2, k = k1(i, i), k1(j, j), k1(i, j)
+      ee, dd = e(q1, k, q2)
+      k2 = w**2 * ee + b**2
+      th2 = k2 + w**2 * dd * k
+      q1b, q2b = w**2 * e(q1, q1, q1)[0] + b**2, w**2 * e(q2, q2, q2)[0] + b**2
+      ee2, dd2 = e(q1b, k2, q2b)
+      k3 = w**2 * ee2 + b**2
+      th3 = k3 + w**2 * dd2 * th2
+      # neural-tangents' standard parameterization: gradients not rescaled
+      s2 = x[i] @ x[j] + 1
+      s3 = width * ee + 1 + w**2 * dd * s2
+      s4 = width * ee2 + 1 + w**2 * dd2 * s3
+      np.testing.assert_allclose(got["nngp"][i, j], k3, rtol=1e-12)
+      np.testing.assert_allclose(got["ntk"][i, j], th3, rtol=1e-12)
+      np.testing.assert_allclose(std["nngp"][i, j], k3, rtol=1e-12)
+      np.testing.assert_allclose(std["ntk"][i, j], s4, rtol=1e-12)
+
+
+def test_relu_diagonal_exact():
+  # relu halves the second moment, E[relu'^2] = 1/2: with w = 1, b = 0,
+  # K^l = K^1 / 2^(l-1), Theta^2 = K^1 / 2 + K^1 / 2, Theta^3 = K^1 / 4 + Theta^2 / 2.
+  x = inputs()[:4]
+  k1 = np.sum(x * x, 1) / x.shape[1]
+  out = ntk.mlp_kernel(3)(x)
+  np.testing.assert_allclose(np.diag(out["nngp"]), k1 / 4, rtol=1e-6)
+  np.testing.assert_allclose(np.diag(out["ntk"]), 0.75 * k1, rtol=1e-6)
+
+
+def test_linear_and_depth_one():
+  x, y = inputs()[:3], inputs()[3:]
+  with jax.enable_x64(True):
+    lin = ntk.mlp_kernel(4, "linear", 1.5, 0.5)(x, y)
+    k = theta = 1.5**2 * x @ y.T / 5 + 0.25
+    for _ in range(3):  # K^{l+1} = w^2 K^l + b^2, Theta^{l+1} = K^{l+1} + w^2 Theta^l
+      k = 1.5**2 * k + 0.25
+      theta = k + 1.5**2 * theta
+    np.testing.assert_allclose(lin["nngp"], k, rtol=1e-12)
+    np.testing.assert_allclose(lin["ntk"], theta, rtol=1e-12)
+    one = ntk.mlp_kernel(1, "tanh", 2.0, 0.1)(x, y)
+    np.testing.assert_allclose(one["ntk"], 4 * x @ y.T / 5 + 0.01, rtol=1e-12)
+
+
+# ---- the quadrature path -------------------------------------------------
+
+def rel(a, b):
+  return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in a)
+
+
+@pytest.mark.parametrize("w, tol", [(1.0, 1e-12), (2.0, 1e-7)])
+def test_quadrature_against_erf_closed_form(w, tol):
+  # erf is analytic: the trapezoidal rule's error falls geometrically; the
+  # docstring states below 1e-12 at w_std = 1 and 1e-8 at w_std = 2 (96 nodes);
+  # float64 rounding of the sums is ~1e-15.
+  x = inputs()
+  with jax.enable_x64(True):
+    exact = ntk.mlp_kernel(3, "erf", w, 0.3)(x)
+    assert rel(ntk.mlp_kernel(3, "erf", w, 0.3, quadrature=96)(x), exact) < tol
+
+
+def test_quadrature_against_relu_closed_form():
+  # relu and its step derivative are not smooth: the error falls only
+  # algebraically (measured 6e-4 / 3.5e-3 for the NNGP / NTK at 96 nodes,
+  # roughly halving per doubling). The closed form is the default for relu.
+  x = inputs()
+  with jax.enable_x64(True):
+    exact = ntk.mlp_kernel(3, "relu", 1.0, 0.3)(x)
+    e96 = rel(ntk.mlp_kernel(3, "relu", 1.0, 0.3, quadrature=96)(x), exact)
+    e192 = rel(ntk.mlp_kernel(3, "relu", 1.0, 0.3, quadrature=192)(x), exact)
+  assert e96 < 1e-2 and e192 < 0.7 * e96
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+@pytest.mark.parametrize("w, tol", [(1.0, 1e-12), (2.0, 1e-5)])
+def test_quadrature_error_as_stated(act, w, tol):
+  # the default rule against one with twice the nodes (whose own error is
+  # below 1e-12 here): the docstring's stated errors.
+  x = inputs()
+  with jax.enable_x64(True):
+    fine = ntk.mlp_kernel(3, act, w, 0.3, quadrature=192)(x)
+    assert rel(ntk.mlp_kernel(3, act, w, 0.3)(x), fine) < tol
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("b", [0.0, 0.5])
+def test_edge_inputs_finite_and_symmetric(act, b):
+  x = inputs()
+  fn = ntk.mlp_kernel(4, act, 1.3, b)
+  out = fn(x)
+  cross = fn(x, x[::-1])
+  for k in ("nngp", "ntk"):
+    v = np.asarray(out[k])
+    assert np.all(np.isfinite(v)) and np.all(np.isfinite(cross[k]))
+    np.testing.assert_array_equal(v, v.T)
+    np.testing.assert_allclose(v[1], v[2], rtol=1e-6)        # identical inputs
+    np.testing.assert_allclose(cross[k], v[:, ::-1], rtol=1e-5, atol=1e-6)
+    assert np.linalg.eigvalsh(v.astype(np.float64)).min() > -1e-5 * np.abs(v).max()
+  if b == 0:
+    # a zero input with no bias: every pre-activation is 0, phi(0) = 0 for
+    # each activation, and Theta^1 = K^1 = 0 makes every later term vanish
+    np.testing.assert_allclose(out["nngp"][5], 0.0, atol=1e-7)
+    np.testing.assert_allclose(out["ntk"][5], 0.0, atol=1e-7)
+
+
+def test_jit_and_vmap():
+  x = inputs()
+  fn = ntk.mlp_kernel(3, "tanh", 1.2, 0.2)
+  eager = fn(x)
+  jitted = jax.jit(fn)(x)
+  np.testing.assert_allclose(jitted["ntk"], eager["ntk"], rtol=1e-5)
+  batched = jax.vmap(lambda s: ntk.mlp_kernel(3, "relu", 1.0, 0.0)(s * x)["ntk"])(
+      jnp.array([1.0, 2.0]))
+  # relu with no bias is homogeneous: Theta(2x) = 4 Theta(x)
+  np.testing.assert_allclose(batched[1], 4 * batched[0], rtol=1e-5)
+
+
+# ---- Monte Carlo of finite networks --------------------------------------
+
+def ntk_by_layers(params, x, act, w, b, standard=False):
+  """The finite network's NNGP-at-init estimate and NTK, through the
+  gradients `delta` of the output with respect to each layer's
+  pre-activation: a weight `W^l` enters as `s_l delta^{l+1} (a^l)^T`, so its
+  share of `J J^T` is `s_l^2 (a^l a'^l)(delta^{l+1} delta'^{l+1})` and the
+  bias's `b_scale^2 (delta delta')`: no Jacobian over the parameters."""
+  phi = mlp.ACTIVATIONS[act]
+  sizes = [layer["W"].shape[-1] for layer in params]
+  eps = [jnp.zeros((x.shape[0],) + layer["W"].shape[:-1]) for layer in params]
+
+  def forward(eps):
+    h, acts = x, []
+    for l, layer in enumerate(params):
+      a = phi(h) if l else h
+      acts.append(a)
+      if standard:
+        h = a @ layer["W"].T + layer["b"]
+      else:
+        h = w / np.sqrt(sizes[l]) * a @ layer["W"].T + b * layer["b"]
+      h = h + eps[l]
+    return h, acts
+
+  (_, acts) = forward(eps)
+  deltas = jax.grad(lambda e: forward(e)[0].sum())(eps)
+  theta = 0.0
+  for l, (a, dl) in enumerate(zip(acts, deltas)):
+    dd = dl @ dl.T if dl.ndim == 2 else jnp.outer(dl, dl)
+    scale, bias = (1.0, 1.0) if standard else (w**2 / sizes[l], b**2)
+    theta = theta + (scale * a @ a.T + bias) * dd
+  last = acts[-1]
+  nngp = w**2 * last @ last.T / sizes[-1] + b**2  # E over the last layer, given the rest
+  return nngp, theta
+
+
+def test_ntk_by_layers_is_the_jacobian_ntk():
+  # the helper against the plain per-example Jacobian, float64, small width
+  x = inputs()
+  with jax.enable_x64(True):
+    for standard in (False, True):
+      param = "standard" if standard else "ntk"
+      p = mlp.init(jax.random.PRNGKey(1), 5, (32, 16), parameterization=param, w_std=1.3,
+                   b_std=0.4, dtype=jnp.float64)
+      f = lambda p_, x_: mlp.apply(p_, x_, activation="tanh", parameterization=param,
+                                   w_std=1.3, b_std=0.4)
+      _, theta = ntk_by_layers(p, x, "tanh", 1.3, 0.4, standard)
+      np.testing.assert_allclose(theta, ntk.empirical_ntk(f, p, x, x), rtol=1e-10,
+                                 atol=1e-12)
+
+
+def monte_carlo(act, widths, seeds, w=1.3, b=0.3, depth=3):
+  """Per width: the analytic kernels, every seed's empirical ones."""
+  x = inputs()
+  exact = ntk.mlp_kernel(depth, act, w, b)(x)
+  out = {}
+  for n in widths:
+    run = jax.jit(lambda key: ntk_by_layers(
+        mlp.init(key, 5, (n,) * (depth - 1), w_std=w, b_std=b), x, act, w, b))
+    est = [run(jax.random.PRNGKey(s)) for s in range(seeds)]
+    out[n] = {k: np.stack([e[i] for e in est]) for i, k in enumerate(("nngp", "ntk"))}
+  return exact, out
+
+
+def rms_error(runs, ref):
+  """Root-mean-square over seeds of the relative Frobenius error."""
+  return float(np.sqrt(np.mean([np.sum((s - ref)**2) for s in runs]) / np.sum(ref**2)))
+
+
+def z_scores(runs, ref):
+  """The seeds' mean minus the limit, in units of its standard error."""
+  scale = runs.std(0, ddof=1) / np.sqrt(len(runs)) + 1e-7 * np.abs(ref).max()
+  return np.abs(runs.mean(0) - ref) / scale
+
+
+def check_monte_carlo(act, widths, seeds, depth, slope_tol):
+  exact, runs = monte_carlo(act, widths, seeds, depth=depth)
+  for key in ("nngp", "ntk"):
+    ref = np.asarray(exact[key])
+    # One network's empirical kernel fluctuates as width^-1/2 (a mean of
+    # `width` weakly dependent terms), so its mean squared error is
+    # a/width + O(1/width^2): the RMS error's log-log slope is -1/2.
+    rms = [rms_error(runs[n][key], ref) for n in widths]
+    slope = np.polyfit(np.log(widths), np.log(rms), 1)[0]
+    assert abs(slope + 0.5) < slope_tol, (act, key, slope, rms)
+    # At the largest width the seeds' mean is within its own standard error
+    # of the limit (the O(1/width) bias is well below it there): 4.5 sigma
+    # over the 21 distinct entries, a false alarm below 1e-4.
+    assert z_scores(runs[widths[-1]][key], ref).max() < 4.5, (act, key)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_against_monte_carlo(act):
+  # One hidden layer up to width 2^14, 32 seeds. The per-seed error's
+  # coefficient of variation is ~0.5, so each RMS is known to ~10% and the
+  # slope over a 16x range to ~0.05: a 3-sigma band of 0.15.
+  check_monte_carlo(act, (1024, 4096, 16384), seeds=32, depth=2, slope_tol=0.15)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_depth3_against_monte_carlo(act):
+  # Two hidden layers of width 4096, 8 seeds. The per-seed relative error
+  # is ~0.02 here (measured 0.021 +- 0.013 for relu); the seeds' mean adds
+  # that / sqrt(8) = 0.007 to an O(1/width) bias measured as ~30/width
+  # (0.116 at width 256): 0.015 expected, bounded at 0.03.
+  exact, runs = monte_carlo(act, (4096,), seeds=8, depth=3)
+  for key in ("nngp", "ntk"):
+    ref = np.asarray(exact[key])
+    mean = runs[4096][key].mean(0)
+    assert np.linalg.norm(mean - ref) / np.linalg.norm(ref) < 0.03, (act, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_depth3_against_monte_carlo_wide(act):
+  # up to width 2^14 (a 1 GB weight matrix per seed), 8 seeds: each RMS
+  # known to ~20%, the slope to ~0.1; 3 sigma. The O(1/width) bias is
+  # ~0.3 standard errors at 2^14.
+  check_monte_carlo(act, (1024, 4096, 16384), seeds=8, depth=3, slope_tol=0.3)
+
+
+def test_standard_parameterization_against_monte_carlo():
+  # neural-tangents' standard NTK grows with the width: the analytic one at
+  # `width` against the empirical NTK of networks of that width.
+  x = inputs()
+  n, seeds = 2048, 8
+  exact = ntk.mlp_kernel(3, "relu", 1.3, 0.3, "standard", width=n)(x)
+  run = jax.jit(lambda key: ntk_by_layers(
+      mlp.init(key, 5, (n, n), parameterization="standard", w_std=1.3, b_std=0.3),
+      x, "relu", 1.3, 0.3, standard=True)[1])
+  s = np.stack([run(jax.random.PRNGKey(k)) for k in range(seeds)])
+  # width 2048 and depth 3: the O(1/width) bias is ~1.5% (~30/width, as in
+  # the ntk parameterization), about the seeds' standard error; 6 sigma.
+  assert z_scores(s, np.asarray(exact["ntk"])).max() < 6
+  assert np.abs(exact["ntk"]).max() > 100  # it is O(width), not O(1)
