@@ -10,7 +10,9 @@ that), `peak_fraction` (of the best 2048x2048 float32 matmul measured in the
 same process), `peak_rss_mb` (the row's process: every row runs in a fresh
 subprocess unless `--in_process`), `loop_speedup` (over a Python loop of
 single jitted steps, one seed at a time, in the same process) and, for
-`empirical_ntk`, `seconds`. With `--json` only the JSON lines are printed.
+`empirical_ntk`, `seconds` and, for its fast, general and batched
+(`batch_size` examples at a time) paths, `*_s` and `*_temp_gb` (the compiled
+program's temporary memory). With `--json` only the JSON lines are printed.
 Results and the commands: docs/performance.md.
 """
 
@@ -195,16 +197,27 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
 
 
 def _ntk_row(repeats, d=64, m=4096, n=1024) -> dict:
+  """The fast ReLU path, the general per-example-Jacobian path and the
+  general path in blocks of `batch_size` examples: seconds and the compiled
+  program's temporary memory (XLA's `memory_analysis`)."""
   params = relu_net.init(jax.random.PRNGKey(0), d, m)
   x = jax.random.normal(jax.random.PRNGKey(1), (n, d))
+  batch_size = max(1, min(256, n // 4))
   fast = jax.jit(lambda p, a: ntk.relu_empirical_ntk(p, a, a))
   general = jax.jit(lambda p, a: ntk.empirical_ntk(relu_net.apply, p, a, a))
-  out = {}
-  for name, f in (("fast", fast), ("general", general)):
+  batched = jax.jit(lambda p, a: ntk.empirical_ntk(relu_net.apply, p, a, a,
+                                                   batch_size=batch_size))
+  out = {"batch_size": batch_size}
+  for name, f in (("fast", fast), ("general", general), ("batched", batched)):
     t = time.perf_counter()
-    jax.block_until_ready(f(params, x))
+    compiled = f.lower(params, x).compile()
+    jax.block_until_ready(compiled(params, x))
     out[f"{name}_first_call_s"] = time.perf_counter() - t
-    out[f"{name}_s"] = float(np.median([_timed(f, params, x)[0] for _ in range(repeats)]))
+    out[f"{name}_s"] = float(np.median([_timed(compiled, params, x)[0]
+                                        for _ in range(repeats)]))
+    memory = compiled.memory_analysis()
+    out[f"{name}_temp_gb"] = (None if memory is None
+                              else memory.temp_size_in_bytes / 1e9)
   out["seconds"] = out["fast_s"]
   out["compile_s"] = out["fast_first_call_s"] - out["fast_s"]
   out["run_s"] = out["fast_s"]

@@ -261,34 +261,58 @@ def relu_ntk(x1: ArrayLike, x2: ArrayLike, w_std: float = 1.0,
 
 
 def empirical_ntk(apply_fn: Callable, params, x1: ArrayLike,
-                  x2: ArrayLike) -> jax.Array:
-  """Finite-width NTK `J(x1) J(x2)^T`, summed over every parameter leaf.
+                  x2: ArrayLike | None = None, *, batch_size: int | None = None) -> jax.Array:
+  """Finite-width NTK `J(x1) J(x2)^T`, summed over every parameter leaf and
+  traced over the outputs: `Theta[i, j] = sum_k sum_p df_k(x1_i)/dp
+  df_k(x2_j)/dp`.
 
   Args:
-    apply_fn: `apply_fn(params, x: [n, d]) -> [n]` (or `[n, 1]`), one scalar
-      output per input.
+    apply_fn: a pure `apply_fn(params, x: [n, d]) -> [n]` or `[n, ...]`
+      (e.g. `dynamics.models.mlp.apply`, or a Flax `Module.apply` with
+      `params` its whole variables dict).
     params: any pytree of arrays.
-    x1: `[n1, d]`; x2: `[n2, d]`.
+    x1: `[n1, d]`; x2: `[n2, d]`, or `None` for `x1`.
+    batch_size: `None` forms every per-example Jacobian at once (memory
+      `(n1 + n2) x outputs x parameters`); an integer works through blocks of
+      `batch_size` examples (memory `2 batch_size x outputs x parameters`),
+      recomputing the Jacobians of `x2`'s blocks for each block of `x1`.
 
   Returns:
     `[n1, n2]`.
   """
-  x1, x2 = _pair(x1, x2)
+  x1, x2 = _pair(x1, x1 if x2 is None else x2)
   if not callable(apply_fn):
     raise ValueError(f"`apply_fn` must be callable, got {type(apply_fn).__name__}.")
   if not jax.tree_util.tree_leaves(params):
     raise ValueError("`params` has no array leaves: the NTK would be 0.")
+  if batch_size is not None:
+    batch_size = _checks.check_int("batch_size", batch_size)
 
-  # per-example gradients (vmap of grad): O(n P) memory for the Jacobian. A
-  # jacrev of the batched function pulls back n cotangents through every
-  # [n, m] activation, O(n^2 m): 34 GB at n = 1024, m = 4096.
-  grad = jax.grad(lambda p, xi: apply_fn(p, xi[None]).reshape(()))
+  # per-example Jacobians (vmap of jacrev): O(n k P) memory. A jacrev of the
+  # batched function pulls back n cotangents through every [n, m]
+  # activation, O(n^2 m): 34 GB at n = 1024, m = 4096.
+  one = lambda p, xi: apply_fn(p, xi[None]).reshape(-1)
 
   def jac(x):
-    j = jax.vmap(grad, in_axes=(None, 0))(params, x)
-    return [leaf.reshape(x.shape[0], -1) for leaf in jax.tree_util.tree_leaves(j)]
+    j = jax.vmap(jax.jacrev(one), in_axes=(None, 0))(params, x)
+    return [leaf.reshape(leaf.shape[:2] + (-1,)) for leaf in jax.tree_util.tree_leaves(j)]
 
-  return sum(a @ b.T for a, b in zip(jac(x1), jac(x2)))
+  def block(a, b):
+    return sum(jnp.einsum("ikp,jkp->ij", u, v) for u, v in zip(jac(a), jac(b)))
+
+  if batch_size is None or batch_size >= max(x1.shape[0], x2.shape[0]):
+    return block(x1, x2)
+
+  def blocks(x):  # [num, batch_size, d], the last block padded by its last row
+    num = -(-x.shape[0] // batch_size)
+    pad = jnp.concatenate([x, jnp.repeat(x[-1:], num * batch_size - x.shape[0], 0)])
+    return pad.reshape(num, batch_size, x.shape[1])
+
+  b2 = blocks(x2)
+  rows = jax.lax.map(lambda a: jax.lax.map(lambda b: block(a, b), b2),
+                     blocks(x1))                                  # [nb1, nb2, B, B]
+  full = rows.transpose(0, 2, 1, 3).reshape(rows.shape[0] * batch_size, -1)
+  return full[:x1.shape[0], :x2.shape[0]]
 
 
 def relu_empirical_ntk(params: dict, x1: ArrayLike, x2: ArrayLike,
@@ -405,46 +429,124 @@ def _check_outputs(y_train, f0_train, k_test_train, f0_test, n):
       raise ValueError(f"`f0_test` must be shaped {want}, got {np.shape(f0_test)}.")
 
 
-def _predict(evals, evecs, y_train, moved, gain, f0_train, k_test_train,
-             f0_test):
+def _predict(evecs, y_train, moved, gain, f0_train, k_test_train, f0_test):
   """`f = f0 + V moved V^T (y - f0)`, `moved = 1 - decay`, so that a small
   move from `f0` keeps its relative precision; test points
-  `f0* + K*V gain V^T (y - f0)`."""
+  `f0* + K*V gain V^T (y - f0)`. Returns `(f_train, f_test or None)`."""
   y = jnp.asarray(y_train, evecs.dtype)
   vec = y.ndim == 1
-  y = y[:, None] if vec else y
+  y = y.reshape(y.shape[0], -1)
   f0 = jnp.zeros_like(y) if f0_train is None else jnp.asarray(
       f0_train, y.dtype).reshape(y.shape)
   r = evecs.T @ (f0 - y)                                  # [n, k]
-  f_train = f0 - jnp.einsum("ij,tj,jk->tik", evecs, moved, r)
-  out = f_train[..., 0] if vec else f_train
+  shape = lambda f: f[..., 0] if vec else f.reshape(f.shape[:2] + np.shape(y_train)[1:])
+  f_train = shape(f0 - jnp.einsum("ij,tj,jk->tik", evecs, moved, r))
   if k_test_train is None:
-    return out
+    return f_train, None
   kt = jnp.asarray(k_test_train, y.dtype)
   f0t = jnp.zeros((kt.shape[0], y.shape[1]), y.dtype) if f0_test is None else (
       jnp.asarray(f0_test, y.dtype).reshape(kt.shape[0], y.shape[1]))
-  f_test = f0t - jnp.einsum("ij,tj,jk->tik", kt @ evecs, gain, r)
-  return out, (f_test[..., 0] if vec else f_test)
+  return f_train, shape(f0t - jnp.einsum("ij,tj,jk->tik", kt @ evecs, gain, r))
+
+
+def _flow_factors(evals, t, n):
+  """Gradient flow: `moved = 1 - e^{-a}`, `gain = moved / lam`, `a = t lam / n`."""
+  t = t[:, None]
+  null = evals == 0
+  a = jnp.where(null, 0.0, t * evals / n)
+  moved = -jnp.expm1(-a)
+  small = a < 1e-6  # the series keeps t / n exact where lam underflows
+  gain = jnp.where(small, (t / n) * (1 - a / 2), moved / jnp.where(small, 1.0, evals))
+  return moved, jnp.where(null, 0.0, gain)
+
+
+def _descent_factors(evals, lr, k, n):
+  """`k` gradient-descent steps: `moved = 1 - (1 - a)^k`, `a = lr lam / n`."""
+  k = k[:, None]
+  a = lr * evals / n
+  # (1 - a)^k via logs for accuracy at small a; a > 1 (steps past the edge
+  # of stability) oscillates with sign (-1)^k and grows.
+  log_abs = k * jnp.log(jnp.abs(jnp.where(a == 1, 0.5, 1 - a)))
+  sign = jnp.where(a > 1, 1 - 2 * jnp.mod(k, 2), 1.0)
+  decay = jnp.where(a == 1, (k == 0).astype(a.dtype), sign * jnp.exp(log_abs))
+  moved = jnp.where(a < 0.5, -jnp.expm1(k * jnp.log1p(-jnp.minimum(a, 0.5))), 1 - decay)
+  small = k * a < 1e-6
+  gain = jnp.where(small, k * lr / n * (1 - (k - 1) * a / 2),
+                   moved / jnp.where(small, 1.0, evals))
+  null = evals == 0  # the null space: f keeps f0, pseudo-inverse for the test points
+  return jnp.where(null, 0.0, moved), jnp.where(null, 0.0, gain)
+
+
+def mse_predictor(k_train_train: ArrayLike, y_train: ArrayLike, *,
+                  lr: float | None = None) -> Callable:
+  """The linearised network trained on `(1/2n) sum ||f - y||^2` with kernel `K`.
+
+  Gradient flow (`lr=None`), `df/dt = -(1/n) K (f - y)`:
+
+      f_t  = y + exp(-t K/n) (f0 - y)
+      f*_t = f0* + K* K^+ (I - exp(-t K/n)) (y - f0)
+
+  or gradient descent with step `lr` after `t / lr` steps (`t = lr x steps`,
+  `docs/conventions.md`; rounded to a whole number of steps), `exp(-t K/n)` becoming `(I - lr K/n)^{t/lr}`
+  (past `lr > max_learning_rate(K)` it grows). Both through one
+  eigendecomposition `K = V diag(lam) V^T`, done here once for every call of
+  `predict_fn`. `(1 - e^{-a}) / lam` is formed as `-expm1(-a) / lam`,
+  bounded by `1/lam` at every `t`, so `t` up to 1e15 and `t = inf` (kernel
+  regression) are finite. Eigenvalues `<= 0` (rounding of a PSD kernel) are
+  the null space: `f` keeps its initial value there and test points do not
+  move (pseudo-inverse). Positive eigenvalues are used as computed, however
+  small: an eigenvalue within `n eps max(lam)` of 0 is known only to that
+  precision, and so is the motion along it; the error in `f_train` is at
+  most `~ t eps ||K|| ||f0 - y||` and never more than `2 ||f0 - y||`. A
+  kernel that is not symmetric (`rtol 1e-5`) or has an eigenvalue below
+  `-PSD_TOL n eps max|lam|` is refused.
+
+  Args:
+    k_train_train: `[n, n]` symmetric PSD kernel.
+    y_train: `[n]` or `[n, ...]` targets.
+    lr: `None` for gradient flow, or the gradient-descent learning rate.
+
+  Returns:
+    `predict_fn(t, f0_train=None, k_test_train=None, f0_test=None) ->
+    (f_train [T, n, ...], f_test [T, m, ...] or None)` at times `t: [T]`
+    (`>= 0`; `inf` allowed), with outputs at init `f0_*` (default 0) and the
+    test-train kernel `k_test_train: [m, n]`.
+  """
+  if lr is not None:
+    _checks.check_positive("lr", lr)
+  evals, evecs = _eigh_train(k_train_train)
+  n = evals.shape[0]
+  _check_outputs(y_train, None, None, None, n)
+
+  def predict_fn(t: ArrayLike, f0_train: ArrayLike | None = None,
+                 k_test_train: ArrayLike | None = None, f0_test: ArrayLike | None = None):
+    _checks.check_finite_nonnegative("t", t, allow_inf=True)
+    _checks.check_ndim("t", t, (0, 1))
+    _check_outputs(y_train, f0_train, k_test_train, f0_test, n)
+    t = jnp.atleast_1d(jnp.asarray(t, evals.dtype))
+    factors = (_flow_factors(evals, t, n) if lr is None
+               else _descent_factors(evals, lr, jnp.round(t / lr), n))
+    return _predict(evecs, y_train, *factors, f0_train, k_test_train, f0_test)
+
+  return predict_fn
+
+
+def max_learning_rate(k_train_train: ArrayLike) -> float:
+  """The largest learning rate at which gradient descent on the linearised
+  network converges: `2 n / lam_max(K)` for the loss `(1/2n) sum ||f - y||^2`
+  (`docs/conventions.md`). Each step multiplies the residual along the top
+  eigenvector by `1 - lr lam_max / n`: below this rate it shrinks, above it
+  grows, and at it oscillates without converging. `inf` for `K = 0`."""
+  evals, _ = _eigh_train(k_train_train)
+  top = float(evals[-1])
+  return float("inf") if top == 0 else 2 * evals.shape[0] / top
 
 
 def gradient_flow_mse(k_train_train: ArrayLike, y_train: ArrayLike,
                       t: ArrayLike, f0_train: ArrayLike | None = None,
                       k_test_train: ArrayLike | None = None,
                       f0_test: ArrayLike | None = None):
-  """Linearised network under gradient flow on `(1/2n) sum ||f - y||^2`.
-
-  `f_t = y + exp(-t K/n) (f0 - y)` on the training set and
-  `f*_t = f0* + K*  K^{-1} (I - exp(-t K/n)) (y - f0)` on test points,
-  through one eigendecomposition `K = V diag(lam) V^T`; the factor
-  `(1 - e^{-t lam/n}) / lam` is `-expm1(-a) / lam`, `a = t lam / n`, (its
-  series `(t/n)(1 - a/2)` below `a = 1e-6`), bounded by `1/lam` for every
-  `t`: `t = inf` gives kernel regression. Eigenvalues `<= 0` (rounding of a
-  PSD kernel) are the null space: there `f` keeps its initial value and the
-  test points do not move (pseudo-inverse). Positive eigenvalues are used as
-  computed, however small; an eigenvalue within `n eps max(lam)` of 0 is
-  known only to that precision, and so is the motion along it. A kernel with
-  an eigenvalue below `-PSD_TOL n eps max|lam|` is refused as not PSD.
-  Time in the units of `docs/conventions.md` (`t = lr * steps`).
+  """Linearised network under gradient flow: `mse_predictor(K, y)(t, ...)`.
 
   Args:
     k_train_train: `[n, n]` symmetric PSD kernel.
@@ -458,17 +560,8 @@ def gradient_flow_mse(k_train_train: ArrayLike, y_train: ArrayLike,
   """
   _checks.check_finite_nonnegative("t", t, allow_inf=True)
   _checks.check_ndim("t", t, (0, 1))
-  evals, evecs = _eigh_train(k_train_train)
-  n = evals.shape[0]
-  _check_outputs(y_train, f0_train, k_test_train, f0_test, n)
-  t = jnp.atleast_1d(jnp.asarray(t, evals.dtype))[:, None]
-  null = evals == 0
-  a = jnp.where(null, 0.0, t * evals / n)
-  small = a < 1e-6
-  lam = jnp.where(small, 1.0, evals)
-  gain = jnp.where(small, (t / n) * (1 - a / 2), -jnp.expm1(-a) / lam)
-  return _predict(evals, evecs, y_train, -jnp.expm1(-a), jnp.where(null, 0.0, gain),
-                  f0_train, k_test_train, f0_test)
+  f, ft = mse_predictor(k_train_train, y_train)(t, f0_train, k_test_train, f0_test)
+  return f if k_test_train is None else (f, ft)
 
 
 def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
@@ -476,36 +569,19 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
                          f0_train: ArrayLike | None = None,
                          k_test_train: ArrayLike | None = None,
                          f0_test: ArrayLike | None = None):
-  """Linearised network after `k` gradient-descent steps of size `lr`.
-
-  `f_k = y + (I - lr K/n)^k (f0 - y)`, test points as in `gradient_flow_mse`
-  with `(1 - (1 - lr lam/n)^k) / lam`. Equals `gradient_flow_mse` at
-  `t = lr k` as `lr -> 0`.
+  """Linearised network after `steps` gradient-descent steps of size `lr`:
+  `mse_predictor(K, y, lr=lr)(lr * steps, ...)`. `f_k = y + (I - lr K/n)^k
+  (f0 - y)`; equals `gradient_flow_mse` at `t = lr k` as `lr -> 0`.
 
   Args:
     lr: learning rate > 0.
     steps: `[T]` step counts >= 0.
-    Other arguments as in `gradient_flow_mse`.
+    Other arguments and the return value as in `gradient_flow_mse`.
   """
   _checks.check_positive("lr", lr)
   _checks.check_finite_nonnegative("steps", steps)
   _checks.check_ndim("steps", steps, (0, 1))
-  evals, evecs = _eigh_train(k_train_train)
-  n = evals.shape[0]
-  _check_outputs(y_train, f0_train, k_test_train, f0_test, n)
-  k = jnp.atleast_1d(jnp.asarray(steps, evals.dtype))[:, None]
-  a = lr * evals / n
-  # (1 - a)^k via logs for accuracy at small a; a > 1 (steps past the edge
-  # of stability) oscillates with sign (-1)^k and grows.
-  log_abs = k * jnp.log(jnp.abs(jnp.where(a == 1, 0.5, 1 - a)))
-  sign = jnp.where(a > 1, 1 - 2 * jnp.mod(k, 2), 1.0)
-  decay = jnp.where(a == 1, (k == 0).astype(a.dtype), sign * jnp.exp(log_abs))
-  one_minus = jnp.where(a < 1, -jnp.expm1(k * jnp.log1p(-jnp.minimum(a, 0.5))),
-                        1 - decay)
-  one_minus = jnp.where(a < 0.5, one_minus, 1 - decay)
-  small = a < 1e-6
-  gain = jnp.where(small, k * lr / n, one_minus / jnp.where(small, 1.0, evals))
-  gain = jnp.where(evals == 0, 0.0, gain)  # the null space: pseudo-inverse
-  moved = jnp.where(evals == 0, 0.0, one_minus)
-  return _predict(evals, evecs, y_train, moved, gain, f0_train, k_test_train,
-                  f0_test)
+  predict = mse_predictor(k_train_train, y_train, lr=lr)
+  f, ft = predict(jnp.asarray(steps, jnp.result_type(float)) * lr, f0_train,
+                  k_test_train, f0_test)
+  return f if k_test_train is None else (f, ft)

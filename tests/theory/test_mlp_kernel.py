@@ -298,3 +298,56 @@ def test_standard_parameterization_against_monte_carlo():
   # the ntk parameterization), about the seeds' standard error; 6 sigma.
   assert z_scores(s, np.asarray(exact["ntk"])).max() < 6
   assert np.abs(exact["ntk"]).max() > 100  # it is O(width), not O(1)
+
+
+# ---- empirical_ntk: blocks, trailing outputs, Flax ------------------------
+
+def flat_jacobian_ntk(f, params, x1, x2):
+  """`J J^T` from one Jacobian of the flattened batch output with respect to
+  the raveled parameters, traced over the outputs: the plain definition."""
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  jac = lambda x: jax.jacrev(lambda w: f(unravel(w), x).reshape(x.shape[0], -1))(flat)
+  return jnp.einsum("ikp,jkp->ij", jac(x1), jac(x2))
+
+
+@pytest.mark.parametrize("out", [None, 3])
+def test_empirical_ntk_blocks_and_outputs(out):
+  import jax.flatten_util  # noqa: F401
+  with jax.enable_x64(True):
+    p = mlp.init(jax.random.PRNGKey(2), 5, (16, 8), out, w_std=1.2, b_std=0.3,
+                 dtype=jnp.float64)
+    f = lambda p_, x_: mlp.apply(p_, x_, activation="tanh", w_std=1.2, b_std=0.3)
+    x1 = np.random.default_rng(1).normal(size=(13, 5))
+    x2 = x1[:7] * 0.5
+    want = flat_jacobian_ntk(f, p, x1, x2)
+    np.testing.assert_allclose(ntk.empirical_ntk(f, p, x1, x2), want, rtol=1e-12)
+    for bs in (1, 4, 5, 13, 100):
+      np.testing.assert_allclose(ntk.empirical_ntk(f, p, x1, x2, batch_size=bs), want,
+                                 rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ntk.empirical_ntk(f, p, x1, batch_size=4),
+                               ntk.empirical_ntk(f, p, x1, x1), rtol=1e-12)
+    if out:  # traced over the outputs: the sum of each output's own NTK
+      each = sum(ntk.empirical_ntk(lambda p_, x_, k=k: f(p_, x_)[:, k], p, x1, x2)
+                 for k in range(out))
+      np.testing.assert_allclose(each, want, rtol=1e-12)
+
+
+def test_empirical_ntk_of_a_flax_module():
+  import flax.linen as nn
+  import jax.flatten_util  # noqa: F401
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(2)(nn.tanh(nn.Dense(16)(x)))
+
+  with jax.enable_x64(True):
+    x = np.random.default_rng(2).normal(size=(9, 4))
+    model = MLP()
+    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
+                                       model.init(jax.random.PRNGKey(0), x))
+    want = flat_jacobian_ntk(model.apply, variables, x, x[:5])
+    np.testing.assert_allclose(ntk.empirical_ntk(model.apply, variables, x, x[:5]), want,
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        ntk.empirical_ntk(model.apply, variables, x, x[:5], batch_size=2), want, rtol=1e-12)
