@@ -29,7 +29,7 @@ CASES = {
                      "train.num_steps=200", "train.log_every=20"],
                     ["sweep.model.depth=(2,3)", "sweep.train.lr=(0.01,0.02)"]),
     "relu_ntk": (["num_seeds=2", "task.num_train=8", "task.num_test=8",
-                  "train.num_steps=40", "train.log_every=10"],
+                  "train.num_steps=40", "train.log_every=10", "sweep.model.depth=(2,)"],
                  ["sweep.model.width=(16,64)", "sweep.train.lr=(0.5,1.0)"]),
     "lsa_icl": (["num_seeds=2", "eval.num_prompts=64", "train.num_steps=40",
                  "train.log_every=10", "train.batch_size=16"],

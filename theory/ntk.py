@@ -94,7 +94,7 @@ QUADRATURE_ORDER = 96
 QUADRATURE_RANGE = 8.0  # the Gaussian tail beyond it: exp(-32) ~ 1e-14
 
 
-def _quadrature_dual(activation: str, order: int):
+def _quadrature_dual(activation: str, order: int, rule: str = "trapezoid"):
   """`E[phi(u) phi(u')]`, `E[phi'(u) phi'(u')]` with `u = sqrt(q1) z1`,
   `u' = sqrt(q2) (c z1 + s z2)`, `c = k / sqrt(q1 q2)`, `s = sqrt(1 - c^2)`,
   `z1, z2` independent standard normals (exact at `c = +-1` and `q = 0`), by
@@ -102,11 +102,15 @@ def _quadrature_dual(activation: str, order: int):
   Gaussian-weighted analytic integrand its error falls geometrically with
   `order` (Trefethen & Weideman 2014), much faster than Gauss-Hermite's when
   the activation is sharp on the Gaussian's scale (the depth-3 erf NTK at
-  `w_std = 2`: 7e-9 relative with 96 nodes, Gauss-Hermite 1e-3 with 128). `order^2` evaluations per pair, in row blocks of at
+  `w_std = 3`: 1e-8 relative with 96 nodes, Gauss-Hermite 1.6e-3 with 128). `order^2` evaluations per pair, in row blocks of at
   most 2^22 evaluations."""
   phi, dphi = _PHI[activation]
-  z = np.linspace(-QUADRATURE_RANGE, QUADRATURE_RANGE, order)
-  w = (z[1] - z[0]) * np.exp(-z**2 / 2) / _SQRT2PI
+  if rule == "gauss_hermite":  # for comparison (scripts/kernel_quadrature.py)
+    z, w = np.polynomial.hermite_e.hermegauss(order)
+    w = w / _SQRT2PI
+  else:
+    z = np.linspace(-QUADRATURE_RANGE, QUADRATURE_RANGE, order)
+    w = (z[1] - z[0]) * np.exp(-z**2 / 2) / _SQRT2PI
 
   def pairs(q1, k, q2):  # [r, n2] each
     s1, s2 = jnp.sqrt(q1), jnp.sqrt(q2)
@@ -154,9 +158,10 @@ def mlp_kernel(depth: int, activation: str = "relu", w_std: float = 1.0,
   two-dimensional quadrature of `QUADRATURE_ORDER^2` nodes whose error falls
   geometrically with the order and grows with the pre-activation variance:
   at depth 3, `b_std = 0.3`, inputs with `|x|^2 = d`, below 1e-12 relative
-  at `w_std = 1`, 1e-5 at `w_std = 2` and 1e-3 at `w_std = 3` (float64;
-  tests/theory/test_mlp_kernel.py checks it against the closed forms and a
-  twice finer rule). Pass a higher `quadrature` for large `w_std`. Near-identical inputs: the angle between them is known to
+  at `w_std = 1`, 1e-8 at `w_std = 2` and 1e-3 at `w_std = 3` (float64;
+  `scripts/kernel_quadrature.py` measures it, tests/theory/test_mlp_kernel.py
+  checks it against the closed forms and a twice finer rule). Pass a higher
+  `quadrature` for large `w_std`. Near-identical inputs: the angle between them is known to
   O(sqrt(eps)) (`arccos` near 1); the diagonal of `kernel_fn(x)` is exact.
 
   `parameterization='standard'` (`W ~ N(0, w_std^2 / n_l)`, `b ~ N(0,

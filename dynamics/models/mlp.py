@@ -99,3 +99,61 @@ def apply(params: list, x: jax.Array, *, activation: str | Callable = "relu",
       scale = w_std / (n_in if last and parameterization == "mean_field" else jnp.sqrt(n_in))
       h = scale * h @ layer["W"].T + b_std * b
   return h
+
+
+def ntk(params: list, x1: jax.Array, x2: jax.Array | None = None, *,
+        activation: str | Callable = "relu", parameterization: str = "ntk",
+        w_std: float = 1.0, b_std: float = 0.0) -> jax.Array:
+  """The empirical NTK `J(x1) J(x2)^T` of this network (`out=None`) without
+  the parameter Jacobian. A layer `h^{l+1} = s_l W^l a^l + c_l b^l` has
+  gradients `s_l delta^{l+1} (a^l)^T` and `c_l delta^{l+1}`, with
+  `delta^{l+1} = df/dh^{l+1}`, so
+
+      Theta(x, x') = sum_l (s_l^2 a^l.a'^l + c_l^2) (delta^{l+1}.delta'^{l+1})
+
+  (`s_l = w_std / sqrt(n_l)`, `c_l = b_std` in `'ntk'`; `1` and `1` in
+  `'standard'`; the last `s` is `w_std / n_{L-1}` in `'mean_field'`).
+  `O(n1 n2 sum n_l)` work and `O((n1 + n2) sum n_l)` memory against the
+  Jacobian's `O((n1 + n2) P)`; equal to `theory.ntk.empirical_ntk(apply,
+  ...)` to rounding (tests/dynamics/test_mlp.py)."""
+  phi = _phi(activation)
+  _check((), parameterization)
+  if params[-1]["W"].ndim != 1:
+    raise ValueError("`mlp.ntk` needs a scalar output (`out=None` at init).")
+
+  def features(x):
+    """Each layer's input `a^l` and the output's gradient `delta^{l+1}`
+    with respect to its pre-activation, `[n, n_{l+1}]` (`[n]` at the end)."""
+    def forward(eps):
+      h, inputs = x, []
+      for l, layer in enumerate(params):
+        a = phi(h) if l else h
+        inputs.append(a)
+        if parameterization == "standard":
+          h = a @ layer["W"].T + layer.get("b", 0.0)
+        else:
+          n_in = layer["W"].shape[-1]
+          last = l == len(params) - 1
+          scale = w_std / (n_in if last and parameterization == "mean_field" else n_in**0.5)
+          h = scale * a @ layer["W"].T + b_std * layer.get("b", 0.0)
+        h = h + eps[l]
+      return h.sum(), inputs
+
+    zeros = [jnp.zeros((x.shape[0],) + layer["W"].shape[:-1], x.dtype) for layer in params]
+    deltas, inputs = jax.grad(forward, has_aux=True)(zeros)
+    return inputs, deltas
+
+  (a1, d1) = features(x1)
+  (a2, d2) = (a1, d1) if x2 is None else features(x2)
+  theta = 0.0
+  for l, layer in enumerate(params):
+    n_in = layer["W"].shape[-1]
+    last = l == len(params) - 1
+    if parameterization == "standard":
+      s2, c2 = 1.0, 1.0 if "b" in layer else 0.0
+    else:
+      s2 = w_std**2 / (n_in**2 if last and parameterization == "mean_field" else n_in)
+      c2 = b_std**2 if "b" in layer else 0.0
+    dd = d1[l] @ d2[l].T if d1[l].ndim == 2 else jnp.outer(d1[l], d2[l])
+    theta = theta + (s2 * a1[l] @ a2[l].T + c2) * dd
+  return theta

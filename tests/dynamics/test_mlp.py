@@ -100,3 +100,17 @@ def test_any_callable_activation():
 def test_bad_input_names_the_argument(call, name):
   with pytest.raises(ValueError, match=name):
     call()
+
+
+@pytest.mark.parametrize("par, bias", [(p, True) for p in PARAMS] + [("ntk", False)])
+def test_ntk_without_the_jacobian(par, bias):
+  from theory import ntk
+  with jax.enable_x64(True):
+    x = np.random.default_rng(0).normal(size=(7, 3))
+    p = mlp.init(jax.random.PRNGKey(1), 3, (9, 6), parameterization=par, w_std=1.3,
+                 b_std=0.4, bias=bias, dtype=jnp.float64)
+    kw = dict(activation="tanh", parameterization=par, w_std=1.3, b_std=0.4)
+    f = lambda p_, x_: mlp.apply(p_, x_, **kw)
+    want = ntk.empirical_ntk(f, p, x, x[:4])
+    np.testing.assert_allclose(mlp.ntk(p, x, x[:4], **kw), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(mlp.ntk(p, x, **kw), ntk.empirical_ntk(f, p, x), rtol=1e-12)

@@ -10,7 +10,7 @@ from tests.helpers import config
 def small(parameterization, widths=(64, 256, 1024, 4096)):
   c = config("relu_ntk")
   c.model.parameterization = parameterization
-  c.sweep.model.width = widths
+  c.sweep.model = {"width": widths}  # depth 2 only
   c.num_seeds = 2
   c.task.num_train = c.task.num_test = 32
   c.train.num_steps, c.train.log_every = 200, 20
@@ -42,6 +42,9 @@ def test_mean_field_kernel_moves_by_order_one():
 
 
 @pytest.mark.parametrize("field, value", [("model.width", 0),
+                                          ("model.depth", 1),
+                                          ("model.activation", "sigmoid"),
+                                          ("task.name", "mnist"),
                                           ("model.parameterization", "muP"),
                                           ("train.lr", 0.0)])
 def test_bad_config(field, value):
@@ -50,3 +53,37 @@ def test_bad_config(field, value):
   c[section][name] = value
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     sweep.plan(c)
+
+
+def test_depth_and_activation_axes():
+  # depth 3 tanh, two depths in one grid: per-depth slopes, the analytic
+  # kernel of that depth and activation (the gap falls as width^-1/2).
+  c = config("relu_ntk")
+  c.model.activation = "tanh"
+  c.sweep.model = {"width": (64, 1024), "depth": (2, 3)}
+  c.num_seeds = 2
+  c.task.num_train = c.task.num_test = 16
+  c.train.num_steps, c.train.log_every = 20, 10
+  points, s = simulate(c)
+  assert set(s["slopes_by_depth"]) == {"2", "3"} and "slopes" not in s
+  for depth, slopes in s["slopes_by_depth"].items():
+    # width^-1/2 from two widths 16x apart, 2 seeds: each gap known to ~20%,
+    # the slope to ~0.1
+    assert -0.8 <= slopes["kernel_gap"] <= -0.2, (depth, slopes)
+  assert {(p.summary["depth"], p.summary["activation"]) for p in points} == {
+      (2, "tanh"), (3, "tanh")}
+
+
+def test_jacot_fig1_direction(tmp_path):
+  # configs/papers/jacot2018_fig1.py at reduced size: the wider network's NTK
+  # is nearer the limit at init and after training, and moves less.
+  c = config("papers/jacot2018_fig1")
+  c.num_seeds = 3
+  c.sweep.model.width = (64, 1024)
+  c.task.num_test = 16
+  c.train.num_steps, c.train.log_every = 30, 10
+  points, _ = simulate(c)
+  narrow, wide = sorted((p.summary for p in points), key=lambda s: s["width"])
+  for key in ("kernel_gap", "kernel_gap_end", "drift"):
+    assert wide[key] < 0.5 * narrow[key], (key, narrow[key], wide[key])
+  assert wide["kernel_gap_end"] < 0.1
