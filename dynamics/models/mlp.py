@@ -139,6 +139,7 @@ def ntk(params: list, x1: jax.Array, x2: jax.Array | None = None, *,
         h = h + eps[l]
       return h.sum(), inputs
 
+    x = jnp.asarray(x)
     zeros = [jnp.zeros((x.shape[0],) + layer["W"].shape[:-1], x.dtype) for layer in params]
     deltas, inputs = jax.grad(forward, has_aux=True)(zeros)
     return inputs, deltas

@@ -168,53 +168,15 @@ def test_jit_and_vmap():
 
 # ---- Monte Carlo of finite networks --------------------------------------
 
-def ntk_by_layers(params, x, act, w, b, standard=False):
-  """The finite network's NNGP-at-init estimate and NTK, through the
-  gradients `delta` of the output with respect to each layer's
-  pre-activation: a weight `W^l` enters as `s_l delta^{l+1} (a^l)^T`, so its
-  share of `J J^T` is `s_l^2 (a^l a'^l)(delta^{l+1} delta'^{l+1})` and the
-  bias's `b_scale^2 (delta delta')`: no Jacobian over the parameters."""
-  phi = mlp.ACTIVATIONS[act]
-  sizes = [layer["W"].shape[-1] for layer in params]
-  eps = [jnp.zeros((x.shape[0],) + layer["W"].shape[:-1]) for layer in params]
-
-  def forward(eps):
-    h, acts = x, []
-    for l, layer in enumerate(params):
-      a = phi(h) if l else h
-      acts.append(a)
-      if standard:
-        h = a @ layer["W"].T + layer["b"]
-      else:
-        h = w / np.sqrt(sizes[l]) * a @ layer["W"].T + b * layer["b"]
-      h = h + eps[l]
-    return h, acts
-
-  (_, acts) = forward(eps)
-  deltas = jax.grad(lambda e: forward(e)[0].sum())(eps)
-  theta = 0.0
-  for l, (a, dl) in enumerate(zip(acts, deltas)):
-    dd = dl @ dl.T if dl.ndim == 2 else jnp.outer(dl, dl)
-    scale, bias = (1.0, 1.0) if standard else (w**2 / sizes[l], b**2)
-    theta = theta + (scale * a @ a.T + bias) * dd
-  last = acts[-1]
-  nngp = w**2 * last @ last.T / sizes[-1] + b**2  # E over the last layer, given the rest
-  return nngp, theta
-
-
-def test_ntk_by_layers_is_the_jacobian_ntk():
-  # the helper against the plain per-example Jacobian, float64, small width
-  x = inputs()
-  with jax.enable_x64(True):
-    for standard in (False, True):
-      param = "standard" if standard else "ntk"
-      p = mlp.init(jax.random.PRNGKey(1), 5, (32, 16), parameterization=param, w_std=1.3,
-                   b_std=0.4, dtype=jnp.float64)
-      f = lambda p_, x_: mlp.apply(p_, x_, activation="tanh", parameterization=param,
-                                   w_std=1.3, b_std=0.4)
-      _, theta = ntk_by_layers(p, x, "tanh", 1.3, 0.4, standard)
-      np.testing.assert_allclose(theta, ntk.empirical_ntk(f, p, x, x), rtol=1e-10,
-                                 atol=1e-12)
+def finite_kernels(params, x, act, w, b, standard=False):
+  """One finite network's NNGP estimate (the expectation over its last layer
+  given the rest, `w^2 a.a'/n + b^2` with `a` the last hidden layer) and its
+  NTK (`dynamics.models.mlp.ntk`, checked against the Jacobian in
+  tests/dynamics/test_mlp.py)."""
+  par = "standard" if standard else "ntk"
+  kw = dict(activation=act, parameterization=par, w_std=w, b_std=b)
+  last = mlp.ACTIVATIONS[act](mlp.apply(params[:-1], x, **kw))
+  return w**2 * last @ last.T / last.shape[1] + b**2, mlp.ntk(params, x, **kw)
 
 
 def monte_carlo(act, widths, seeds, w=1.3, b=0.3, depth=3):
@@ -223,7 +185,7 @@ def monte_carlo(act, widths, seeds, w=1.3, b=0.3, depth=3):
   exact = ntk.mlp_kernel(depth, act, w, b)(x)
   out = {}
   for n in widths:
-    run = jax.jit(lambda key: ntk_by_layers(
+    run = jax.jit(lambda key: finite_kernels(
         mlp.init(key, 5, (n,) * (depth - 1), w_std=w, b_std=b), x, act, w, b))
     est = [run(jax.random.PRNGKey(s)) for s in range(seeds)]
     out[n] = {k: np.stack([e[i] for e in est]) for i, k in enumerate(("nngp", "ntk"))}
@@ -293,7 +255,7 @@ def test_standard_parameterization_against_monte_carlo():
   x = inputs()
   n, seeds = 2048, 8
   exact = ntk.mlp_kernel(3, "relu", 1.3, 0.3, "standard", width=n)(x)
-  run = jax.jit(lambda key: ntk_by_layers(
+  run = jax.jit(lambda key: finite_kernels(
       mlp.init(key, 5, (n, n), parameterization="standard", w_std=1.3, b_std=0.3),
       x, "relu", 1.3, 0.3, standard=True)[1])
   s = np.stack([run(jax.random.PRNGKey(k)) for k in range(seeds)])
