@@ -3,13 +3,16 @@
 Every experiment, test, plot and report computes its agreement figures with
 these functions, so the number a test asserts, the number in `summary.json`
 and the number on a figure are the same number. Nothing here knows about a
-model; inputs are numpy or jax arrays, outputs numpy arrays or floats.
+model; inputs are numpy or jax arrays, outputs numpy arrays or floats (the
+laziness measures at the end return jax arrays and trace under `jit`).
 
 Time is the last axis of a trajectory unless `axis` says otherwise.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
@@ -135,3 +138,45 @@ def compare(empirical, predicted, *, axis: int = -1) -> dict:
                                        reduce="mean"),
       "r2": r_squared(empirical, predicted, axis=axis),
   }
+
+
+# ---- laziness: how far training moved the weights and the kernel ----------
+# jax.numpy, so that a train function's `metrics_fn` can log them inside the
+# compiled trajectory; they take numpy arrays as well.
+
+def relative_weight_change(params, params0) -> jax.Array:
+  """`||theta - theta0|| / ||theta0||` over every leaf of two parameter
+  pytrees of the same structure (Euclidean norm of all entries together)."""
+  sq = lambda tree: sum(jnp.sum(jnp.square(jnp.asarray(a)))
+                        for a in jax.tree_util.tree_leaves(tree))
+  diff = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a) - jnp.asarray(b),
+                                params, params0)
+  return jnp.sqrt(sq(diff) / sq(params0))
+
+
+def kernel_distance(k, k0) -> jax.Array:
+  """`||K - K0||_F / ||K0||_F` over the last two axes (a kernel drift)."""
+  k, k0 = jnp.asarray(k), jnp.asarray(k0)
+  return jnp.linalg.norm(k - k0, axis=(-2, -1)) / jnp.linalg.norm(k0, axis=(-2, -1))
+
+
+def kernel_alignment(k, y) -> jax.Array:
+  """Kernel-target alignment (Cristianini et al. 2002),
+  `<K, Y Y^T>_F / (||K||_F ||Y Y^T||_F)`, in [-1, 1] for a PSD `K`; 1 when `K`
+  is proportional to `Y Y^T`. `k: [..., n, n]`, `y: [n]` or `[n, c]`."""
+  k, y = jnp.asarray(k), jnp.asarray(y)
+  y = y.reshape(y.shape[0], -1)
+  yy = y @ y.T
+  return (jnp.sum(k * yy, axis=(-2, -1))
+          / (jnp.linalg.norm(k, axis=(-2, -1)) * jnp.linalg.norm(yy)))
+
+
+def effective_rank(w) -> jax.Array:
+  """Effective rank of a matrix (Roy & Vetterli 2007): `exp(H(p))` with
+  `p_i = sigma_i / sum_j sigma_j` its normalised singular values and `H` the
+  entropy; `r` for `r` equal singular values, between 1 and `min(shape)`.
+  Batched over leading axes."""
+  s = jnp.linalg.svd(jnp.asarray(w), compute_uv=False)
+  p = s / jnp.sum(s, axis=-1, keepdims=True)
+  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0),
+                          axis=-1))

@@ -5,7 +5,8 @@ default grid sweeps both) of `dynamics.models.mlp` with `model.activation`
 (ReLU by default): its seeds train by full-batch gradient descent. Logged
 per seed: outputs on train and test points, the train and test loss, and the
 relative kernel drift `||Theta_t - Theta_0||_F / ||Theta_0||_F` on the
-training points; the NTK between test and training points at init and at the
+training points and the relative weight change `||theta_t - theta_0|| /
+||theta_0||` (`dynamics.metrics`); the NTK between test and training points at init and at the
 end (`theta0_test`, `theta_end_test`). Beside them (`theory`): the linearised
 network, `theory.ntk.gradient_descent_mse` on each seed's empirical NTK at
 init with the same `lr` and steps (so no O(lr) discretisation gap). The
@@ -41,7 +42,7 @@ from theory import ntk
 
 HPARAMS = {"train.lr": "lr"}
 CONSTANTS = ("theta0", "theta0_test", "theta_end_test")
-TABLE = ("loss", "test_loss", "drift")
+TABLE = ("loss", "test_loss", "drift", "weight_change")
 FIGURES = ("kernel_gap", "kernel_gap_end", "drift", "dist_train_emp", "dist_test_emp",
            "dist_train_ana", "dist_test_ana")
 TASKS = ("sphere_teacher", "circle")
@@ -117,9 +118,10 @@ def make_train(config):
     theta0 = kernel(params, x, x)
 
     def metrics_fn(p):
-      drift = jnp.linalg.norm(kernel(p, x, x) - theta0) / jnp.linalg.norm(theta0)
       return {"f_train": f(p, x), "f_test": f(p, xt), "loss": loss_fn(p, x, y),
-              "test_loss": loss_fn(p, xt, yt), "drift": drift}
+              "test_loss": loss_fn(p, xt, yt),
+              "drift": metrics.kernel_distance(kernel(p, x, x), theta0),
+              "weight_change": metrics.relative_weight_change(p, params)}
 
     state, logged = engine.trajectory(
         params, loss_fn=loss_fn, data=(x, y),

@@ -68,3 +68,30 @@ def test_compare_keys_and_shapes():
   assert set(out) == {"max_rel_error", "mean_rel_error", "r2"}
   assert out["max_rel_error"].shape == (4, 2)
   np.testing.assert_allclose(out["max_rel_error"], 0.1 / 1.1)
+
+
+def test_laziness_measures_by_hand():
+  import jax
+  import jax.numpy as jnp
+  p0 = {"a": np.array([3.0, 0.0]), "b": [np.array([[4.0]])]}        # ||p0|| = 5
+  p1 = {"a": np.array([3.0, 1.0]), "b": [np.array([[4.0 + 2.0]])]}  # moved by (0, 1, 2)
+  np.testing.assert_allclose(metrics.relative_weight_change(p1, p0), np.sqrt(5) / 5)
+  assert float(metrics.relative_weight_change(p0, p0)) == 0.0
+  k0 = np.eye(3)
+  np.testing.assert_allclose(metrics.kernel_distance(2 * k0, k0), 1.0)
+  np.testing.assert_allclose(metrics.kernel_distance(np.stack([k0, 3 * k0]), k0), [0.0, 2.0])
+  y = np.array([1.0, -2.0, 2.0])
+  # K = c y y^T is perfectly aligned; K = I gives |y|^2 / (sqrt(n) |y|^2)
+  np.testing.assert_allclose(metrics.kernel_alignment(5 * np.outer(y, y), y), 1.0)
+  np.testing.assert_allclose(metrics.kernel_alignment(k0, y), 1 / np.sqrt(3))
+  np.testing.assert_allclose(metrics.kernel_alignment(k0, y[:, None]), 1 / np.sqrt(3))
+  # effective rank: r equal singular values give r; a rank-one matrix 1;
+  # singular values (3, 1): exp(-(3/4) log(3/4) - (1/4) log(1/4))
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))
+  np.testing.assert_allclose(metrics.effective_rank(2 * q[:, :3] @ q[:3]), 3.0, rtol=1e-5)
+  np.testing.assert_allclose(metrics.effective_rank(np.outer(y, y)), 1.0, rtol=1e-5)
+  want = np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+  np.testing.assert_allclose(metrics.effective_rank(np.diag([3.0, 1.0, 0.0])), want, rtol=1e-5)
+  # inside a compiled function, batched
+  w = jnp.stack([jnp.eye(4), jnp.diag(jnp.array([1.0, 0, 0, 0]))])
+  np.testing.assert_allclose(jax.jit(metrics.effective_rank)(w), [4.0, 1.0], rtol=1e-5)
