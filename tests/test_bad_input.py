@@ -61,6 +61,12 @@ THEORY = [
     ("predicted_map", lambda: dl.predicted_map([-1.0], I3, 0.1), "`t`"),
     ("predicted_loss", lambda: dl.predicted_loss([1.0], np.ones(3), 0.1), "`sigma_yx`"),
     ("predicted_loss", lambda: dl.predicted_loss([1.0], I3, 0.1, depth=0), "`depth`"),
+    ("two_layer_flow", lambda: dl.two_layer_flow([-1.0], I3, I3, I3), "`t`"),
+    ("two_layer_flow", lambda: dl.two_layer_flow([1.0], I3, I3, I3, tau=0.0), "`tau`"),
+    ("two_layer_flow", lambda: dl.two_layer_flow([1.0], I3 * np.nan, I3, I3), "`w1_0`"),
+    ("two_layer_flow", lambda: dl.two_layer_flow([1.0], I3, np.ones(3), I3), "`w2_0`"),
+    ("two_layer_flow", lambda: dl.two_layer_flow([1.0], I3, I3, I2), "sigma_yx"),
+    ("two_layer_flow", lambda: dl.two_layer_flow([1.0], I3, 2 * I3 + 0.1, I3), "`w1_0`, `w2_0`"),
     # ntk kernels
     ("relu_nngp", lambda: ntk.relu_nngp(np.ones(3), X), "`x1`"),
     ("relu_nngp", lambda: ntk.relu_nngp(X, np.ones((3, 4))), "`x1` and `x2`"),

@@ -304,3 +304,114 @@ def predicted_loss(t: ArrayLike, sigma_yx: ArrayLike, u0: ArrayLike,
     _checks.check_finite_nonnegative("sigma_yy_trace", sigma_yy_trace)
     loss = loss + 0.5 * (sigma_yy_trace - jnp.sum(s**2))
   return loss
+
+
+BALANCE_TOL = 1e-6  # relative imbalance ||W2^T W2 - W1 W1^T - lam I|| allowed
+_STEP = 2.0  # the closed form is applied over steps with max|f| dt/tau <= _STEP
+
+
+def _lambda_balance(w1, w2):
+  """`lam` with `W2^T W2 - W1 W1^T = lam I`, refusing an init off it."""
+  gap = w2.T @ w2 - w1 @ w1.T
+  h = gap.shape[0]
+  lam = float(np.trace(gap)) / h
+  scale = max(float(np.linalg.norm(w2.T @ w2) + np.linalg.norm(w1 @ w1.T)), 1e-300)
+  imbalance = float(np.linalg.norm(gap - lam * np.eye(h))) / scale
+  if imbalance > BALANCE_TOL:
+    raise ValueError(
+        f"`w1_0`, `w2_0` are not lambda-balanced: ||W2^T W2 - W1 W1^T - lam I||_F / "
+        f"(||W2^T W2|| + ||W1 W1^T||) = {imbalance:.3g} with lam = {lam:.6g}, above "
+        f"{BALANCE_TOL:g}.")
+  return lam
+
+
+def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
+                   sigma_yx: ArrayLike, tau: float = 1.0) -> dict:
+  r"""Exact gradient flow of `f(x) = W2 W1 x` from a lambda-balanced init.
+
+  Gradient flow on `L = (1/2P) sum ||y - W2 W1 x||^2` with whitened inputs,
+  `tau dW1/dt = W2^T (Sigma_yx - W2 W1)`, `tau dW2/dt = (Sigma_yx - W2 W1) W1^T`,
+  conserves `W2^T W2 - W1 W1^T`. When it is `lam I` at init (lambda-balanced;
+  `lam = 0` is balanced), `Q = [W1^T; W2]` obeys `tau dQ/dt = F Q - Q Q^T Q / 2`
+  with `F = [[0, Sigma_yx^T], [Sigma_yx, 0]] - (lam / 2) diag(I_in, -I_out)`,
+  and `P = Q Q^T = [[W1^T W1, (W2 W1)^T], [W2 W1, W2 W2^T]]` the matrix Riccati
+  equation `tau dP/dt = F P + P F - P^2`, solved by
+
+      P(t) = e^{Fs} Q0 (I + Q0^T F^{-1} (e^{2Fs} - I) Q0 / 2)^{-1} Q0^T e^{Fs},
+
+  `s = t / tau` (Fukumizu 1998 for lam = 0 and aligned inits; Braun et al.
+  2022 for balanced inits; Dominé et al. 2025 for any lam). `F^{-1}(e^{2Fs} -
+  I)` is taken in `F`'s eigenbasis with its limit `2s` on the null space. The
+  formula is applied over steps of at most `max|f| ds = 2` (each step restarts
+  from the factor of `P`), so that `e^{2Fs}` never grows past `e^4` and
+  every `t` keeps float64 precision. Time as in `docs/conventions.md`
+  (`t = lr x steps`). Numpy/scipy in float64; not traceable under `jit`.
+
+  Args:
+    t: times `[T]`, >= 0 (any order).
+    w1_0: `[h, d_in]`; w2_0: `[d_out, h]`; lambda-balanced to `BALANCE_TOL`
+      relative to `||W2^T W2|| + ||W1 W1^T||` (else a `ValueError` with the
+      measured imbalance).
+    sigma_yx: `[d_out, d_in]` input-output covariance.
+    tau: time constant > 0.
+
+  Returns:
+    `{"w": W2 W1 [T, d_out, d_in], "w1tw1": W1^T W1 [T, d_in, d_in],
+    "w2w2t": W2 W2^T [T, d_out, d_out], "lam": lam}`; the weights themselves
+    are determined only up to an orthogonal `h x h` rotation.
+  """
+  _checks.check_finite_nonnegative("t", t)
+  _checks.check_ndim("t", t, (0, 1))
+  _checks.check_positive("tau", tau)
+  for name, a in (("w1_0", w1_0), ("w2_0", w2_0), ("sigma_yx", sigma_yx)):
+    _checks.check_finite(name, a)
+    _checks.check_ndim(name, a, (2,))
+  w1, w2, syx = (np.asarray(a, np.float64) for a in (w1_0, w2_0, sigma_yx))
+  (h, d_in), (d_out, h2) = w1.shape, w2.shape
+  if h2 != h or syx.shape != (d_out, d_in):
+    raise ValueError(f"shapes must be w1_0 [h, d_in], w2_0 [d_out, h], sigma_yx "
+                     f"[d_out, d_in]; got {w1.shape}, {w2.shape}, {syx.shape}.")
+  lam = _lambda_balance(w1, w2)
+  d = d_in + d_out
+  f_mat = np.zeros((d, d))
+  f_mat[:d_in, d_in:], f_mat[d_in:, :d_in] = syx.T, syx
+  f_mat -= lam / 2 * np.diag(np.r_[np.ones(d_in), -np.ones(d_out)])
+  f, u = np.linalg.eigh(f_mat)
+
+  def advance(q, ds):  # the closed form over ds from the factor q
+    a = u.T @ q
+    e = np.exp(f * ds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      half = np.where(f == 0, ds, np.expm1(2 * f * ds) / (2 * f))
+    ea = e[:, None] * a
+    m = np.eye(q.shape[1]) + a.T @ (half[:, None] * a)
+    p_hat = ea @ np.linalg.solve(m, ea.T)
+    return u @ p_hat @ u.T
+
+  def factor(p):  # q with q q^T = p (rank <= h; the formula needs only p)
+    vals, vecs = np.linalg.eigh((p + p.T) / 2)
+    k = min(h, d)
+    return vecs[:, -k:] * np.sqrt(vals[-k:].clip(min=0))
+
+  times = np.atleast_1d(np.asarray(t, np.float64)) / float(tau)
+  step = _STEP / max(float(np.max(np.abs(f))), 1e-300)
+  out = np.empty((len(times), d, d))
+  s_now, q_now = 0.0, np.concatenate([w1.T, w2], 0)
+  for i in np.argsort(times):
+    while times[i] - s_now > step:
+      q_now, s_now = factor(advance(q_now, step)), s_now + step
+    out[i] = advance(q_now, times[i] - s_now)
+  return {"w": out[:, d_in:, :d_in], "w1tw1": out[:, :d_in, :d_in],
+          "w2w2t": out[:, d_in:, d_in:], "lam": lam}
+
+
+def two_layer_ntk(flow: dict, x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
+  """The NTK of `f(x) = W2 W1 x` along `two_layer_flow`'s solution:
+  `Theta(x, x')_{ab} = (x . x') (W2 W2^T)_{ab} + (x^T W1^T W1 x') delta_{ab}`
+  (the `W1` and `W2` gradients), `[T, n1, n2, d_out, d_out]`."""
+  _checks.check_finite("x1", x1)
+  x1 = np.asarray(x1, np.float64)
+  x2 = x1 if x2 is None else np.asarray(x2, np.float64)
+  eye = np.eye(flow["w2w2t"].shape[-1])
+  return (np.einsum("ik,jk,tab->tijab", x1, x2, flow["w2w2t"])
+          + np.einsum("ik,tkl,jl,ab->tijab", x1, flow["w1tw1"], x2, eye))
