@@ -1,0 +1,109 @@
+r"""Implicit bias of diagonal linear networks (Woodworth et al., "Kernel and
+rich regimes in overparametrized models", COLT 2020).
+
+The network `f(x) = <u*u - v*v, x>` from `u = v = alpha` trained by gradient
+flow on the loss of `docs/conventions.md`, `L = (1/2P) ||X beta - y||^2`,
+has `du/dt = -2 u g`, `dv/dt = 2 v g` with `g = X^T (X beta - y) / P`, so
+`beta(t) = -2 alpha^2 sinh(2 int_0^t g)`: `beta` stays of the form
+`2 alpha^2 sinh(X^T mu)`. If the flow reaches an interpolator (`X beta = y`),
+that is the one with `arcsinh(beta / (2 alpha^2)) = X^T mu`, the KKT
+condition of
+
+    min Q_alpha(beta)  subject to  X beta = y,
+    Q_alpha(beta) = alpha^2 sum_i q(beta_i / alpha^2),
+    q(z) = 2 - sqrt(4 + z^2) + z arcsinh(z / 2),
+
+since `q'(z) = arcsinh(z / 2)`. As `alpha -> 0`, `Q_alpha / (alpha^2 log(1 /
+alpha^2))` tends to the l1 norm (the rich regime); as `alpha -> inf`,
+`Q_alpha` tends to `||beta||^2 / (4 alpha^2)` (the kernel regime). The
+constants are those of this parameterization; tests/theory/
+test_diagonal_linear.py checks them by simulating the network.
+numpy/scipy in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import optimize
+
+from theory import _checks
+
+
+def q_alpha(beta: ArrayLike, alpha: float) -> float:
+  """`Q_alpha(beta) = alpha^2 sum_i q(beta_i / alpha^2)`."""
+  _checks.check_finite("beta", beta)
+  _checks.check_positive("alpha", alpha)
+  z = np.asarray(beta, np.float64) / alpha**2
+  return float(alpha**2 * np.sum(2 - np.sqrt(4 + z**2) + z * np.arcsinh(z / 2)))
+
+
+def _check_xy(x, y):
+  for name, a in (("x", x), ("y", y)):
+    _checks.check_finite(name, a)
+  _checks.check_ndim("x", x, (2,))
+  _checks.check_ndim("y", y, (1,))
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f"`x` [n, d] and `y` [n] disagree: {x.shape}, {y.shape}.")
+  if np.linalg.matrix_rank(x) < x.shape[0]:
+    raise ValueError(f"`x` {x.shape} must have full row rank (n <= d and independent "
+                     "rows) for an interpolator to exist for every `y`.")
+  return x, y
+
+
+def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarray:
+  """`argmin Q_alpha(beta)` subject to `x beta = y`: where gradient flow of
+  the diagonal network from scale `alpha` converges when it interpolates.
+
+  Solved through its dual: `beta = 2 alpha^2 sinh(x^T mu)` with `mu`
+  minimising the convex `2 alpha^2 sum cosh(x^T mu) - y . mu` by damped
+  Newton steps (exact Hessian, backtracking) to a residual
+  `||x beta - y|| <= 1e-12 ||y||`; a `ValueError` if it stays above 1e-8.
+
+  Args:
+    x: `[n, d]`, full row rank (`n <= d`); y: `[n]`; alpha: > 0.
+
+  Returns:
+    `beta: [d]`.
+  """
+  x, y = _check_xy(x, y)
+  _checks.check_positive("alpha", alpha)
+  a2 = 2 * float(alpha) ** 2
+  dual = lambda m: a2 * np.sum(np.cosh(x.T @ m)) - y @ m
+  # start from the l2 solution's dual variable, then damped Newton steps
+  mu = np.linalg.lstsq(x.T, np.arcsinh(min_l2_solution(x, y) / a2), rcond=None)[0]
+  tol = 1e-12 * max(np.linalg.norm(y), 1e-300)
+  for _ in range(500):
+    z = x.T @ mu
+    grad = a2 * x @ np.sinh(z) - y
+    if np.linalg.norm(grad) <= tol:
+      break
+    step = np.linalg.solve(a2 * (x * np.cosh(z)) @ x.T, grad)
+    size, now = 1.0, dual(mu)
+    while dual(mu - size * step) > now - 1e-4 * size * grad @ step and size > 1e-12:
+      size /= 2
+    mu = mu - size * step
+  beta = a2 * np.sinh(x.T @ mu)
+  if np.linalg.norm(x @ beta - y) > 1e-8 * max(np.linalg.norm(y), 1e-300):
+    raise ValueError(f"the dual problem did not converge at alpha = {alpha:g} (residual "
+                     f"{np.linalg.norm(x @ beta - y):.3g}); alpha is too small for float64 "
+                     "(sinh overflows beyond ~700).")
+  return beta
+
+
+def min_l1_solution(x: ArrayLike, y: ArrayLike) -> np.ndarray:
+  """`argmin ||beta||_1` subject to `x beta = y` (the `alpha -> 0` limit), as
+  the linear program over `beta = p - n`, `p, n >= 0` (scipy's HiGHS)."""
+  x, y = _check_xy(x, y)
+  d = x.shape[1]
+  res = optimize.linprog(np.ones(2 * d), A_eq=np.hstack([x, -x]), b_eq=y,
+                         bounds=(0, None), method="highs")
+  return res.x[:d] - res.x[d:]
+
+
+def min_l2_solution(x: ArrayLike, y: ArrayLike) -> np.ndarray:
+  """`argmin ||beta||_2` subject to `x beta = y` (the `alpha -> inf` limit),
+  `x^T (x x^T)^{-1} y`."""
+  x, y = _check_xy(x, y)
+  return x.T @ np.linalg.solve(x @ x.T, y)
