@@ -42,6 +42,9 @@ CASES = {
                  for k, v in (("num_steps", 40), ("log_every", 10))],
                 ["sweep.model.family=('deep_linear','lsa')",
                  "sweep.prune.measure=('magnitude','gradient_norm')"]),
+    "diagonal_linear": (["num_seeds=4", "task.d=12", "task.num_train=6", "task.num_test=10",
+                         "train.num_steps=2000", "train.log_every=500"],
+                        ["sweep.model.alpha=(0.1,1.0)", "sweep.train.lr=(0.005,0.01)"]),
 }
 
 

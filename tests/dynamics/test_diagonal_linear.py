@@ -1,0 +1,32 @@
+"""The diagonal-network experiment at test size: the learned beta at the
+predicted interpolator, and the move from l1 to l2 with alpha."""
+
+import pytest
+
+from dynamics import simulate, sweep
+from tests.helpers import config
+
+
+def test_rich_to_lazy():
+  c = config("diagonal_linear")
+  c.num_seeds = 2
+  c.task.d, c.task.num_train = 30, 10
+  c.sweep.model.alpha = (0.01, 0.1, 1.0)
+  c.train.num_steps, c.train.log_every = 20000, 5000
+  points, s = simulate(c)
+  rows = sorted((p.summary for p in points), key=lambda r: r["alpha"])
+  # within 2% of the prediction (the finite time at alpha 0.01, O(lr) elsewhere)
+  assert s["worst_to_prediction"] < 0.02, s
+  to_l1, to_l2 = [r["to_l1"] for r in rows], [r["to_l2"] for r in rows]
+  assert to_l1 == sorted(to_l1) and to_l2 == sorted(to_l2, reverse=True), rows
+  assert rows[0]["test_error"] < rows[-1]["test_error"]
+
+
+@pytest.mark.parametrize("field, value", [("model.alpha", 0.0), ("task.num_train", 100),
+                                          ("task.sparsity", 100), ("train.lr", -1.0)])
+def test_bad_config(field, value):
+  c = config("diagonal_linear", ["sweep={}"])
+  section, _, name = field.rpartition(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    sweep.plan(c)
