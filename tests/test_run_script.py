@@ -45,6 +45,8 @@ CASES = {
     "diagonal_linear": (["num_seeds=4", "task.d=12", "task.num_train=6", "task.num_test=10",
                          "train.num_steps=2000", "train.log_every=500"],
                         ["sweep.model.alpha=(0.1,1.0)", "sweep.train.lr=(0.005,0.01)"]),
+    "two_layer_linear": (["num_seeds=4", "train.num_steps=400", "train.log_every=100"],
+                         ["sweep.init.lam=(0.0,1.0)", "sweep.init.scale=(0.1,0.5)"]),
 }
 
 
