@@ -85,3 +85,36 @@ def test_the_two_limits():
 def test_bad_input(call, name):
   with pytest.raises(ValueError, match=name):
     call()
+
+
+def converged_gradient_descent(x, y, alpha, lr, max_steps=4_000_000, chunk=100_000):
+  """GD in float64 until `||x beta - y|| < 1e-11 ||y||` (or `max_steps`)."""
+  with jax.enable_x64(True):
+    loss = lambda p: 0.5 * jnp.mean((dln.apply(p, x) - y) ** 2)
+    step = lambda _, p: jax.tree_util.tree_map(lambda a, g: a - lr * g, p, jax.grad(loss)(p))
+    run = jax.jit(lambda p: jax.lax.fori_loop(0, chunk, step, p))
+    p = dln.init(x.shape[1], alpha, jnp.float64)
+    for _ in range(max_steps // chunk):
+      p = run(p)
+      beta = np.asarray(dln.beta(p))
+      if np.linalg.norm(x @ beta - y) < 1e-11 * np.linalg.norm(y):
+        break
+    return beta
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 1e-2, 1e1, 1e2])
+def test_prediction_from_rich_to_lazy_extremes(alpha):
+  # GD run to convergence at lr and lr/2: its limit is the flow's plus
+  # c lr + O(lr^2), so |beta(lr/2) - pred| ~ |beta(lr) - beta(lr/2)|; the
+  # bound allows 1.5 of that, plus the unconverged part, at most
+  # ||x beta - y|| / sigma_min(x), plus float64 rounding of the solve.
+  x, y, _ = sparse_problem()
+  pred = td.implicit_bias_solution(x, y, alpha)
+  lam_max = np.linalg.eigvalsh(x @ x.T / len(x)).max()
+  lr = 0.1 / (8 * max(alpha**2, 2.0) * lam_max)  # well inside the NTK's stable range
+  b1, b2 = (converged_gradient_descent(x, y, alpha, lr / k) for k in (1, 2))
+  sigma_min = np.linalg.svd(x, compute_uv=False).min()
+  bound = (1.5 * np.linalg.norm(b1 - b2) + np.linalg.norm(x @ b2 - y) / sigma_min
+           + 1e-9 * np.linalg.norm(pred))
+  assert np.linalg.norm(b2 - pred) <= bound, (alpha, np.linalg.norm(b2 - pred), bound)
+  assert np.linalg.norm(b2 - pred) < 2e-3 * np.linalg.norm(pred)

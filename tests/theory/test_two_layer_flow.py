@@ -134,3 +134,23 @@ def test_long_times_reach_the_teacher(lam):
   w = dl.two_layer_flow([50.0, 200.0], w1, w2, syx)["w"]
   assert np.all(np.isfinite(w))
   np.testing.assert_allclose(w[-1], syx, atol=1e-10)
+
+
+def test_gradient_descent_conserves_the_balance_to_order_lr():
+  # One GD step changes W2^T W2 - W1 W1^T by lr^2 (G1 G1^T - G2^T G2)-type
+  # terms (the O(lr) terms cancel, as in the flow); over a fixed time t that
+  # is t/lr steps of O(lr^2): O(lr) in total, halving with lr.
+  syx = teacher(4, 5)[0]
+  w1, w2 = balanced_init(3, 5, 4, 1.0)
+  d0 = w2.T @ w2 - w1 @ w1.T
+
+  def drift(lr):
+    a, b = w1.copy(), w2.copy()
+    for _ in range(int(round(2.0 / lr))):
+      r = syx - b @ a
+      a, b = a + lr * b.T @ r, b + lr * r @ a.T
+    return np.linalg.norm(b.T @ b - a @ a.T - d0)
+
+  drifts = [drift(lr) for lr in (0.02, 0.01, 0.005)]
+  for big, small in zip(drifts, drifts[1:]):
+    assert 1.8 < big / small < 2.2, drifts
