@@ -111,12 +111,7 @@ def test_empirical_ntk_general_equals_fast_and_converges(w_std, b_std):
   # over 20 seeds: mean 2.5%, worst 3.4% at m = 8192; mean 1.6%, worst 2.4%
   # at m = 16384), so the 3% holds for every seed only from 16384.
   assert gap(16384, 6) < 0.03
-  if b_std:  # the slope once (tests/theory/test_mlp_kernel.py has it for every activation)
-    return
-  # ... and it shrinks as 1/sqrt(m): 16x the width, a quarter of the gap.
-  small = np.mean([gap(1024, s) for s in range(8)])
-  large = np.mean([gap(16384, s) for s in range(8)])
-  np.testing.assert_allclose(small / large, 4.0, rtol=0.3)
+  # the width^-1/2 slope, for every activation and 32 seeds: test_mlp_kernel.py
 
 
 def test_gradient_flow_endpoints_and_expm():
