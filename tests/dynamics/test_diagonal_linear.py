@@ -30,3 +30,17 @@ def test_bad_config(field, value):
   c[section][name] = value
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     sweep.plan(c)
+
+
+def test_woodworth2020_direction():
+  # configs/papers/woodworth2020.py at reduced size: small alpha recovers the
+  # sparse beta* (near the l1 interpolator, low test error), alpha = 1 does not.
+  c = config("papers/woodworth2020")
+  c.num_seeds = 2
+  c.task.d, c.task.num_train, c.task.sparsity = 40, 16, 2
+  c.sweep.model.alpha = (0.003, 1.0)
+  c.train.num_steps, c.train.log_every = 30000, 10000
+  points, _ = simulate(c)
+  rich, lazy = sorted((p.summary for p in points), key=lambda r: r["alpha"])
+  assert rich["test_error"] < 0.2 * lazy["test_error"], (rich, lazy)
+  assert rich["to_l1"] < rich["to_l2"] and lazy["to_l2"] < lazy["to_l1"], (rich, lazy)
