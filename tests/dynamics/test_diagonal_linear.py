@@ -3,8 +3,8 @@ predicted interpolator, and the move from l1 to l2 with alpha."""
 
 import pytest
 
-from dynamics import simulate, sweep
-from tests.helpers import config
+from dynamics import simulate
+from tests.helpers import assert_plan_refuses, config
 
 
 def test_rich_to_lazy():
@@ -25,11 +25,7 @@ def test_rich_to_lazy():
 @pytest.mark.parametrize("field, value", [("model.alpha", 0.0), ("task.num_train", 100),
                                           ("task.sparsity", 100), ("train.lr", -1.0)])
 def test_bad_config(field, value):
-  c = config("diagonal_linear", ["sweep={}"])
-  section, _, name = field.rpartition(".")
-  c[section][name] = value
-  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    sweep.plan(c)
+  assert_plan_refuses("diagonal_linear", field, value)
 
 
 def test_woodworth2020_direction():

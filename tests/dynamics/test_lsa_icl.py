@@ -10,7 +10,7 @@ from dynamics import train as engine
 from dynamics.experiments import lsa_icl
 from dynamics.models import linear_attention as model
 from dynamics.tasks import icl_regression as icl
-from tests.helpers import config
+from tests.helpers import assert_plan_refuses, config
 from theory import linear_attention as la
 
 
@@ -169,11 +169,7 @@ def test_shared_prompts_are_an_opt_in():
     ("task.condition_number", 0.5), ("task.pool_size", 100), ("task.prompts", "own"),
     ("train.lr_scaling", "sqrt")])
 def test_bad_config(field, value):
-  c = config("lsa_icl", ["sweep={}"])
-  section, _, name = field.rpartition(".")
-  (c[section] if section else c)[name] = value
-  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    sweep.plan(c)
+  assert_plan_refuses("lsa_icl", field, value)
 
 
 def test_aligned_init_needs_merged_form_and_a_constant_rate():
