@@ -48,6 +48,8 @@ def get_config():
   config.task.noise_var = 0.0
   config.task.covariance = "isotropic"  # or "skewed"
   config.task.condition_number = 4.0  # skewed: eigenvalues from 1 to 1/4, trace d
+  config.task.inputs = "gaussian"      # or "uniform": von Oswald et al.'s U(-r/2, r/2)^d
+  config.task.input_range = 1.0       # r, for "uniform" (isotropic covariance only)
   config.task.pool_size = 0           # 0: fresh prompts every step; else a fixed pool
   config.task.prompts = "per_seed"    # or "shared": the same prompts for every seed
                                       # (opt-in; seeds then differ only by init)

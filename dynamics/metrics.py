@@ -79,9 +79,11 @@ def time_to_fraction(t, u, target, fraction: float = 0.5) -> np.ndarray:
     `u.shape[:-1]`.
   """
   t, u = np.asarray(t, np.float64), np.asarray(u, np.float64)
-  level = fraction * np.broadcast_to(np.asarray(target, np.float64),
-                                     u.shape[:-1])[..., None]
-  direction = np.where(level[..., 0] >= u[..., 0], 1.0, -1.0)[..., None]
+  target = np.broadcast_to(np.asarray(target, np.float64), u.shape[:-1])[..., None]
+  level = fraction * target
+  # the direction of travel is towards the target, so a trajectory that
+  # starts between the level and the target has already passed the level
+  direction = np.where(target[..., 0] >= u[..., 0], 1.0, -1.0)[..., None]
   reached = direction * (u - level) >= 0
   first = np.argmax(reached, axis=-1)
   ever = np.any(reached, axis=-1)

@@ -23,6 +23,11 @@ Exact risk (Gaussian fourth moments; derivation in the docs), with
                + (1 + 1/N) tr(Gamma^T Lambda Gamma Lambda^2)
                + c tr(Gamma^T Lambda Gamma Lambda).
 
+Inputs with independent coordinates of kurtosis `kappa = E x_k^4 / (E x_k^2)^2`
+(`kurtosis`; 3 is Gaussian, 9/5 uniform as in von Oswald et al.'s code) and
+a diagonal `Lambda` change one coefficient: `1 + 1/N` becomes
+`1 + (kappa - 2)/N` here and below.
+
 Its minimiser (Zhang, Frei & Bartlett 2024 for noise_var = 0) is
 `Gamma* = ((1 + 1/N) Lambda + c I)^{-1}`; for `Lambda = I` it is one step of
 gradient descent with `lr* = N / (N + 1 + d + noise_var)`.
@@ -80,6 +85,21 @@ def _check_cov(cov, d: int | None = None) -> jnp.ndarray:
   return _float(cov)
 
 
+def _fourth(kurtosis, cov, n: int):
+  """`1 + (kappa - 2)/N`, the coefficient of `tr(Gamma^T L Gamma L^2)`; a
+  kurtosis other than 3 needs a diagonal `cov` (independent coordinates)."""
+  k = _checks.real("kurtosis", kurtosis)
+  if k is not None and not (np.ndim(k) == 0 and np.isfinite(k) and k >= 1):
+    raise ValueError(f"`kurtosis` must be a finite scalar >= 1, got {k!r}.")
+  v = _checks.real("cov", cov) if cov is not None else None
+  if v is not None and k is not None and float(k) != 3.0:
+    off = np.abs(v - np.diag(np.diag(v))).max()
+    if off > 1e-6 * np.abs(v).max():
+      raise ValueError("`kurtosis` other than 3 needs a diagonal `cov` (inputs with "
+                       f"independent coordinates); off-diagonal entries up to {off:.3g}.")
+  return 1 + (kurtosis - 2) / n
+
+
 def _check_common(n_context, noise_var) -> int:
   n = _check_int("n_context", n_context)
   _checks.check_finite_nonnegative("noise_var", noise_var)
@@ -106,7 +126,7 @@ def gd_params(d: int, lr: ArrayLike) -> dict:
 
 
 def icl_risk(gamma: ArrayLike, cov: ArrayLike, n_context: int,
-             noise_var: ArrayLike = 0.0) -> jnp.ndarray:
+             noise_var: ArrayLike = 0.0, *, kurtosis: ArrayLike = 3.0) -> jnp.ndarray:
   """`E (x_q^T Gamma h - y_q)^2`, the exact in-context risk (module docstring).
 
   Args:
@@ -114,9 +134,12 @@ def icl_risk(gamma: ArrayLike, cov: ArrayLike, n_context: int,
     cov: `[d, d]` input covariance `Lambda` (symmetric PSD).
     n_context: context length `N >= 1`.
     noise_var: label noise variance, on the context and on the query label.
+    kurtosis: of each input coordinate (3: Gaussian); other values need a
+      diagonal `cov` and independent coordinates.
   """
   n = _check_common(n_context, noise_var)
   cov = _check_cov(cov)
+  fourth = _fourth(kurtosis, cov, n)
   _checks.check_finite("gamma", gamma)
   gamma = _float(gamma)
   if gamma.ndim == 0:
@@ -127,41 +150,46 @@ def icl_risk(gamma: ArrayLike, cov: ArrayLike, n_context: int,
   cov2 = cov @ cov
   quad = gamma.T @ cov @ gamma
   risk = (noise_var + jnp.trace(cov) - 2 * jnp.trace(gamma @ cov2)
-          + (1 + 1 / n) * jnp.trace(quad @ cov2) + c * jnp.trace(quad @ cov))
+          + fourth * jnp.trace(quad @ cov2) + c * jnp.trace(quad @ cov))
   _checks.check_result("`gamma` and `cov`", risk)
   return risk
 
 
-def optimal_preconditioner(cov: ArrayLike, n_context: int,
-                           noise_var: ArrayLike = 0.0) -> jnp.ndarray:
+def optimal_preconditioner(cov: ArrayLike, n_context: int, noise_var: ArrayLike = 0.0,
+                           *, kurtosis: ArrayLike = 3.0) -> jnp.ndarray:
   """`Gamma* = ((1 + 1/N) Lambda + (tr Lambda + noise_var)/N I)^{-1}`, `[d, d]`.
 
   The minimiser of `icl_risk` (it solves `grad R = 0`, the risk being convex
-  in `Gamma`), reached by gradient flow on the linear-attention loss.
+  in `Gamma`), reached by gradient flow on the linear-attention loss. With
+  `kurtosis` (as in `icl_risk`) `1 + 1/N` becomes `1 + (kurtosis - 2)/N`.
   """
   n = _check_common(n_context, noise_var)
   cov = _check_cov(cov)
+  fourth = _fourth(kurtosis, cov, n)
   c = (jnp.trace(cov) + noise_var) / n
-  return jnp.linalg.inv((1 + 1 / n) * cov + c * jnp.eye(cov.shape[0], dtype=cov.dtype))
+  return jnp.linalg.inv(fourth * cov + c * jnp.eye(cov.shape[0], dtype=cov.dtype))
 
 
 def optimal_gd_lr(d: int, n_context: int, noise_var: ArrayLike = 0.0,
-                  cov: ArrayLike | None = None) -> jnp.ndarray:
+                  cov: ArrayLike | None = None, *, kurtosis: ArrayLike = 3.0) -> jnp.ndarray:
   """The best single GD learning rate, `argmin_eta icl_risk(eta I)`.
 
   Isotropic inputs (`cov = None`, `Lambda = I_d`): `N / (N + 1 + d + noise_var)`,
   so that `gd_params(d, optimal_gd_lr(...))` is the global optimum. For a
   given `cov`: `tr L^2 / ((1 + 1/N) tr L^3 + c tr L^2)`, no longer optimal
-  among all `Gamma`.
+  among all `Gamma` unless `cov` is a multiple of `I`. With `kurtosis` (as in
+  `icl_risk`) `1 + 1/N` becomes `1 + (kurtosis - 2)/N`: for `cov = s I`,
+  `N / (s (N + kurtosis - 2 + d) + noise_var)`.
   """
   d = _check_int("d", d)
   n = _check_common(n_context, noise_var)
+  fourth = _fourth(kurtosis, cov, n)
   if cov is None:
-    return _float(n / (n + 1 + d + noise_var))
+    return _float(n / (n * fourth + d + noise_var))
   cov = _check_cov(cov, d)
   c = (jnp.trace(cov) + noise_var) / n
   cov2 = cov @ cov
-  return jnp.trace(cov2) / ((1 + 1 / n) * jnp.trace(cov2 @ cov) + c * jnp.trace(cov2))
+  return jnp.trace(cov2) / (fourth * jnp.trace(cov2 @ cov) + c * jnp.trace(cov2))
 
 
 def flow_velocity(u: ArrayLike, G: ArrayLike, cov: ArrayLike, n_context: int,

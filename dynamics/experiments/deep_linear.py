@@ -7,7 +7,9 @@ strength `u_i = U_i^T W_N...W_1 V_i` of every mode of the empirical
   * `init.name = 'random'`, depth 1 or 2: the aligned solution from each
     seed's effective initial strength (`models.deep_linear.effective_u0`),
     an approximation that is good for small `init.scale` and wide layers;
-  * `init.name = 'random'`, depth >= 3: no prediction (reported as such).
+  * `init.name = 'random'`, depth >= 3, and `init.name = 'orthogonal'`
+    (`init.scale` times random orthogonal layers): no prediction (reported
+    as such); the measured half-learning times are still reported.
 Theory time is `t = lr * step` (docs/conventions.md). Across a grid, the
 figure sets every mode's predicted half-learning time against the measured one.
 """
@@ -28,7 +30,7 @@ from dynamics.models import deep_linear as model
 from dynamics.tasks.linear_teacher import linear_teacher
 from theory import deep_linear as theory_dl
 
-INITS = ("random", "aligned")
+INITS = ("random", "aligned", "orthogonal")
 FORMULATIONS = ("auto", "samples", "statistics")
 
 # Config fields that change no shape, and their key in `hparams`: a sweep
@@ -144,7 +146,8 @@ def make_segments(config):
       params = model.init_aligned(init_key, sizes, u0, task.u_modes,
                                   task.v_modes)
     else:
-      params = model.init_random(init_key, sizes, hp["scale"], task.x.dtype)
+      init = model.init_random if config.init.name == "random" else model.init_orthogonal
+      params = init(init_key, sizes, hp["scale"], task.x.dtype)
     # what the theory needs of the task, as trained on: `theory` reads it
     # here instead of drawing the task again
     extras = {"task_s": task.s, "task_sigma_yx": task.sigma_yx,
@@ -198,7 +201,7 @@ def initial_strengths(config, out: dict) -> np.ndarray | None:
     u0 = np.zeros(k)
     u0[:len(config.task.singular_values)] = config.init.u0
     return np.broadcast_to(u0, (num_seeds, k))
-  if config.model.depth > 2:
+  if config.model.depth > 2 or config.init.name == "orthogonal":
     return None
   u0 = np.asarray(out["u0_eff"], np.float64)
   if config.model.depth == 2:
@@ -319,26 +322,61 @@ def plot(config, out: dict, pred: dict, summary: dict, path: str) -> None:
              "theory (dashed)")
 
 
+def depth_table(points) -> list[dict]:
+  """Every mode of every grid point with its depth-normalised half-learning
+  time `N t_half`: the time in steps at a learning rate `lr0 / N`, the
+  learning-rate scaling with depth under which Saxe et al. (2014) compare
+  depths. Measured (seed mean and std) and, where a theory exists, predicted."""
+  rows = []
+  for p in points:
+    n = p.config.model.depth
+    for m in p.summary.get("modes", []):
+      pred = m.get("learning_time_predicted")
+      rows.append({"depth": n, "init": p.config.init.name, "mode": m["mode"], "s": m["s"],
+                   "depth_time_measured": n * m["learning_time_measured"],
+                   "depth_time_seed_std": n * m["learning_time_seed_std"],
+                   "depth_time_ci": [n * c for c in m["learning_time_measured_ci"]],
+                   "depth_time_predicted": None if pred is None else n * pred})
+  return rows
+
+
 def sweep_summary(config, points) -> dict:
-  """Across the grid: the worst learning-time error of any mode."""
+  """Across the grid: the worst learning-time error of any mode; with more
+  than one depth, `depth_table`."""
   errors = [m["learning_time_rel_error_max"] for p in points
             for m in p.summary.get("modes", []) if m.get("learning_time_rel_error_max")
             is not None and np.isfinite(m["learning_time_rel_error_max"])]
-  return {"points_with_theory": sum(bool(p.summary.get("loss")) for p in points),
-          "learning_time_rel_error_max": max(errors) if errors else None}
+  summary = {"points_with_theory": sum(bool(p.summary.get("loss")) for p in points),
+             "learning_time_rel_error_max": max(errors) if errors else None}
+  if len({p.config.model.depth for p in points}) > 1:
+    summary["depth_table"] = depth_table(points)
+  return summary
 
 
 def sweep_text(config, summary: dict) -> str:
   err = summary["learning_time_rel_error_max"]
-  return (f"across the grid: {summary['points_with_theory']} point(s) with a theory; "
-          "worst half-learning-time error " + ("-" if err is None else f"{err:.2%}"))
+  lines = [f"across the grid: {summary['points_with_theory']} point(s) with a theory; "
+           "worst half-learning-time error " + ("-" if err is None else f"{err:.2%}")]
+  if "depth_table" in summary:
+    lines.append("depth-normalised half-learning time N t_half (seed mean; theory):")
+    for r in summary["depth_table"]:
+      pred = r["depth_time_predicted"]
+      lines.append(f"  {r['init']:>10} depth {r['depth']:>2} mode {r['mode']} (s = {r['s']:.3g}): "
+                   f"{r['depth_time_measured']:.4g} +- {r['depth_time_seed_std']:.2g}"
+                   + ("" if pred is None else f"; {pred:.4g}"))
+  return "\n".join(lines)
 
 
 def sweep_plot(config, points, summary: dict, path: str) -> None:
   """Every mode of every grid point: measured half-learning time against the
-  predicted one (left), and their relative difference per grid point (right,
-  seed 95% interval as the bar), so that points that agree do not hide."""
-  fig, (ax, ax_e) = plots.figure(2, size=(6.0, 4.6))
+  predicted one (left), and their relative difference per grid point (middle,
+  seed 95% interval as the bar), so that points that agree do not hide; with
+  more than one depth, `N t_half` against depth per init and mode (right)."""
+  depths = "depth_table" in summary
+  fig, axes = plots.figure(3 if depths else 2, size=(6.0, 4.6))
+  ax, ax_e = axes[:2]
+  if depths:
+    _depth_panel(axes[2], summary["depth_table"])
   for i, p in enumerate(points):
     for k, m in enumerate(p.summary.get("modes", [])):
       if m.get("learning_time_predicted") is None:
@@ -357,6 +395,29 @@ def sweep_plot(config, points, summary: dict, path: str) -> None:
   ax_e.axhline(0, color="k", lw=0.8)
   ax_e.set_xticks(range(len(points)), ["\n".join(f"{k.split('.')[-1]}={v}" for k, v in
                                                  p.fields.items()) for p in points],
-                  fontsize=6)
+                  fontsize=6, rotation=90 if len(points) > 8 else 0)
   ax_e.set(ylabel="measured / predicted - 1 (%)", title="per grid point (seed 95% CI)")
   plots.save(fig, path, "deep linear networks: half-learning times, simulation vs theory")
+
+
+def _depth_panel(ax, table: list[dict]) -> None:
+  """`N t_half` against depth: colour by init, marker by mode (bar: the
+  seed mean's 95% interval), theory dashed."""
+  inits = sorted({r["init"] for r in table})
+  for c, init in enumerate(inits):
+    for k in sorted({r["mode"] for r in table}):
+      rows = sorted((r for r in table if r["init"] == init and r["mode"] == k),
+                    key=lambda r: r["depth"])
+      d = np.array([r["depth"] for r in rows], np.float64)
+      y = np.array([r["depth_time_measured"] for r in rows])
+      lo, hi = np.array([r["depth_time_ci"] for r in rows], np.float64).T
+      ax.errorbar(d * 1.04 ** k, y, yerr=[np.clip(y - lo, 0, 0.9 * y), np.maximum(hi - y, 0)],
+                  fmt="osD^v"[k % 5] + "-", ms=4, lw=1, color=f"C{c}",
+                  label=f"{init}, s = {rows[0]['s']:.3g}")
+      pred = [(r["depth"], r["depth_time_predicted"]) for r in rows
+              if r["depth_time_predicted"] is not None]
+      if pred:
+        ax.plot(*zip(*pred), "k--", lw=0.8)
+  ax.set(xscale="log", yscale="log", xlabel="depth N", ylabel="N t_half (steps at lr ~ 1/N)",
+         title="learning time against depth (seed 95% CI; theory dashed)")
+  ax.legend(fontsize=6, ncol=len(inits))

@@ -78,7 +78,12 @@ def validate(config) -> None:
   cfg.integer(config, "task.d")
   cfg.integer(config, "task.n_context")
   cfg.nonnegative(config, "task.noise_var")
-  cfg.one_of(config, "task.covariance", task.COVARIANCES)
+  cov = cfg.one_of(config, "task.covariance", task.COVARIANCES)
+  inputs = cfg.one_of(config, "task.inputs", task.INPUTS)
+  cfg.positive(config, "task.input_range")
+  if inputs == "uniform" and cov != "isotropic":
+    cfg.fail("task.inputs", "'uniform' (von Oswald et al.'s U(-r/2, r/2)^d, r = "
+             "task.input_range) needs task.covariance 'isotropic'.")
   kappa = cfg.positive(config, "task.condition_number")
   if kappa < 1:
     cfg.fail("task.condition_number", f"must be >= 1, got {kappa!r}.")
@@ -100,11 +105,24 @@ def validate(config) -> None:
     if decay != "constant":
       cfg.fail("train.decay", "must be 'constant' for init.name 'aligned': its "
                "theory is gradient flow at t = lr x step.")
+    if inputs != "gaussian":
+      cfg.fail("task.inputs", "must be 'gaussian' for init.name 'aligned' (its "
+               "gradient flow is solved for Gaussian inputs).")
+
+
+def input_variance(config) -> float:
+  """Per-coordinate input variance `s`: 1 for Gaussian inputs (tr Lambda = d),
+  `r^2 / 12` for `U(-r/2, r/2)` inputs (`task.input_range` r)."""
+  return 1.0 if config.task.inputs == "gaussian" else config.task.input_range ** 2 / 12
 
 
 def curvature(config, n_context: int) -> float:
-  """`a(N) = (N + 1 + tr Lambda + noise_var) / N`, tr Lambda = d."""
-  return (n_context + 1 + config.task.d + config.task.noise_var) / n_context
+  """The risk's curvature in `Gamma` along `I`, `s^2 (s (N + kappa - 2 + d) +
+  noise_var) / N` (`s = input_variance`, `kappa` the inputs' kurtosis): for
+  Gaussian inputs `a(N) = (N + 1 + d + noise_var) / N`."""
+  t = config.task
+  s, kappa = input_variance(config), task.KURTOSIS[t.inputs]
+  return s**2 * (s * (n_context + kappa - 2 + t.d) + t.noise_var) / n_context
 
 
 def step_size(config) -> float:
@@ -125,24 +143,26 @@ def setting(config) -> dict:
   (from `PRNGKey(task.seed)`, docs/conventions.md)."""
   t = config.task
   return dict(_setting(t.seed, t.d, t.n_context, t.noise_var, t.covariance,
-                       t.condition_number, config.precision))
+                       t.condition_number, config.precision, t.inputs,
+                       input_variance(config)))
 
 
 @functools.lru_cache(maxsize=64)  # hparams, summary and figure of a point ask for it
-def _setting(seed, d, n, noise, name, condition_number, precision) -> dict:
+def _setting(seed, d, n, noise, name, condition_number, precision, inputs, var) -> dict:
   dtype = cfg.float_dtype(precision)
   k_cov, k_eval = jax.random.split(jax.random.PRNGKey(seed))
-  cov = task.covariance(k_cov, d, name, condition_number, dtype)
+  cov = var * task.covariance(k_cov, d, name, condition_number, dtype)
   k_eval = jax.random.fold_in(jax.random.fold_in(k_eval, n), task.COVARIANCES.index(name))
-  gamma_star = theory_la.optimal_preconditioner(cov, n, noise)
-  eta = theory_la.optimal_gd_lr(d, n, noise, cov=cov)
+  kappa = task.KURTOSIS[inputs]
+  gamma_star = theory_la.optimal_preconditioner(cov, n, noise, kurtosis=kappa)
+  eta = theory_la.optimal_gd_lr(d, n, noise, cov=cov, kurtosis=kappa)
   return {"cov": cov, "cov_sqrt": task.sqrtm(cov), "gamma_star": gamma_star,
           "eta": jnp.asarray(eta, dtype),
           "eval_key": k_eval,
           "pool_key": jax.random.fold_in(k_eval, 1),    # task.pool_size > 0
           "shared_key": jax.random.fold_in(k_eval, 2),  # task.prompts = 'shared'
-          "risk_opt": theory_la.icl_risk(gamma_star, cov, n, noise),
-          "risk_gd": theory_la.icl_risk(eta, cov, n, noise)}
+          "risk_opt": theory_la.icl_risk(gamma_star, cov, n, noise, kurtosis=kappa),
+          "risk_gd": theory_la.icl_risk(eta, cov, n, noise, kurtosis=kappa)}
 
 
 def hparams(config) -> dict:
@@ -183,6 +203,7 @@ def make_train(config):
   tr = config.train
   pool, shared = config.task.pool_size, config.task.prompts == "shared"
   init = config.init.name
+  inputs, kappa = config.task.inputs, task.KURTOSIS[config.task.inputs]
 
   def train(key, hp):
     init_key, data_key = jax.random.split(key)
@@ -190,7 +211,8 @@ def make_train(config):
       data_key = hp["shared_key"]
     params = model.init(init_key, d, form=m.form, name=init, scale=hp["init_scale"],
                         u0=hp["u0"], g0=hp["g0"], dtype=hp["cov"].dtype)
-    evals = task.sample(hp["eval_key"], config.eval.num_prompts, n, hp["cov_sqrt"], noise)
+    evals = task.sample(hp["eval_key"], config.eval.num_prompts, n, hp["cov_sqrt"], noise,
+                        inputs)
 
     def metrics_fn(p):
       q = model.merged(p)
@@ -199,15 +221,16 @@ def make_train(config):
       y_gamma = jnp.einsum("bd,de,be->b", evals.x_q, gamma, _h(evals))
       return {"loss": 0.5 * jnp.mean((y_hat - evals.y_q) ** 2),
               # exact for the aligned blocks: no Monte-Carlo noise
-              "loss_gamma": 0.5 * theory_la.icl_risk(gamma, hp["cov"], n, noise),
+              "loss_gamma": 0.5 * theory_la.icl_risk(gamma, hp["cov"], n, noise,
+                                                     kurtosis=kappa),
               "gamma": gamma, "u": q["w_pv"][d, d],
               "g": jnp.trace(q["w_kq"][:d, :d]) / d, "ug": jnp.trace(gamma) / d,
               "residual": jnp.linalg.norm(y_hat - y_gamma) / jnp.linalg.norm(y_hat)}
 
     if pool:  # a fixed pool shared by the seeds, minibatches without replacement
-      data = tuple(task.sample(hp["pool_key"], pool, n, hp["cov_sqrt"], noise))
+      data = tuple(task.sample(hp["pool_key"], pool, n, hp["cov_sqrt"], noise, inputs))
     else:     # fresh prompts every step
-      data = lambda k: tuple(task.sample(k, tr.batch_size, n, hp["cov_sqrt"], noise))
+      data = lambda k: tuple(task.sample(k, tr.batch_size, n, hp["cov_sqrt"], noise, inputs))
     optimizer = engine.make_optimizer(
         tr.optimizer, hp["lr"], decay_steps=tr.num_steps if tr.decay == "cosine" else None)
     state, logged = engine.trajectory(
@@ -247,6 +270,12 @@ def summarize(config, out: dict, pred: dict) -> dict:
   return _flow(config, out, pred) if pred else _endpoint(config, out)
 
 
+def _inputs_label(config) -> str:
+  """The covariance's name, or the uniform inputs' law."""
+  t = config.task
+  return t.covariance if t.inputs == "gaussian" else f"uniform U(+-{t.input_range / 2:g})"
+
+
 def _endpoint(config, out) -> dict:
   """A random-init point at its last logged step."""
   ctx = setting(config)
@@ -255,7 +284,7 @@ def _endpoint(config, out) -> dict:
   risk = 2 * out["loss"][:, -1]
   excess = (risk - out["vs_opt_risk_mc"]) / float(ctx["risk_opt"])
   ok = excess < CONVERGED
-  return {"covariance": config.task.covariance, "n_context": int(config.task.n_context),
+  return {"covariance": _inputs_label(config), "n_context": int(config.task.n_context),
           "lr": step_size(config),
           "risk_measured": _stats(risk),
           "risk_median": float(np.median(risk)),
@@ -437,13 +466,14 @@ def sweep_plot(config, points, summary, path) -> None:
       continue
     c = next(p.config for p in points if p.summary.get("covariance") == cov)
     ctx = setting(c)
-    cov_m, nv = ctx["cov"], c.task.noise_var
+    cov_m, nv, kap = ctx["cov"], c.task.noise_var, task.KURTOSIS[c.task.inputs]
     ns = np.array([r["n_context"] for r in rows])
     dense = np.unique(np.round(np.geomspace(1, ns.max() * 1.5, 40)).astype(int))
-    r_opt = [float(theory_la.icl_risk(theory_la.optimal_preconditioner(cov_m, int(n), nv),
-                                      cov_m, int(n), nv)) for n in dense]
-    r_gd = [float(theory_la.icl_risk(theory_la.optimal_gd_lr(c.task.d, int(n), nv, cov=cov_m),
-                                     cov_m, int(n), nv)) for n in dense]
+    risk = lambda g, n: float(theory_la.icl_risk(g, cov_m, int(n), nv, kurtosis=kap))
+    r_opt = [risk(theory_la.optimal_preconditioner(cov_m, int(n), nv, kurtosis=kap), n)
+             for n in dense]
+    r_gd = [risk(theory_la.optimal_gd_lr(c.task.d, int(n), nv, cov=cov_m, kurtosis=kap), n)
+            for n in dense]
     ax.plot(dense, r_opt, "k-", label="optimum Gamma* (icl_risk)")
     ax.plot(dense, r_gd, "C3--", label="one GD step, best lr")
     ax.plot(ns, [r["risk_opt_same_prompts"] for r in rows], "kx", ms=9, zorder=1,

@@ -7,6 +7,11 @@ Shapes and loss follow `docs/conventions.md`; the theory of this model is
 
 Initialisations:
   * `'random'`: `W_l ~ N(0, scale^2 / n_{l-1})` entrywise.
+  * `'orthogonal'`: `W_l = scale * Q_l` with `Q_l` a random (semi-)orthogonal
+    `[n_l, n_{l-1}]` matrix (orthonormal rows or columns). With every width
+    equal to `d_in = d_out` the end-to-end map is `scale^N` times an
+    orthogonal matrix: all its singular values equal (Saxe et al. 2014's
+    orthogonal init, against which the scaled Gaussian's spread with depth).
   * `'aligned'`: the balanced, decoupled initialisation of Saxe et al. (2014):
     `W_1 = R_1 diag(a) V^T`, `W_l = R_l diag(a) R_{l-1}^T`,
     `W_N = U diag(a) R_{N-1}^T`, `a = u0^(1/N)`, with random orthonormal
@@ -34,6 +39,16 @@ def init_random(key: jax.Array, sizes: list[int], scale: ArrayLike = 1.0,
   """`W_l ~ N(0, scale^2 / fan_in)`; `sizes = [d_in, n_1, ..., d_out]`."""
   keys = jax.random.split(key, len(sizes) - 1)
   return [scale * jax.random.normal(k, (n_out, n_in), dtype) / jnp.sqrt(n_in)
+          for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def init_orthogonal(key: jax.Array, sizes: list[int], scale: ArrayLike = 1.0,
+                    dtype=jnp.float32) -> Params:
+  """`W_l = scale * Q_l`, `Q_l: [n_out, n_in]` with orthonormal rows or
+  columns (`jax.nn.initializers.orthogonal`); `sizes = [d_in, n_1, ..., d_out]`."""
+  keys = jax.random.split(key, len(sizes) - 1)
+  draw = jax.nn.initializers.orthogonal()
+  return [scale * draw(k, (n_out, n_in), dtype)
           for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
 
 

@@ -45,6 +45,7 @@ def test_time_to_fraction_directions_and_misses():
   np.testing.assert_allclose(metrics.time_to_fraction(t, up, 1.0, 0.4), 1.5)
   np.testing.assert_allclose(metrics.time_to_fraction(t, down, 1.0, 1.4), 2.5)
   assert metrics.time_to_fraction(t, up, 1.0, 0.0) == 0.0     # already there
+  assert metrics.time_to_fraction(t, up + 0.6, 2.0, 0.25) == 0.0  # between level and target
   assert np.isnan(metrics.time_to_fraction(t, up * 0.5, 1.0, 0.9))  # never
 
 

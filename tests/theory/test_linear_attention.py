@@ -191,3 +191,55 @@ def test_aligned_form_is_invariant_under_the_population_gradient():
 def test_bad_input(call, name):
   with pytest.raises(ValueError, match=f"`{name}`"):
     call()
+
+
+def uniform_prompts(seed, batch, n, d, r, noise_var=0.0):
+  """von Oswald et al.'s prompts, drawn with numpy: `x ~ U(-r/2, r/2)^d`."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-r / 2, r / 2, (batch, n + 1, d))
+  w = rng.standard_normal((batch, d))
+  y = np.einsum("bnd,bd->bn", x, w) + np.sqrt(noise_var) * rng.standard_normal((batch, n + 1))
+  return x[:, :-1], y[:, :-1], x[:, -1], y[:, -1]
+
+
+@pytest.mark.parametrize("noise_var", [0.0, 0.05])
+def test_icl_risk_with_uniform_inputs_against_monte_carlo(noise_var):
+  # Uniform coordinates have kurtosis 9/5; the risk's fourth-moment term
+  # changes by (kappa - 3)/N tr(Gamma^T L Gamma L^2), here ~10% of the risk,
+  # which 400,000 prompts resolve to ~0.5%: the Gaussian formula must fail.
+  d, n, r = 4, 6, 1.0
+  cov = np.eye(d) * r**2 / 12
+  gamma = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (d, d))) + np.eye(d) * 4
+  x, y, xq, yq = uniform_prompts(0, 400_000, n, d, r, noise_var)
+  h = np.einsum("bn,bnd->bd", y, x) / n
+  errs = (np.einsum("bd,de,be->b", xq, gamma, h) - yq) ** 2
+  mc, se = errs.mean(), errs.std() / np.sqrt(errs.size)
+  risk = float(la.icl_risk(gamma, cov, n, noise_var, kurtosis=1.8))
+  gauss = float(la.icl_risk(gamma, cov, n, noise_var))
+  assert abs(mc - risk) < 4 * se, (mc, se, risk)
+  assert abs(mc - gauss) > 10 * se, (mc, se, gauss)
+
+
+def test_optimal_gd_lr_with_uniform_inputs_against_monte_carlo():
+  # The best eta for y_hat = eta x_q^T h is E[y_q p] / E[p^2], p = x_q^T h:
+  # from 400,000 of von Oswald et al.'s prompts (d = N = 10, x ~ U(-1/2, 1/2))
+  # against N / (s (N + kappa - 2 + d)), s = 1/12, kappa = 9/5 (6.061; the
+  # Gaussian value would be 5.714). Standard error by the delta method.
+  d = n = 10
+  x, y, xq, yq = uniform_prompts(1, 400_000, n, d, 1.0)
+  p = np.einsum("bd,bd->b", xq, np.einsum("bn,bnd->bd", y, x) / n)
+  a, b = np.mean(yq * p), np.mean(p * p)
+  eta = a / b
+  infl = (yq * p - a) / b - a * (p * p - b) / b**2
+  se = infl.std() / np.sqrt(p.size)
+  want = float(la.optimal_gd_lr(d, n, cov=np.eye(d) / 12, kurtosis=1.8))
+  assert abs(want - 10 / (20 - 0.2) * 12) < 1e-9
+  assert abs(eta - want) < 4 * se and 4 * se < 0.25 * abs(want - 5.714), (eta, se, want)
+  assert abs(float(la.optimal_gd_lr(d, n, kurtosis=1.8)) - 10 / 19.8) < 1e-12
+
+
+def test_kurtosis_needs_a_diagonal_covariance():
+  with pytest.raises(ValueError, match="diagonal"):
+    la.icl_risk(0.5, random_cov(1, 3), 5, kurtosis=1.8)
+  with pytest.raises(ValueError, match="kurtosis"):
+    la.optimal_preconditioner(np.eye(3), 5, kurtosis=0.5)
