@@ -319,6 +319,7 @@ def _flow(config, out, pred) -> dict:
                                      config.init.u0, config.init.g0, config.task.noise_var,
                                      cov=None if config.task.covariance == "isotropic" else
                                      np.asarray(setting(config)["cov"], np.float64))["gamma"][-1]
+  gs = np.asarray(setting(config)["gamma_star"], np.float64)
   return {"covariance": config.task.covariance, "n_context": int(config.task.n_context),
           "u0": float(config.init.u0), "g0": float(config.init.g0), "lr": step_size(config),
           "batch_size": int(config.train.batch_size),
@@ -327,7 +328,12 @@ def _flow(config, out, pred) -> dict:
           "t_half_theory": t_half_th, "t_half_measured": _stats(t_half),
           "gamma_final_rel_error": float(np.max(
               np.linalg.norm(out["gamma"][:, -1] - gamma_th, axis=(1, 2))
-              / np.linalg.norm(gamma_th)))}
+              / np.linalg.norm(gamma_th))),
+          # how near the end is to the optimum, simulated (worst seed) and in theory
+          "gamma_star_rel_error": float(np.max(
+              np.linalg.norm(out["gamma"][:, -1] - gs, axis=(1, 2)) / np.linalg.norm(gs))),
+          "gamma_star_rel_error_theory": float(
+              np.linalg.norm(gamma_th - gs) / np.linalg.norm(gs))}
 
 
 def text(config, summary: dict) -> str:
@@ -340,7 +346,9 @@ def text(config, summary: dict) -> str:
             f"u {f['u_max_rel_error']:.2e}, g {f['g_max_rel_error']:.2e}; loss R^2 "
             f"{f['loss_r2']:.5f}\n"
             f"  half-learning time of u g: theory {f['t_half_theory']:.4f}, simulation "
-            f"{f['t_half_measured']['mean']:.4f}")
+            f"{f['t_half_measured']['mean']:.4f}\n"
+            f"  at the end, |Gamma - Gamma*| / |Gamma*|: {f['gamma_star_rel_error']:.2e} "
+            f"(theory {f['gamma_star_rel_error_theory']:.2e})")
   r = summary
   conv = r["risk_converged"] or {"mean": float("nan")}
   gerr = r["gamma_rel_error_converged"] or {"mean": float("nan")}

@@ -1,0 +1,29 @@
+"""Mahankali, Hashimoto & Ma (2023), "One step of gradient descent is
+provably the optimal in-context learner with one layer of linear
+self-attention": with isotropic Gaussian inputs the trained layer is one GD
+step from w = 0 at the rate `N / (N + 1 + d + noise_var)`, which changes with
+the context length N.
+
+    python scripts/run.py --config=configs/papers/mahankali2023.py
+
+d = 5, noiseless, N in (5, 10, 20, 40), 8 seeds from a small random init,
+256 fresh prompts a step, SGD annealed to 0 over 2000 steps (configs/
+lsa_icl.py's training). About 1 min on a 2-core CPU. Expected: every seed's
+`Gamma` within ~1% of `optimal_gd_lr I` (0.455, 0.625, 0.769, 0.870) and its
+predictions within ~2% of that GD step, sensitivity cosine 0.9999.
+Measured numbers: docs/reproductions.md.
+"""
+
+import os
+
+import ml_collections
+
+from dynamics import load_config
+
+
+def get_config():
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "lsa_icl.py"))
+  config.output_dir = "runs/mahankali2023"
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.task = ml_collections.ConfigDict({"n_context": (5, 10, 20, 40)})
+  return config
