@@ -64,6 +64,25 @@ def mode_velocity(u: ArrayLike, s: ArrayLike, depth: int = 2,
   return n * u ** (2.0 - 2.0 / n) * (s - u) / tau
 
 
+def singular_value_velocity(sigma: ArrayLike, projection: ArrayLike,
+                            depth: int = 2) -> jax.Array:
+  """`d sigma_r/dt = -N (sigma_r^2)^(1 - 1/N) <grad L(W), u_r v_r^T>` for the
+  product `W = W_N ... W_1` of a balanced factorization
+  (`W_{l+1}^T W_{l+1} = W_l W_l^T`) under gradient flow on any loss
+  `L(W)` (Arora, Cohen, Hu & Luo 2019, Theorem 3); eq. (1) is its case
+  `L = 1/2 ||W - Sigma_yx||^2` with aligned modes.
+
+  Args:
+    sigma: `[..., R]` singular values of `W`.
+    projection: `[..., R]`, `u_r^T grad L(W) v_r` with `u_r, v_r` the
+      singular vectors of `sigma_r`.
+    depth: `N >= 1`.
+  """
+  n = _checks.check_depth(depth)
+  sigma, projection = _float(sigma), _float(projection)
+  return -n * (sigma ** 2) ** (1.0 - 1.0 / n) * projection
+
+
 def _big_f(z: jax.Array, q: jax.Array, n: int) -> jax.Array:
   """`F(z)` of the module docstring, with its `k = 0` term `q = -log|1-z|`."""
   out = n * z ** (2 - n) / (2 - n) + q

@@ -105,3 +105,23 @@ def test_bad_config(field, value):
   (c[section] if section else c)[name] = value
   with pytest.raises(ValueError, match=field):
     sweep.plan(c)
+
+
+def test_lubana2021_direction():
+  # configs/papers/lubana2021.py at reduced size, linear attention, half the
+  # weights removed at init: loss preservation removes the weights that never
+  # reach the prediction (exactly zero gradient) and trains like the dense
+  # layer, magnitude removes ones it needs and is slower ((i) fails here, (ii)
+  # holds), and GraSP raises ||g||^2 ((iii), first half).
+  c = config("papers/lubana2021")
+  c.num_seeds = 2
+  c.lsa.num_steps = 400
+  c.sweep.model.family = ("lsa",)
+  c.sweep.prune.step, c.sweep.prune.fraction = (0,), (0.5,)
+  c.sweep.prune.measure = ("magnitude", "loss_preservation", "gradient_norm")
+  _, s = simulate(c)
+  (i,), (ii,), (iii,) = (s["claims"]["settings"][k] for k in ("i", "ii", "iii"))
+  assert not i["holds"] and ii["holds"], (i, ii)
+  t = i["time_to_target"]
+  assert np.isfinite(t["loss_preservation"]) and t["loss_preservation"] < t["magnitude"], t
+  assert iii["raises_grad_norm"], iii

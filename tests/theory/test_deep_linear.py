@@ -164,3 +164,39 @@ def test_bad_input_other_functions():
     dl.predicted_loss([1.0], np.ones(3), 0.1)
   with pytest.raises(ValueError, match="`depth`"):
     dl.learning_time(1.0, 0.1, depth=-1)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_singular_value_velocity_against_autodiff(depth):
+  # A balanced factorization of a 6 x 6 matrix with distinct singular values,
+  # a matrix-completion loss on a random mask: the derivative of
+  # the product's singular values along -grad_params L, by central finite
+  # differences in float64 (error O(eps^2) ~ 1e-10), against the formula.
+  d, rng = 6, np.random.default_rng(depth)
+  target = rng.standard_normal((d, d))
+  mask = rng.random((d, d)) < 0.5
+  # a generic (non-degenerate) balanced point: the same diagonal in every layer
+  # W_l = R_l D R_{l-1}^T, so W_{l+1}^T W_{l+1} = R_l D^2 R_l^T = W_l W_l^T
+  dg = np.diag(np.linspace(0.5, 1.5, d))
+  frames = [np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(depth + 1)]
+  params = [frames[i + 1] @ dg @ frames[i].T for i in range(depth)]
+  for a, b in zip(params[:-1], params[1:]):
+    np.testing.assert_allclose(b.T @ b, a @ a.T, atol=1e-12)
+
+  def product(ps):
+    w = ps[0]
+    for p in ps[1:]:
+      w = p @ w
+    return w
+
+  loss = lambda ps: 0.5 * jax.numpy.sum(mask * (product(ps) - target) ** 2)
+  grads = jax.grad(loss)(params)
+  sv = lambda eps: np.linalg.svd(np.asarray(product(
+      [p - eps * g for p, g in zip(params, grads)])), compute_uv=False)
+  eps = 1e-5
+  measured = (sv(eps) - sv(-eps)) / (2 * eps)
+  u, s, vt = np.linalg.svd(np.asarray(product(params)))
+  grad_w = mask * (np.asarray(product(params)) - target)
+  proj = np.einsum("ir,ij,rj->r", u, grad_w, vt)
+  predicted = np.asarray(dl.singular_value_velocity(s, proj, depth))
+  np.testing.assert_allclose(measured, predicted, rtol=1e-6, atol=1e-8)
