@@ -52,6 +52,9 @@ def get_config():
   config.train = ml_collections.ConfigDict()
   config.train.optimizer = "sgd"
   config.train.lr = 1.0
+  # "critical": train.lr in units of each seed's 2n / lambda_max(Theta_0), the
+  # linearised network's largest stable step (theory.ntk.max_learning_rate)
+  config.train.lr_units = "absolute"
   config.train.num_steps = 400
   config.train.log_every = 20
 

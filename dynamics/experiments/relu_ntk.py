@@ -41,7 +41,8 @@ from dynamics.tasks.sphere_teacher import sphere_teacher
 from theory import ntk
 
 HPARAMS = {"train.lr": "lr"}
-CONSTANTS = ("theta0", "theta0_test", "theta_end_test")
+CONSTANTS = ("theta0", "theta0_test", "theta_end_test", "lr_used")
+LR_UNITS = ("absolute", "critical")
 TABLE = ("loss", "test_loss", "drift", "weight_change")
 FIGURES = ("kernel_gap", "kernel_gap_end", "drift", "dist_train_emp", "dist_test_emp",
            "dist_train_ana", "dist_test_ana")
@@ -64,6 +65,10 @@ def validate(config) -> None:
   cfg.integer(config, "task.num_test")
   cfg.integer(config, "task.teacher_width")
   cfg.one_of(config, "train.optimizer", ("sgd",))
+  if cfg.one_of(config, "train.lr_units", LR_UNITS) == "critical" and \
+      config.model.parameterization == "mean_field":
+    cfg.fail("train.lr_units", "'critical' is defined for the 'ntk' and 'standard' "
+             "parameterizations (the mean-field kernel is O(1/width)).")
   cfg.schedule(config)
 
 
@@ -123,14 +128,18 @@ def make_train(config):
               "drift": metrics.kernel_distance(kernel(p, x, x), theta0),
               "weight_change": metrics.relative_weight_change(p, params)}
 
+    lr = hp["lr"] * scale
+    if config.train.lr_units == "critical":  # theory.ntk.max_learning_rate of this seed's NTK
+      lr = hp["lr"] * 2 * x.shape[0] / jnp.linalg.eigvalsh(theta0)[-1]
     state, logged = engine.trajectory(
         params, loss_fn=loss_fn, data=(x, y),
-        optimizer=engine.make_optimizer("sgd", hp["lr"] * scale),
+        optimizer=engine.make_optimizer("sgd", lr),
         metrics_fn=metrics_fn, num_steps=config.train.num_steps,
         log_every=config.train.log_every)
     return {**logged, "theta0": theta0 * scale,
             "theta0_test": kernel(params, xt, x) * scale,
             "theta_end_test": kernel(state.params, xt, x) * scale,
+            "lr_used": lr / scale,
             "diverged_at": state.diverged_at}
 
   return train
@@ -141,11 +150,12 @@ def _linearised(config, k, k_test, out):
   the seed's outputs at init: `(f_train [S, L, n], f_test [S, L, n_test])`."""
   _, y, _, _ = make_task(config)
   steps, _ = logged_times(config)
-  lr = config.train.lr
-  per_seed = np.ndim(k) == 3
-  shared = None if per_seed else ntk.mse_predictor(k, y, lr=lr)  # one eigh for all seeds
-  lin = [(ntk.mse_predictor(k[s], y, lr=lr) if per_seed else shared)(
-      lr * steps, out["f_train"][s, 0], k_test[s] if per_seed else k_test,
+  lrs = np.asarray(out["lr_used"], np.float64)  # per seed ('critical' units differ)
+  per_seed = np.ndim(k) == 3 or np.ptp(lrs) > 0
+  shared = None if per_seed else ntk.mse_predictor(k, y, lr=lrs[0])  # one eigh for all
+  kernel = lambda s: k[s] if np.ndim(k) == 3 else k
+  lin = [(ntk.mse_predictor(kernel(s), y, lr=lrs[s]) if per_seed else shared)(
+      lrs[s] * steps, out["f_train"][s, 0], k_test[s] if np.ndim(k_test) == 3 else k_test,
       out["f_test"][s, 0]) for s in range(len(out["f_train"]))]
   return (np.stack([np.asarray(a) for a, _ in lin]),
           np.stack([np.asarray(b) for _, b in lin]))
@@ -176,9 +186,13 @@ def summarize(config, out: dict, pred: dict) -> dict:
       "dist_train_emp": dist(out["f_train"], pred["f_train"]),
       "dist_test_emp": dist(out["f_test"], pred["f_test"]),
       "dist_train_ana": dist(out["f_train"], ana_train),
-      "dist_test_ana": dist(out["f_test"], ana_test)}
+      "dist_test_ana": dist(out["f_test"], ana_test),
+      # the catapult's signature: the loss rising above its start before it falls
+      "loss_peak": np.max(out["loss"], 1) / out["loss"][:, 0],
+      "final_loss": out["loss"][:, -1], "lin_final_loss": pred["loss"][:, -1]}
   stats = {k: metrics.seed_stats(v) for k, v in per_seed.items()}
   out_summary = {"width": int(config.model.width), "depth": int(config.model.depth),
+                 "lr": float(config.train.lr), "lr_units": config.train.lr_units,
                  "activation": config.model.activation,
                  "parameterization": config.model.parameterization,
                  **{k: float(s["mean"]) for k, s in stats.items()},
@@ -193,7 +207,11 @@ def summarize(config, out: dict, pred: dict) -> dict:
 
 
 def text(config, summary: dict) -> str:
-  return "  " + ", ".join(f"{k} {summary[k]:.3e}" for k in FIGURES)
+  s = summary
+  unit = " x 2n/lambda_max" if s["lr_units"] == "critical" else ""
+  return ("  " + ", ".join(f"{k} {s[k]:.3e}" for k in FIGURES) +
+          f"\n  lr {s['lr']:g}{unit}: loss peak / start {s['loss_peak']:.3g}, final loss "
+          f"{s['final_loss']:.3g} (linearised {s['lin_final_loss']:.3g})")
 
 
 def plot(config, out, pred, summary, path) -> None:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dynamics import simulate
+from dynamics.sweep import plan
 from tests.helpers import assert_plan_refuses, config
 
 
@@ -83,3 +84,29 @@ def test_jacot_fig1_direction(tmp_path):
   for key in ("kernel_gap", "kernel_gap_end", "drift"):
     assert wide[key] < 0.5 * narrow[key], (key, narrow[key], wide[key])
   assert wide["kernel_gap_end"] < 0.1
+
+
+def test_lee2019_lr_direction():
+  # configs/papers/lee2019_lr.py at reduced size: the linearisation converges
+  # just below its critical rate and blows up just above it; the wide network
+  # just above it does not diverge (full size: it catapults, loss peak 5x
+  # the start at width 4096, then converges).
+  c = config("papers/lee2019_lr")
+  c.num_seeds = 2
+  c.sweep.model.width = (1024,)
+  c.sweep.train.lr = (0.95, 1.05)
+  c.train.num_steps, c.train.log_every = 200, 10
+  points, _ = simulate(c)
+  below, above = sorted((p.summary for p in points), key=lambda s: s["lr"])
+  start = float(np.mean(points[0].out["loss"][:, 0]))
+  assert below["lin_final_loss"] < 0.01 * start, below
+  # the top mode's residual grows by |1 - 2 x 1.05| = 1.1 a step: 1.1^400 ~ 1e16
+  assert above["lin_final_loss"] > 1e6 * start, above
+  assert above["diverged_seeds"] == 0 and above["final_loss"] < 0.01 * start, above
+
+
+def test_critical_lr_units_need_the_ntk_kernel():
+  c = config("relu_ntk", ["sweep={}", "train.lr_units=critical",
+                          "model.parameterization=mean_field"])
+  with pytest.raises(ValueError, match=r"train\.lr_units"):
+    plan(c)
