@@ -53,6 +53,9 @@ def get_config():
   config.task.pool_size = 0           # 0: fresh prompts every step; else a fixed pool
   config.task.prompts = "per_seed"    # or "shared": the same prompts for every seed
                                       # (opt-in; seeds then differ only by init)
+  config.task.sampling = "auto"       # "moments": fresh prompts drawn as the context's
+                                      # second moments (the same law, fewer random
+                                      # numbers); "tokens"; "auto": moments where valid
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_prompts = 8192      # fixed prompts for the Monte-Carlo risk

@@ -33,6 +33,7 @@ import optax
 
 from dynamics import _rows  # the engine's runner: its plan, compiled apart
 from dynamics import train as engine
+from dynamics.experiments import lsa_icl
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression
 from dynamics.tasks.linear_teacher import linear_teacher
@@ -40,10 +41,12 @@ from theory import ntk
 
 DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
                  "deep_linear_small": (1, 256, 4096), "relu_train": (1, 16, 64),
-                 "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "empirical_ntk": (1,),
+                 "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "lsa_icl_tokens": (1, 16),
+                 "empirical_ntk": (1,),
                  "sweep": (64,)}
 DEFAULT_STEPS = {"deep_linear": 2000, "deep_linear_stats": 2000, "deep_linear_small": 5000,
                  "relu_train": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000,
+                 "lsa_icl_tokens": 2000,
                  "empirical_ntk": 0, "sweep": 2000}
 
 
@@ -103,18 +106,19 @@ def _relu_train(steps, d=64, m=1024, p=512, lr=0.5):
   return train, (init, lambda w: loss(w, x, y), opt), 6 * p * (d * m + m)
 
 
-def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05, shared=False):
+def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05, shared=False, moments=True):
   cs = jnp.eye(d)
   evals = icl_regression.sample(jax.random.PRNGKey(1), 1024, n, cs)
   init = lambda key: linear_attention.init(key, d)
   opt = optax.sgd(lr)
-  sample = lambda k: tuple(icl_regression.sample(k, batch, n, cs))
+  # the experiment's training path (lsa_icl.training_data): moments by default
+  sample, loss_fn = lsa_icl.training_data(batch, n, cs, 0.0, moments=moments)
 
   def train(key):
     k_i, k_d = jax.random.split(key)
     if shared:  # the lsa_icl experiment's opt-in task.prompts = 'shared'
       k_d = jax.random.PRNGKey(2)
-    return engine.trajectory(init(k_i), loss_fn=linear_attention.loss, data=sample,
+    return engine.trajectory(init(k_i), loss_fn=loss_fn, data=sample,
                              optimizer=opt, key=k_d,
                              metrics_fn=lambda w: {"loss": linear_attention.loss(w, *evals)},
                              num_steps=steps, log_every=max(steps // 20, 1))[1]
@@ -123,7 +127,7 @@ def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05, shared=False):
   e, t = d + 1, n + 1
   flops = 3 * batch * (2 * e * e * t * 2 + 2 * e**3 * 2)
   # the loop baseline draws fresh prompts every step too
-  return train, (init, lambda w, k: linear_attention.loss(w, *sample(k)), opt), flops
+  return train, (init, lambda w, k: loss_fn(w, *sample(k)), opt), flops
 
 
 def build(workload: str, steps: int):
@@ -139,6 +143,8 @@ def build(workload: str, steps: int):
     return _lsa_icl(steps)
   if workload == "lsa_icl_shared":
     return _lsa_icl(steps, shared=True)
+  if workload == "lsa_icl_tokens":
+    return _lsa_icl(steps, moments=False)
   raise ValueError(f"unknown workload {workload!r}; known: {', '.join(DEFAULT_SEEDS)}")
 
 

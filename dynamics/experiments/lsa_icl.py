@@ -95,6 +95,12 @@ def validate(config) -> None:
   batch = cfg.integer(config, "train.batch_size")
   pool = cfg.integer(config, "task.pool_size", minimum=0)
   cfg.one_of(config, "task.prompts", PROMPTS)
+  if cfg.one_of(config, "task.sampling", SAMPLINGS) == "moments":
+    t = config.task
+    if t.inputs != "gaussian" or t.n_context < t.d + 1 or pool:
+      cfg.fail("task.sampling", "'moments' needs Gaussian inputs (task.inputs), "
+               "task.n_context >= task.d + 1 and fresh prompts (task.pool_size 0); "
+               "'auto' falls back to tokens.")
   if pool and pool < batch:
     cfg.fail("task.pool_size", f"({pool}) must be 0 (fresh prompts every step) or "
              f">= train.batch_size ({batch}).")
@@ -195,6 +201,30 @@ def _compare_to(params, gamma, p: task.Prompts, name: str) -> dict:
           f"{name}_risk_mc": jnp.mean((y_ref - p.y_q) ** 2)}
 
 
+SAMPLINGS = ("auto", "tokens", "moments")
+
+
+def uses_moments(config) -> bool:
+  """Whether training prompts are drawn as moments (`icl_regression.
+  sample_moments`, `task.sampling`): 'auto' picks them for fresh Gaussian
+  prompts with `N >= d + 1`, the same law at a fraction of the random numbers."""
+  t = config.task
+  ok = t.inputs == "gaussian" and t.n_context >= t.d + 1 and not t.pool_size
+  return ok if t.sampling == "auto" else t.sampling == "moments"
+
+
+def training_data(batch, n_context, cov_sqrt, noise_var, *, inputs="gaussian",
+                  moments=True):
+  """`(data(key) -> prompts, loss_fn)` for fresh prompts every step: as moments
+  (`model.loss_moments`) or as tokens (`model.loss`). The experiment and
+  `scripts/bench.py lsa_icl` train through this."""
+  if moments:
+    return (lambda k: tuple(task.sample_moments(k, batch, n_context, cov_sqrt, noise_var)),
+            model.loss_moments)
+  return (lambda k: tuple(task.sample(k, batch, n_context, cov_sqrt, noise_var, inputs)),
+          model.loss)
+
+
 def make_train(config):
   """`train(key, hp)`: logged loss (Monte Carlo on the eval prompts), exact
   half-risk of `Gamma(t)`, `Gamma`, `u`, `g`, `u g`; the final weights and
@@ -204,6 +234,7 @@ def make_train(config):
   pool, shared = config.task.pool_size, config.task.prompts == "shared"
   init = config.init.name
   inputs, kappa = config.task.inputs, task.KURTOSIS[config.task.inputs]
+  moments = uses_moments(config)
 
   def train(key, hp):
     init_key, data_key = jax.random.split(key)
@@ -227,14 +258,16 @@ def make_train(config):
               "g": jnp.trace(q["w_kq"][:d, :d]) / d, "ug": jnp.trace(gamma) / d,
               "residual": jnp.linalg.norm(y_hat - y_gamma) / jnp.linalg.norm(y_hat)}
 
+    loss_fn = model.loss
     if pool:  # a fixed pool shared by the seeds, minibatches without replacement
       data = tuple(task.sample(hp["pool_key"], pool, n, hp["cov_sqrt"], noise, inputs))
     else:     # fresh prompts every step
-      data = lambda k: tuple(task.sample(k, tr.batch_size, n, hp["cov_sqrt"], noise, inputs))
+      data, loss_fn = training_data(tr.batch_size, n, hp["cov_sqrt"], noise, inputs=inputs,
+                                    moments=moments)
     optimizer = engine.make_optimizer(
         tr.optimizer, hp["lr"], decay_steps=tr.num_steps if tr.decay == "cosine" else None)
     state, logged = engine.trajectory(
-        params, loss_fn=model.loss, data=data, optimizer=optimizer,
+        params, loss_fn=loss_fn, data=data, optimizer=optimizer,
         metrics_fn=metrics_fn, num_steps=tr.num_steps, log_every=tr.log_every,
         key=data_key, batch_size=tr.batch_size if pool else None)
     final = model.merged(state.params)

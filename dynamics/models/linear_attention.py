@@ -89,6 +89,16 @@ def predict(params: dict, x: jax.Array, y: jax.Array, x_q: jax.Array) -> jax.Arr
   return jnp.einsum("bn,bn->b", ctx @ p["w_pv"][d], jnp.einsum("bnj,bj->bn", ctx, k)) / x.shape[-2]
 
 
+def predict_moments(params: dict, e: jax.Array, x_q: jax.Array) -> jax.Array:
+  """`predict` from the context's moments `e = S: [B, d+1, d+1]`
+  (`icl_regression.sample_moments`) and `x_q: [B, d]`: `W_PV[d, :] S W_KQ z_q`,
+  `O(d^2)` per prompt whatever N."""
+  p = merged(params)
+  d = x_q.shape[-1]
+  k = x_q @ p["w_kq"][:, :d].T                                       # [B, d+1]
+  return jnp.einsum("bj,bj->b", e @ p["w_pv"][d], k)  # e symmetric: (W_PV[d] S) . k
+
+
 def effective_gamma(params: dict) -> jax.Array:
   """`Gamma = u G^T + g_y c^T`, `[d, d]`: the coefficient of `x_q^T Gamma h`."""
   p = merged(params)
@@ -101,3 +111,8 @@ def effective_gamma(params: dict) -> jax.Array:
 def loss(params: dict, x, y, x_q, y_q) -> jax.Array:
   """`(1/2B) sum (y_hat - y_q)^2` over a batch of prompts."""
   return 0.5 * jnp.mean((predict(params, x, y, x_q) - y_q) ** 2)
+
+
+def loss_moments(params: dict, e, x_q, y_q) -> jax.Array:
+  """`loss` on prompts given as moments (`predict_moments`)."""
+  return 0.5 * jnp.mean((predict_moments(params, e, x_q) - y_q) ** 2)
