@@ -47,6 +47,9 @@ CASES = {
                         ["sweep.model.alpha=(0.1,1.0)", "sweep.train.lr=(0.005,0.01)"]),
     "two_layer_linear": (["num_seeds=4", "train.num_steps=400", "train.log_every=100"],
                          ["sweep.init.lam=(0.0,1.0)", "sweep.init.scale=(0.1,0.5)"]),
+    "matrix_factorization": (["num_seeds=2", "task.d=10", "task.rank=2", "train.num_steps=400",
+                              "train.log_every=100"],
+                             ["sweep.model.depth=(2,3)", "sweep.task.num_observed=(40,60)"]),
 }
 
 
