@@ -342,13 +342,15 @@ def depth_table(points) -> list[dict]:
 
 def sweep_summary(config, points) -> dict:
   """Across the grid: the worst learning-time error of any mode; with more
-  than one depth, `depth_table`."""
+  than one depth and no other swept field but `init.name`, `depth_table`."""
   errors = [m["learning_time_rel_error_max"] for p in points
             for m in p.summary.get("modes", []) if m.get("learning_time_rel_error_max")
             is not None and np.isfinite(m["learning_time_rel_error_max"])]
   summary = {"points_with_theory": sum(bool(p.summary.get("loss")) for p in points),
              "learning_time_rel_error_max": max(errors) if errors else None}
-  if len({p.config.model.depth for p in points}) > 1:
+  # with depth (and the init) the only swept fields: each row is then one point
+  if len({p.config.model.depth for p in points}) > 1 and all(
+      set(p.fields) <= {"model.depth", "init.name"} for p in points):
     summary["depth_table"] = depth_table(points)
   return summary
 
