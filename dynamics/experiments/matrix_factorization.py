@@ -43,7 +43,7 @@ TABLE = ("loss", "error")
 
 
 def validate(config) -> None:
-  depth = cfg.integer(config, "model.depth")
+  cfg.integer(config, "model.depth")
   d = cfg.integer(config, "task.d")
   rank = cfg.integer(config, "task.rank")
   if rank > d:
@@ -55,7 +55,6 @@ def validate(config) -> None:
   cfg.positive(config, "init.scale")
   cfg.positive(config, "train.lr")
   cfg.schedule(config)
-  del depth
 
 
 def target_strength(config) -> float:
