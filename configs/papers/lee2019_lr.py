@@ -12,7 +12,7 @@ steps at learning rates 0.5, 0.95, 1.05, 1.5, 2 and 2.5 times each seed's own
 `2n / lambda_max(Theta_0)` (`train.lr_units = 'critical'`). Reported per
 point: diverged seeds, the loss's peak over its start, the final loss of the
 network and of its linearisation (the figures' time axis is then `lr x steps`
-with lr in those units). About 1 min on a 2-core CPU. Expected: the
+with lr in those units). About 25 s on a 2-core CPU. Expected: the
 linearisation converges at 0.5 and 0.95 and blows up from 1.05; the network
 does not follow it there: between the two it rises and comes back down
 (the catapult of Lewkowycz et al. 2020) rather than diverging.
