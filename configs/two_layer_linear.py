@@ -12,13 +12,15 @@ draws the drift against lambda. Runtime and numbers: docs/lazy_rich.md.
 
 Expect: the map within O(lr) (about 1%) of the flow at every point; the NTK
 moving by O(1) near lambda = 0 from a small init (rich) and by little at
-large |lambda| (lazy).
+large |lambda| (lazy). `:smoke`: the same grid, 2 seeds, t = 5.
 """
 
 import ml_collections
 
+from dynamics.config import smoke
 
-def get_config():
+
+def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.experiment = "dynamics.experiments.two_layer_linear"
   config.seed = 0
@@ -47,4 +49,4 @@ def get_config():
   config.sweep = ml_collections.ConfigDict()
   config.sweep.init = ml_collections.ConfigDict(
       {"lam": (-4.0, -1.0, -0.25, 0.0, 0.25, 1.0, 4.0), "scale": (0.1, 0.5)})
-  return config
+  return smoke(arg, config, num_seeds=2, train__num_steps=1000, train__log_every=100)

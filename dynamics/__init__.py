@@ -8,11 +8,11 @@ devices.configure()  # one CPU device per core unless the user chose (dynamics/d
 
 from dynamics import metrics  # noqa: E402
 from dynamics.config import load_config  # noqa: E402
-from dynamics.experiments import logged_times  # noqa: E402
-from dynamics.sweep import load_arrays, load_summary, load_sweep, run_sweep, simulate  # noqa: E402
-from dynamics.train import (make_advance, make_optimizer, masked, run_seeds,  # noqa: E402
-                            seed_keys, trajectory)
+from dynamics.experiments import Result, Trajectory  # noqa: E402
+from dynamics.sweep import (load_arrays, load_results, load_summary, load_sweep,  # noqa: E402
+                            run_sweep, simulate)
+from dynamics.train import make_optimizer, masked, seed_keys, trajectory  # noqa: E402
 
-__all__ = ["metrics", "load_config", "logged_times", "simulate", "run_sweep", "load_sweep",
-           "load_summary", "load_arrays", "make_advance", "make_optimizer", "masked",
-           "run_seeds", "seed_keys", "trajectory"]
+__all__ = ["metrics", "load_config", "Result", "Trajectory", "simulate", "run_sweep",
+           "load_sweep", "load_summary", "load_arrays", "load_results", "make_optimizer",
+           "masked", "seed_keys", "trajectory"]

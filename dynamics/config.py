@@ -115,16 +115,21 @@ def float_dtype(precision: str):
   return jnp.dtype(precision)
 
 
-def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDict:
-  """`get_config()` of the config file `path`, with `overrides` applied.
+def load_config(path: str, overrides: Iterable = (), arg: str | None = None
+                ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `path`, with `overrides` applied.
 
   Args:
-    path: a Python file defining `get_config()` (e.g. `configs/deep_linear.py`).
+    path: a Python file defining `get_config(arg=None)` (e.g.
+      `configs/deep_linear.py`); `"file.py:smoke"` passes `"smoke"` as `arg`,
+      big_vision's way: every config here takes `"smoke"`, a seconds-long run
+      of the same grid shape (tests use it).
     overrides: `"field=value"` strings as on the command line
       (`"train.lr=0.02"`, `"sweep.model.width=(64,256)"`; the value is read
       as a Python literal, else taken as a string), `(field, value)` pairs, or
       a dict. A field must exist, except under `sweep.`, where an override
       adds an axis; `sweep={}` removes every axis.
+    arg: the argument of `get_config` (instead of `path:arg`).
 
   A relative `config.experiment` ending in `.py` is resolved against the
   config file's directory (then the working directory) and stored absolute.
@@ -135,6 +140,8 @@ def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDic
       override names no field, has the wrong type, or sets a field that a
       `config.sweep` axis would replace at every grid point.
   """
+  if arg is None and ":" in os.path.basename(path):
+    path, _, arg = path.rpartition(":")
   if not os.path.isfile(path):
     raise ValueError(f"config file {path!r} does not exist.")
   spec = importlib.util.spec_from_file_location(
@@ -143,7 +150,14 @@ def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDic
   spec.loader.exec_module(module)
   if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"config file {path!r} defines no get_config().")
-  config = module.get_config()
+  import inspect
+  takes_arg = bool(inspect.signature(module.get_config).parameters)
+  if arg is not None and not takes_arg:
+    raise ValueError(f"config file {path!r}: get_config() takes no argument, got {arg!r}.")
+  try:
+    config = module.get_config(arg) if takes_arg else module.get_config()
+  except ValueError as e:
+    raise ValueError(f"config file {path!r}: {e}") from None
   if isinstance(overrides, dict):
     overrides = overrides.items()
   fields = []
@@ -162,6 +176,19 @@ def load_config(path: str, overrides: Iterable = ()) -> ml_collections.ConfigDic
   if isinstance(name, str) and name.endswith(".py") and not os.path.isabs(name):
     here = os.path.join(os.path.dirname(os.path.abspath(path)), name)
     config.experiment = here if os.path.exists(here) else os.path.abspath(name)
+  return config
+
+
+def smoke(arg, config, **fields) -> ml_collections.ConfigDict:
+  """`config` with `fields` (dotted names with `__` for `.`: `train__num_steps=40`)
+  set when `arg == "smoke"`: a seconds-long run of the same grid shape;
+  ValueError for any other argument but None."""
+  if arg is None:
+    return config
+  if arg != "smoke":
+    raise ValueError(f"unknown config argument {arg!r}; known: 'smoke'.")
+  for name, value in fields.items():
+    set_field(config, name.replace("__", "."), value)
   return config
 
 
@@ -234,3 +261,16 @@ def suggest(field: str, valid) -> str:
 def _unknown(config, field: str):
   raise ValueError(f"config field `{field}` does not exist."
                    + suggest(field, leaf_fields(config)))
+
+
+def load_json_config(path: str) -> ml_collections.ConfigDict:
+  """The config a run directory's `config.json` holds (lists back to tuples)."""
+  import json
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}).") from None
+  tuples = lambda x: ({k: tuples(v) for k, v in x.items()} if isinstance(x, dict) else
+                      tuple(tuples(v) for v in x) if isinstance(x, list) else x)
+  return ml_collections.ConfigDict(tuples(d))

@@ -182,3 +182,13 @@ def effective_rank(w) -> jax.Array:
   p = s / jnp.sum(s, axis=-1, keepdims=True)
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0),
                           axis=-1))
+
+
+def loglog_slope(x, y) -> float | None:
+  """Least-squares slope of `log y` against `log x` over the finite, positive
+  pairs; None with fewer than two distinct `x`."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+  if ok.sum() < 2 or len(set(x[ok])) < 2:
+    return None
+  return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])

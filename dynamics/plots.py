@@ -51,33 +51,34 @@ def trajectories(ax, t, sim, pred=None, *, color="C0", label: str | None = None,
   counted in the legend entry (`label (2 of 8 diverged, left out)`).
 
   Args:
-    t: `[L]` times.
+    t: `[L]` times, or `[S, L]` (each seed's own; the mean is drawn against
+      their mean).
     sim: `[S, L]` one metric of every seed.
     pred: `[S, L]` (per seed; its mean over the kept seeds is drawn) or `[L]`, or None.
   """
   from matplotlib.collections import LineCollection
   sim = np.asarray(sim, np.float64)
-  t = np.asarray(t, np.float64)
+  t = np.broadcast_to(np.asarray(t, np.float64), sim.shape)
   kept = np.isfinite(sim[:, -1])
   if not kept.all():
     label = f"{label or 'mean'} ({(~kept).sum()} of {len(kept)} diverged, left out)"
     if pred is not None and np.ndim(pred) == 2 and kept.any():
       pred = np.asarray(pred)[kept]
-    sim = sim[kept] if kept.any() else sim
+    if kept.any():
+      sim, t = sim[kept], t[kept]
   if log:
     ax.set_yscale("log")
   # one collection, not a line per seed: half the drawing time
-  ax.add_collection(LineCollection(np.stack([np.broadcast_to(t, sim.shape), sim], -1),
-                                   colors=color, alpha=0.15, lw=0.7))
+  ax.add_collection(LineCollection(np.stack([t, sim], -1), colors=color, alpha=0.15, lw=0.7))
   ax.autoscale_view()
-  plot = ax.plot
   with np.errstate(all="ignore"):
     mean = np.nanmean(np.where(np.isfinite(sim), sim, np.nan), 0) \
         if np.isfinite(sim).any() else np.full(sim.shape[1], np.nan)
-  plot(t, mean, color=color, lw=2, label=label)
+  tm = t.mean(0)
+  ax.plot(tm, mean, color=color, lw=2, label=label)
   if pred is not None:
     pred = np.asarray(pred, np.float64)
-    plot(t, pred.mean(0) if pred.ndim == 2 else pred, "--", color="k", lw=1.2)
+    ax.plot(tm, pred.mean(0) if pred.ndim == 2 else pred, "--", color="k", lw=1.2)
 
 
 def legend_theory(ax, **kwargs) -> None:
@@ -86,19 +87,95 @@ def legend_theory(ax, **kwargs) -> None:
   ax.legend(fontsize=8, **kwargs)
 
 
-def default(t, out: dict, pred: dict, names, path: str, title: str = "") -> None:
-  """One panel per metric in `names` (`[S, L]`, or `[S, L, K]` as K lines),
-  theory dashed where `pred` has it."""
-  names = list(names)[:8]
+def point(result, path: str) -> None:
+  """A grid point's default figure: one panel per observation with a theory
+  (or the loss, without one), up to 8; a vector observation as up to 10
+  lines; seeds thin, mean solid, theory dashed."""
+  traj, pred = result.traj, result.pred
+  names = [k for k in traj.logged if k in pred and np.ndim(traj.logged[k]) <= 3] or \
+      [k for k in traj.logged if np.ndim(traj.logged[k]) == 2][:1]
+  names = names[:8]
   fig, axes = figure(min(len(names), 4), -(-len(names) // 4))
   for ax, name in zip(axes, names):
-    sim = np.asarray(out[name])
+    sim = np.asarray(traj.logged[name], np.float64)
     p = pred.get(name)
     if sim.ndim == 2:
       sim, p = sim[..., None], (None if p is None else np.asarray(p)[..., None])
     for k in range(min(sim.shape[-1], 10)):
-      trajectories(ax, t, sim[..., k], None if p is None else p[..., k], color=f"C{k}")
+      trajectories(ax, traj.t, sim[..., k], None if p is None else p[..., k], color=f"C{k}")
     ax.set(xlabel="t = lr x steps", ylabel=name, title=name)
     if p is not None:
       legend_theory(ax)
-  save(fig, path, title)
+  title = ", ".join(f"{k}={v}" for k, v in result.fields.items())
+  save(fig, path, title or None)
+
+
+def against(summary, *, x: str, y: str, by: str | None = None, loglog: bool = False,
+            ax=None, label: str | None = None):
+  """A per-point summary (`dynamics.load_summary`'s frame, a report's `results`,
+  or a list of dicts)
+  against a swept axis: one line per value of `by`, and with `loglog` the
+  least-squares slope of `log y` against `log x` (`dynamics.metrics.loglog_slope`)
+  in each legend entry. Returns `(fig, slopes)`: `slopes` maps each `by` value
+  (or None) to its slope."""
+  import pandas as pd
+  from dynamics import metrics
+  if isinstance(summary, pd.DataFrame):
+    frame = summary
+  else:  # Results (a report's argument) or dicts
+    frame = pd.DataFrame([{**r.fields, **r.summary} if hasattr(r, "summary") else r
+                          for r in summary])
+  for col in (x, y) + ((by,) if by else ()):
+    if col not in frame.columns:
+      raise ValueError(f"against(): no column {col!r} in the summary (columns: "
+                       f"{', '.join(map(str, frame.columns))}).")
+  fig = None
+  if ax is None:
+    fig, (ax,) = figure(1)
+  slopes = {}
+  groups = frame.groupby(by, sort=True) if by else [(None, frame)]
+  for j, (value, rows) in enumerate(groups):
+    rows = rows.sort_values(x)
+    xs, ys = rows[x].to_numpy(np.float64), rows[y].to_numpy(np.float64)
+    text = f"{by} = {value}" if by else (label or y)
+    if loglog:
+      slopes[value] = metrics.loglog_slope(xs, ys)
+      text += "" if slopes[value] is None else f": slope {slopes[value]:.2f}"
+    ax.plot(xs, ys, "o-", color=f"C{j}", label=text)
+  if loglog:
+    ax.set(xscale="log", yscale="log")
+  ax.set(xlabel=x, ylabel=y)
+  values = np.sort(frame[x].unique()).astype(np.float64)
+  if len(values) <= 12:  # label the swept values themselves
+    from matplotlib.ticker import NullFormatter
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+  ax.legend(fontsize=8)
+  return (fig if fig is not None else ax.figure), slopes
+
+
+def grid(results, path: str, title: str | None = None) -> None:
+  """A grid's default figure: one panel per observation with a theory (or
+  the loss), up to 4; each point's seed mean solid (one colour a point,
+  labelled by its swept fields), its theory dashed."""
+  results = list(results)
+  first = results[0]
+  names = [k for k in first.traj.logged if k in first.pred and np.ndim(first.traj.logged[k]) == 2]
+  names = (names or [k for k in first.traj.logged if np.ndim(first.traj.logged[k]) == 2][:1])[:4]
+  fig, axes = figure(max(len(names), 1))
+  for ax, name in zip(axes, names):
+    for j, r in enumerate(results[:10]):
+      traj = r.traj
+      kept = traj.kept
+      if not kept.any():
+        continue
+      sim = np.asarray(traj.logged[name], np.float64)[kept]
+      t = np.asarray(traj.t)[kept].mean(0)
+      label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.fields.items())
+      ax.plot(t, np.nanmean(sim, 0), color=f"C{j}", lw=1.5, label=label)
+      if name in r.pred:
+        ax.plot(t, np.asarray(r.pred[name])[kept].mean(0), "--", color="k", lw=1)
+    ax.set(xlabel="t = lr x steps", ylabel=name, title=f"{name}: seed means, theory dashed")
+    ax.legend(fontsize=7)
+  save(fig, path, title or (f"first 10 of {len(results)} grid points" if len(results) > 10
+                            else None))

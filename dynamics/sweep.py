@@ -1,4 +1,4 @@
-"""Every run is a sweep: a grid of configs, one compiled vmapped call per shape group.
+"""Every run is a grid: one compiled, vmapped call per group of grid points.
 
 A config declares its grid beside the base config, mirroring its fields:
 
@@ -7,27 +7,28 @@ A config declares its grid beside the base config, mirroring its fields:
     config.sweep.model = ml_collections.ConfigDict({"width": (16, 64)})
 
 The grid is the Cartesian product of the axes (no axes: one point, the base
-config). Grid points that differ only in shape-preserving fields (the
-experiment's `HPARAMS`: learning rate, init scale, ...) form one group and
-run as one `jit(vmap(train))` over (grid point x seed) rows; every other
-field (width, depth, dimensions) makes separate groups, each compiled once.
-Seed `i` of a point uses `fold_in(PRNGKey(seed), i)` as in a single run, so
-its trajectory does not depend on its group, chunk or device.
+config). Grid points form one group, trained by one compiled
+`jit(vmap(...))` over their (point x seed) rows, when their `setup` arrays
+have the same shapes and they differ only in float fields (traced) and in
+fields that `init`, `loss` and `observe` do not read (the runner traces them
+with such fields unreadable and splits the group by any field they read).
+Seed `i` of a point uses `fold_in(PRNGKey(seed), i)`, as in a single run.
 
-`simulate(config)` runs a grid in memory; `run_sweep(config, out_dir)` runs
-it into a directory it can resume after a kill, and writes the results table,
-the summaries and the figures; `load_sweep(out_dir)` reads the table back.
-The experiment (`config.experiment`) follows the protocol of
-`dynamics.experiments`. Docs: `docs/sweeps.md`, `docs/experiments.md`.
+`simulate(config)` runs a grid in memory; `run_sweep(config, out_dir)` runs it
+into a directory (`dynamics.store`) that a killed or interrupted run resumes
+from, and writes the results table, the summaries and the figures;
+`load_sweep`, `load_summary`, `load_arrays` and `load_results` read them
+back. The experiment protocol: `dynamics.experiments`. Docs: docs/sweeps.md,
+docs/experiments.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import shutil
+import sys
 import time
 from typing import NamedTuple
 
@@ -35,47 +36,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dynamics import _rows, io, metrics, progress
 from dynamics import config as cfg
 from dynamics import experiments as protocol
-from dynamics.devices import compiler_options
+from dynamics import io, store
 from dynamics import train as engine
+from dynamics.experiments import Result, Trajectory
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
-DEFAULT_CHECKPOINT_EVERY_STEPS = 50_000
 FIGURES = ("auto", "all", "none")
 AUTO_FIGURES = 24  # per-point figures drawn by default up to this many points
+TABLE_WIDTH = 16   # a logged vector of at most this many entries gets a column each
 
 
-class Group(NamedTuple):
-  points: list      # indices into the grid
-  configs: list     # resolved configs, one per point
-  rows: int         # points x seeds
-
-
-class Plan(NamedTuple):
-  experiment: object  # the experiment module
-  points: list        # [{field: value}] per grid point
-  configs: list       # resolved config per grid point
-  groups: list        # [Group]
-
-
-class Point(NamedTuple):
-  """One grid point's results (in memory: `simulate`)."""
-  index: int
-  fields: dict    # the swept values
-  config: object  # resolved config
-  step: np.ndarray  # [L] logged steps
-  t: np.ndarray     # [L] their time, lr x step
-  out: dict       # train's outputs, [S, ...]; logged values after divergence NaN
-  pred: dict      # theory beside `out`
-  summary: dict   # experiment summary, `num_seeds`, `diverged_seeds`
-  frame: pd.DataFrame  # this point's rows of the results table
-
+# --- the grid -----------------------------------------------------------------
 
 def axes(config) -> list[tuple[str, tuple]]:
   """`[(field, values), ...]` from `config.sweep`, checked against the config.
@@ -127,339 +103,918 @@ def point_config(config, point: dict):
   return c
 
 
-def plan(config) -> Plan:
-  """Loads the experiment, validates every grid point, groups them by shape."""
+# --- planning -----------------------------------------------------------------
+
+class Group(NamedTuple):
+  points: list      # indices into the grid
+  rows: int         # points x seeds
+  runner: engine.Runner
+  batched: tuple    # swept fields traced in the group's program
+  offsets: list     # first row of each point
+
+
+class Plan(NamedTuple):
+  experiment: object  # the experiment module
+  points: list        # [{field: value}] per grid point
+  configs: list       # resolved config per grid point
+  data: list          # setup's arrays per grid point (numpy)
+  groups: list        # [Group]
+
+
+class _Read(Exception):
+  """A traced program read a swept field that varies within its group."""
+
+  def __init__(self, field: str):
+    super().__init__(field)
+    self.field = field
+
+
+class Unread:
+  """A swept field in a group's program: reading it raises `_Read`, and the
+  planner then splits the group by that field."""
+  __slots__ = ("field",)
+
+  def __init__(self, field: str):
+    object.__setattr__(self, "field", field)
+
+  def _read(self, *args, **kwargs):
+    raise _Read(object.__getattribute__(self, "field"))
+
+  for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__",
+                "__bool__", "__str__", "__format__", "__float__", "__int__", "__index__",
+                "__len__", "__iter__", "__getitem__", "__contains__", "__add__", "__radd__",
+                "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+                "__pow__", "__rpow__", "__neg__", "__array__", "__jax_array__", "__getattr__"):
+    locals()[_name] = _read
+  del _name
+
+  def __repr__(self):
+    return f"<swept field {object.__getattribute__(self, 'field')}>"
+
+
+RUNNER_FIELDS = ("seed", "num_seeds")  # read per point by the runner, never in a program
+
+
+def plan(config, *, devices=None) -> Plan:
+  """Loads the experiment; checks and sets up every grid point; groups them
+  (see the module docstring) and traces each group's programs once.
+
+  Raises ValueError naming the grid point and the field for a bad config,
+  before anything is compiled or written."""
   experiment = protocol.load(config)
   points = grid(config) or [{}]
   configs = [point_config(config, p) for p in points]
-  for p, c in zip(points, configs):
-    try:
-      protocol.validate(experiment, c)
-    except ValueError as e:
-      raise ValueError(f"grid point {p}: {e}" if p else str(e)) from None
-  if len({c.precision for c in configs}) > 1:
+  if len({c.get("precision") for c in configs}) > 1:
     raise ValueError("sweep axis `sweep.precision` cannot vary within one sweep.")
-  hparams = set(getattr(experiment, "HPARAMS", {}))
-  groups: dict = {}
-  for i, p in enumerate(points):
-    key = tuple((f, _hashable(v)) for f, v in p.items() if f not in hparams)
-    groups.setdefault(key, []).append(i)
-  return Plan(experiment, points, configs,
-              [Group(idx, [configs[i] for i in idx],
-                     sum(configs[i].num_seeds for i in idx)) for idx in groups.values()])
+  data = []
+  with precision(configs[0].get("precision")):
+    for p, c in zip(points, configs):
+      try:
+        data.append(_arrays(protocol.setup(experiment, c)))
+      except ValueError as e:
+        raise ValueError(f"grid point {p}: {e}" if p else str(e)) from None
+    groups = _plan_groups(experiment, points, configs, data, devices)
+  return Plan(experiment, points, configs, data, groups)
 
 
-def simulate(config) -> tuple[list[Point], dict]:
+def _arrays(data: dict) -> dict:
+  def leaf(path, x):
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+      raise ValueError(f"setup(){jax.tree_util.keystr(path)} is {a.dtype} ({x!r:.40}); "
+                       "setup returns numeric arrays (read other fields in the config).")
+    return a
+  return jax.tree_util.tree_map_with_path(leaf, data)
+
+
+def _signature(c, d) -> tuple:
+  leaves, treedef = jax.tree_util.tree_flatten(d)
+  return (engine.Schedule.of(c), str(treedef),
+          tuple((a.shape, a.dtype.str) for a in leaves))
+
+
+def _plan_groups(experiment, points, configs, data, devices) -> list:
+  swept = list(points[0])
+  floats = {f for f in swept if isinstance(cfg.get(configs[0], f), float)}
+  candidates: dict = {}
+  for i, (c, d) in enumerate(zip(configs, data)):
+    candidates.setdefault(_signature(c, d), []).append(i)
+  groups = []
+  for idx in candidates.values():
+    groups += _split(experiment, idx, points, configs, data, swept, floats, set(), devices)
+  groups.sort(key=lambda g: g.points[0])
+  return groups
+
+
+def _split(experiment, idx, points, configs, data, swept, floats, static, devices):
+  """Groups of the points `idx`, equal in every field of `static`."""
+  by: dict = {}
+  for i in idx:
+    by.setdefault(tuple(_hashable(points[i][f]) for f in sorted(static)), []).append(i)
+  out = []
+  for sub in by.values():
+    varying = [f for f in swept if f not in RUNNER_FIELDS and
+               len({_hashable(points[i][f]) for i in sub}) > 1]
+    batched = tuple(f for f in varying if f in floats)
+    unread = tuple(f for f in varying if f not in floats)
+    try:
+      out.append(_group(experiment, sub, configs, data, batched, unread, devices))
+    except _Read as e:
+      out += _split(experiment, sub, points, configs, data, swept, floats,
+                    static | {e.field}, devices)
+    except Exception:  # noqa: BLE001 - retried without shared fields, raised if it recurs
+      if not varying:
+        raise
+      # a swept value used as a Python value (a float in control flow, a width
+      # checked for being an int): these points cannot share a call
+      out += _split(experiment, sub, points, configs, data, swept, floats,
+                    static | set(varying), devices)
+  return out
+
+
+def _group(experiment, idx, configs, data, batched, unread, devices) -> Group:
+  c0 = configs[idx[0]]
+  dtype = cfg.float_dtype(c0.precision)
+  template = c0.to_dict()
+  for f in unread:
+    _set(template, f, Unread(f))
+
+  def bind(row):
+    d = _copy_sections(template)
+    for f in batched:
+      _set(d, f, row["hp"][f])
+    return ml_collections.ConfigDict(d)
+
+  leaves = [jax.tree_util.tree_flatten(data[i])[0] for i in idx]
+  treedef = jax.tree_util.tree_structure(data[idx[0]])
+  same = [all(np.array_equal(leaves[0][j], lv[j]) for lv in leaves[1:])
+          for j in range(len(leaves[0]))]
+  shared = {"data": [jnp.asarray(leaves[0][j]) if same[j] else None
+                     for j in range(len(same))],
+            "stacked": [None if same[j] else jnp.asarray(np.stack([lv[j] for lv in leaves]))
+                        for j in range(len(same))]}
+
+  def data_of(row, sh):
+    got = [sh["data"][j] if same[j] else sh["stacked"][j][row["point"]]
+           for j in range(len(same))]
+    return jax.tree_util.tree_unflatten(treedef, got)
+
+  schedule = engine.Schedule.of(c0)
+  if schedule.batches == "shared":
+    shared["batch_key"] = engine.shared_batch_key(c0.seed)
+  keys, point, hp, offsets, n = [], [], {f: [] for f in batched}, [], 0
+  for j, i in enumerate(idx):
+    c = configs[i]
+    offsets.append(n)
+    keys.append(np.asarray(engine.seed_keys(c.seed, c.num_seeds)))
+    point += [j] * c.num_seeds
+    for f in batched:
+      hp[f] += [cfg.get(c, f)] * c.num_seeds
+    n += c.num_seeds
+  rows = {"key": jnp.asarray(np.concatenate(keys)), "point": jnp.asarray(point, jnp.int32),
+          "hp": {f: jnp.asarray(v, dtype) for f, v in hp.items()}}
+  runner = engine.Runner(experiment, bind, data_of, schedule, rows, shared, devices=devices)
+  names = set(runner.first_shape)
+  consts = set(runner.state_shape.consts)
+  if names & consts:
+    raise ValueError(f"observe() and init() both name {sorted(names & consts)}: theory "
+                     "sees both in `start`; rename one.")
+  return Group(list(idx), n, runner, batched, offsets)
+
+
+def _copy_sections(d):
+  return {k: _copy_sections(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def _set(d: dict, field: str, value) -> None:
+  *path, name = field.split(".")
+  for part in path:
+    d = d[part]
+  d[name] = value
+
+
+def precision(name):
+  """x64 on for a float64 run and off for a float32 one (whatever the global
+  setting), so the same key draws the same numbers in every part of a run."""
+  return jax.enable_x64(name == "float64")
+
+
+# --- running ------------------------------------------------------------------
+
+def simulate(config, *, devices=None) -> tuple[list[Result], dict]:
   """Trains and analyzes every grid point in memory; nothing is written.
 
   Returns:
-    `(points, sweep_summary)`: a `Point` per grid point, and the
-    experiment's `sweep_summary` ({} without one or with one point).
+    `(results, report)`: a `Result` per grid point (`.traj`, `.pred`,
+    `.data`, `.summary`), and what the experiment's `report` returned
+    (without its figure).
   """
-  p = plan(config)
-  with _precision(p):
-    return _simulate(p)
+  p = plan(config, devices=devices)
+  with precision(p.configs[0].precision):
+    results = [None] * len(p.points)
+    for group in p.groups:
+      first, logged, t, state = group.runner.run(0, group.rows)
+      rows = {"first": first, "logged": logged, "t": t, "state": state}
+      for i, r in _split_rows(p, group, rows):
+        results[i] = _analyze(p, i, r)
+    rep = _report(p, results)
+  rep.pop("figure", None)
+  return results, rep
 
 
-def _simulate(p: Plan):
-  trains = [_train(p.experiment, g) for g in p.groups]
-  results = [None] * len(p.points)
-  with progress.bar(sum(g.rows * t.steps for g, t in zip(p.groups, trains)), "train"):
-    for group, (train, _, _) in zip(p.groups, trains):
-      keys, hps = _group_rows(p.experiment, group)
-      out = _rows.run_rows(_rows.vmap_rows(train, 1), keys, hps)
-      for i, o in _split(group, jax.tree_util.tree_map(np.asarray, out)):
-        results[i] = analyze(p.experiment, p.configs[i], o, p.points[i], i)
-  return results, _sweep_summary(p, results)
+def _split_rows(p: Plan, group: Group, rows: dict):
+  for j, i in enumerate(group.points):
+    a = group.offsets[j]
+    b = a + p.configs[i].num_seeds
+    yield i, jax.tree_util.tree_map(lambda x: x[a:b], rows)
+
+
+def _trajectory(p: Plan, i: int, rows: dict) -> Trajectory:
+  """A point's rows as a `Trajectory`, values logged after a seed diverged NaN."""
+  c = p.configs[i]
+  s = engine.Schedule.of(c)
+  step = np.arange(0, s.num_steps + 1, s.log_every)
+  state = rows["state"]
+  diverged_at = np.asarray(state.diverged_at)
+  logged = {k: np.concatenate([np.asarray(v)[:, None], np.asarray(rows["logged"][k])], 1)
+            for k, v in rows["first"].items()}
+  after = (diverged_at[:, None] >= 0) & (step[None, :] > diverged_at[:, None])
+  for k, v in logged.items():
+    if np.issubdtype(v.dtype, np.floating):
+      v = v.copy()
+      v[after] = np.nan
+      logged[k] = v
+  t = np.concatenate([np.zeros((len(diverged_at), 1)), np.asarray(rows["t"], np.float64)], 1)
+  start = jax.tree_util.tree_map(np.asarray, dict(state.consts))
+  return Trajectory(step=step, t=t, logged=logged, start=start, diverged_at=diverged_at)
+
+
+def _analyze(p: Plan, i: int, rows: dict) -> Result:
+  traj = _trajectory(p, i, rows)
+  c, exp = p.configs[i], p.experiment
+  pred = {}
+  if hasattr(exp, "theory"):
+    start = {**traj.start, **{k: v[:, 0] for k, v in traj.logged.items()}}
+    try:
+      pred = protocol.per_seed(exp.theory, c, p.data[i], start, traj.t)
+    except KeyError as e:
+      if e.args != ("params",):
+        raise
+      start["params"] = initial_params(p, i)  # asked for: init again, in the run's precision
+      pred = protocol.per_seed(exp.theory, c, p.data[i], start, traj.t)
+    protocol.check_theory(pred, traj)
+  result = Result(i, p.points[i], c, data=p.data[i], traj=traj, pred=pred)
+  result.summary = protocol.summarize(result)
+  return result
+
+
+def initial_params(p: Plan, i: int):
+  """Every seed's `params` at init for grid point `i`: `init` again on the
+  seed's key, in the group's compiled program and the run's precision (the
+  arrays training started from: the models here draw them elementwise, so bit
+  for bit)."""
+  g = next(g for g in p.groups if i in g.points)
+  a = g.offsets[g.points.index(i)]
+  return g.runner.params0(a, a + p.configs[i].num_seeds)
+
+
+def _report(p: Plan, results: list) -> dict:
+  """The experiment's `report` (default: none), its per-point entries merged
+  into each point's summary."""
+  fn = getattr(p.experiment, "report", None)
+  rep = dict(fn(p.configs[0], results) or {}) if fn else {}
+  per_point = rep.pop("points", None)
+  if per_point is not None:
+    if len(per_point) != len(results):
+      raise ValueError(f"report()['points'] has {len(per_point)} entries for "
+                       f"{len(results)} grid points.")
+    for r, extra in zip(results, per_point):
+      r.summary.update(extra or {})
+  return rep
 
 
 def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-              checkpoint_every_steps: int = DEFAULT_CHECKPOINT_EVERY_STEPS,
-              figures: str = "auto", out_name: str = "--out",
-              verbose: bool = True) -> str:
+              figures: str = "auto", out_name: str = "--out", verbose: bool = True,
+              restart: bool = False, checkpoint_every_s: float = 10.0, devices=None) -> str:
   """Runs (or resumes) the grid into `out_dir`; writes the table, summaries, figures.
 
   Args:
     config: base config, its grid in `config.sweep` (none: a single point).
-    out_dir: the run directory. An existing one is resumed if it holds the
-      same config, and refused (nothing touched) otherwise.
+    out_dir: the run directory. An existing one is resumed if it holds this
+      config run by this code, and refused (nothing touched) otherwise.
     memory_budget_mb: memory for one chunk of (point x seed) rows; every
       finished chunk is a file, so a killed run loses at most one chunk.
-    checkpoint_every_steps: runs longer than this are run in segments with an
-      orbax checkpoint of the scan state after each, for experiments that
-      define `make_segments`.
     figures: `'auto'` (the grid's figure, and each point's up to 24 points),
       `'all'`, or `'none'`.
     out_name: what to call `out_dir` in errors (the flag the user set).
     verbose: progress bar and the console report.
+    restart: discard what `out_dir` holds (a run directory) and start afresh.
+    checkpoint_every_s: inside a chunk, the scan state is saved after a
+      segment once this many seconds have passed since the last save (and
+      only while saves take under a tenth of the time); 0 saves after every
+      segment.
 
   Returns:
-    The absolute path of `out_dir`. Files: `docs/sweeps.md`.
+    The absolute path of `out_dir`. Files: docs/sweeps.md.
   """
-  if not (isinstance(memory_budget_mb, (int, float)) and memory_budget_mb > 0):
+  if not (isinstance(memory_budget_mb, (int, float)) and not isinstance(memory_budget_mb, bool)
+          and memory_budget_mb > 0):
     raise ValueError(f"--memory_budget_mb must be > 0, got {memory_budget_mb!r}.")
-  if not (isinstance(checkpoint_every_steps, int) and checkpoint_every_steps > 0):
-    raise ValueError(f"--checkpoint_every_steps must be a positive integer, "
-                     f"got {checkpoint_every_steps!r}.")
+  if not (isinstance(checkpoint_every_s, (int, float)) and checkpoint_every_s >= 0):
+    raise ValueError(f"--checkpoint_every_s must be >= 0, got {checkpoint_every_s!r}.")
   if figures not in FIGURES:
     raise ValueError(f"--figures must be one of {FIGURES}, got {figures!r}.")
+  from dynamics import _rows
+  from dynamics.devices import compiler_options
   _rows.env_chunk(), compiler_options()  # the engine's settings, checked before writing
-  p = plan(config)  # every ValueError before anything is written
-  with _precision(p):
-    return _run_sweep(p, config, out_dir, memory_budget_mb, checkpoint_every_steps,
-                      figures, out_name, verbose)
-
-
-def _run_sweep(p, config, out_dir, memory_budget_mb, checkpoint_every_steps, figures,
-               out_name, verbose):
   out_dir = os.path.abspath(out_dir)
-  config_json = _canonical(config)
-  execution = {"backend": jax.default_backend(), "devices": jax.device_count(),
-               "processes": jax.process_count(),
-               "chunk_rows": os.environ.get("DYNAMICS_CHUNK_ROWS")}
-  if jax.process_index() > 0:  # under jax.distributed: process 0 writes
-    state = _shared(None)
-    if "error" in state:
-      raise ValueError(state["error"])
-    return _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures,
-                       False, state["grid"], config_json, execution, state["todo"])
-  sent = []  # whether the other processes have their state
+  io.check_writable(out_dir, out_name)
+  p = plan(config, devices=devices)  # every ValueError before anything is written
+  with precision(p.configs[0].precision):
+    run = _Run(p, config, out_dir, out_name, memory_budget_mb, figures, verbose,
+               checkpoint_every_s)
+    return run.go(restart)
 
-  def share(state):
+
+class Interrupted(KeyboardInterrupt):
+  """A run stopped by SIGINT or SIGTERM (`cause`), with `where` it stopped.
+  Every file is whole (atomic writes); rerunning resumes."""
+
+  def __init__(self, where: str, cause: BaseException):
+    super().__init__(where)
+    self.where, self.cause = where, cause
+
+
+class _Run:
+  """One `run_sweep` call on a run directory."""
+
+  def __init__(self, p, config, out_dir, out_name, budget_mb, figures, verbose, every_s):
+    self.p, self.out, self.name = p, out_dir, out_name
+    self.budget, self.figures, self.verbose, self.every_s = budget_mb, figures, verbose, every_s
+    self.config_json = _canonical(config)
+    self.code = store.code_digest(protocol.source_files(p.experiment))
+    self.identity = store.sha256((self.config_json + self.code["sha256"]).encode())
+    self.execution = {"backend": jax.default_backend(), "devices": jax.device_count(),
+                      "processes": jax.process_count(),
+                      "chunk_rows": os.environ.get("DYNAMICS_CHUNK_ROWS")}
+    self.writer = jax.process_index() == 0
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.out, *parts)
+
+  def say(self, text: str) -> None:
+    if self.verbose and self.writer:
+      tqdm.write(text, file=sys.stderr)
+
+  # -- the directory ---------------------------------------------------------
+
+  def go(self, restart: bool) -> str:
+    self.where = f"planning {self.out} (nothing was written)"
+    try:
+      return self._go(restart)
+    except Interrupted:
+      raise
+    except KeyboardInterrupt as e:
+      raise Interrupted(self.where, e) from None
+
+  def _go(self, restart: bool) -> str:
     if jax.process_count() > 1:
-      _shared(state)
-    sent.append(True)
+      return self._go_distributed(restart)
+    old = self._existing(restart)
+    io.makedirs(self.out)
+    with io.lock(self.out, self.name):
+      old = self._existing(restart)  # again, under the lock
+      return self._locked(old)
 
-  try:
-    io.check_writable(out_dir, out_name)
-    _check_resumable(out_dir, config_json, execution, out_name)  # before writing anything
-    io.makedirs(out_dir)
-    with io.lock(out_dir, out_name):
-      # again under the lock: a writer that held it may have changed the directory
-      old_grid = _check_resumable(out_dir, config_json, execution, out_name)
-      return _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures,
-                         verbose, old_grid, config_json, execution, share=share)
-  except ValueError as e:
-    if not sent:  # refused before the run began: the others stop too
-      share({"error": f"the writing process (0) refused: {e}"})
-    raise
+  def _go_distributed(self, restart):
+    from dynamics import _dist
+    if self.writer:
+      try:
+        old = self._existing(restart)
+        io.makedirs(self.out)
+        with io.lock(self.out, self.name):
+          old = self._existing(restart)
+          layout = self._layout(old)
+          _dist.share({"layout": layout})
+          return self._locked(old, layout)
+      except ValueError as e:
+        _dist.share({"error": f"the writing process (0) refused: {e}"}, once=True)
+        raise
+    got = _dist.share(None)
+    if "error" in got:
+      raise ValueError(got["error"])
+    return self._locked(None, got["layout"])
 
+  def _existing(self, restart: bool):
+    """The stored run to resume (`run.json`), None for a new run; refuses,
+    naming the file or what differs, a directory that holds anything else."""
+    if not os.path.isdir(self.out) or not set(os.listdir(self.out)) - {io.LOCK}:
+      return None
+    run_json = self.path("run.json")
+    if not os.path.exists(run_json):
+      if os.path.exists(self.path("config.json")):
+        raise ValueError(f"{self.name} ({self.out!r}) holds a run without run.json (an "
+                         "older format, or run.json was deleted): rerun with --restart to "
+                         "replace it, or choose another directory.")
+      raise ValueError(f"{self.name} ({self.out!r}) exists and holds no run (no run.json); "
+                       "refusing to write into it. Choose another directory.")
+    if restart:
+      self._clear()
+      return None
+    try:
+      old = store.read_json(run_json)
+    except store.Damaged as e:
+      raise ValueError(f"{e.path} is damaged ({e.why}); nothing was changed. Rerun with "
+                       "--restart to start this run afresh, or choose another directory."
+                       ) from None
+    if old.get("format") != store.FORMAT:
+      raise ValueError(f"{run_json} is format {old.get('format')}, not {store.FORMAT}: rerun "
+                       "with --restart or choose another directory.")
+    try:
+      have = store.file_sha256(self.path("config.json"))
+    except OSError:
+      have = None
+    if have != old.get("config_sha256"):
+      raise ValueError(f"{self.path('config.json')} is damaged or missing (it no longer "
+                       "matches run.json); nothing was changed. Rerun with --restart, or "
+                       "choose another directory.")
+    if old.get("config") != json.loads(self.config_json):
+      a, b = protocol.flat(old.get("config", {})), protocol.flat(json.loads(self.config_json))
+      diff = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
+              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+      raise ValueError(f"{self.name} ({self.out!r}) holds a run of a different config "
+                       f"({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}); refusing "
+                       "to replace or mix it. Choose another directory, or --restart.")
+    if old.get("code", {}).get("sha256") != self.code["sha256"]:
+      was, now = old.get("code", {}).get("files", {}), self.code["files"]
+      changed = sorted(f for f in set(was) | set(now) if was.get(f) != now.get(f))
+      raise ValueError(f"{self.name} ({self.out!r}) was run by other code: "
+                       f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} changed "
+                       "since. Its results would not be this code's: rerun with --restart to "
+                       "recompute, or choose another directory.")
+    if {**old.get("execution", {})} != self.execution and not old.get("finished"):
+      raise ValueError(
+          f"{self.name} ({self.out!r}) was started with {old.get('execution')}; now "
+          f"{self.execution}. Resume it with the same devices, processes and "
+          "DYNAMICS_CHUNK_ROWS, so that the rows computed before and after agree bit for bit.")
+    return old
 
-def _shared(obj):
-  """Process 0's JSON-able `obj`, on every process (`jax.distributed`)."""
-  from jax.experimental import multihost_utils
-  data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if obj is not None else \
-      np.zeros(0, np.uint8)
-  n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
-  buf = np.zeros(n, np.uint8)
-  buf[:data.size] = data[:n]
-  return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
-
-
-def _run_locked(p, out_dir, memory_budget_mb, checkpoint_every_steps, figures, verbose,
-                old_grid, config_json, execution, todo=None, share=None):
-  """Runs what is left of the grid. On process 0 (the only one, or the writer
-  under `jax.distributed`) `old_grid` is the stored grid or None; the other
-  processes get process 0's grid and `todo` chunks, run the same calls (rows
-  sharded over every process's devices) and write nothing."""
-  writer = jax.process_index() == 0
-  trains = [_train(p.experiment, g) for g in p.groups]
-  if not writer:
-    grid_json = old_grid
-    chunks = [g["chunks"] for g in grid_json["groups"]]
-  elif old_grid is None:
-    chunks = [_chunk_slices(g, t, memory_budget_mb, jax.device_count())
-              for g, t in zip(p.groups, trains)]
-    grid_json = {"points": p.points, "execution": execution,
-                 "checkpoint_every_steps": checkpoint_every_steps,
-                 "groups": [{"points": g.points, "chunks": c} for g, c in zip(p.groups, chunks)]}
-  else:  # resume with the layout the run began with: the same rows in each chunk
-    grid_json = old_grid
-    chunks = [g["chunks"] for g in grid_json["groups"]]
-    checkpoint_every_steps = grid_json["checkpoint_every_steps"]
-  if writer:
-    _remove_temporaries(out_dir)  # of writes a kill interrupted (we hold the lock)
-    io.makedirs(os.path.join(out_dir, "chunks"))
-    prov = _read_json(os.path.join(out_dir, "provenance.json"), [])
-    io.write_json(os.path.join(out_dir, "provenance.json"), prov + [io.provenance()])
-    if old_grid is None:
-      io.atomic_write(os.path.join(out_dir, "config.json"),
-                      lambda f: f.write(config_json.encode()))
-      io.write_json(os.path.join(out_dir, "grid.json"), grid_json)
-    todo = [[ci for ci in range(len(chunks[gi]))
-             if not os.path.exists(_chunk_path(out_dir, gi, ci))] for gi in range(len(chunks))]
-    share({"grid": grid_json, "todo": todo})
-
-  total = sum(g.rows * t.steps for g, t in zip(p.groups, trains))
-  with progress.bar(total, "sweep" if len(p.points) > 1 else "train",
-                    disable=not verbose) as bar:
-    for gi, (group, (train, steps, _)) in enumerate(zip(p.groups, trains)):
-      pending = set(todo[gi])
-      todo_gi = [(ci, sl) for ci, sl in enumerate(chunks[gi]) if ci in pending]
-      bar.skip(steps * sum(b - a for ci, (a, b) in enumerate(chunks[gi])
-                           if ci not in pending))
-      if not todo_gi:
+  def _clear(self) -> None:
+    for name in os.listdir(self.out):
+      if name == io.LOCK:
         continue
-      start = time.perf_counter()
-      keys, hps = _group_rows(p.experiment, group)
-      # under jax.distributed the chunk files are the only checkpoints
-      segments = None if jax.process_count() > 1 else _segments(
-          p.experiment, group.configs[0], checkpoint_every_steps)
-      fn = _rows.vmap_rows(train, 1) if segments is None else None
-      for ci, (a, b) in todo_gi:
-        path = _chunk_path(out_dir, gi, ci)
-        rows_hps = jax.tree_util.tree_map(lambda x: x[a:b], hps)
-        if segments is None:
-          out = _rows.run_rows(fn, keys[a:b], rows_hps)
-        else:
-          out = segments(keys[a:b], rows_hps, path + ".ckpt")
-        if writer:
-          io.write_npz(path, jax.tree_util.tree_map(np.asarray, out))
-          shutil.rmtree(path + ".ckpt", ignore_errors=True)
-      if verbose and len(p.groups) > 1:
-        shape = {f: v for f, v in p.points[group.points[0]].items()
-                 if f not in getattr(p.experiment, "HPARAMS", {})}
-        bar.write(f"group {gi + 1}/{len(p.groups)} ({_fields_text(shape)}): "
-                  f"{len(group.points)} point(s), {group.rows} rows, "
-                  f"{len(chunks[gi])} chunk(s), {time.perf_counter() - start:.1f} s")
-  if not writer:
-    return out_dir
-  summaries, sweep = _collect(out_dir, p, chunks, figures, verbose)
-  _remove_temporaries(out_dir)
-  if verbose:
-    print(report(p, summaries, sweep))
-  return out_dir
+      path = self.path(name)
+      shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+  def _layout(self, old) -> dict:
+    if old is not None:
+      return old["layout"]
+    groups = []
+    for g in self.p.groups:
+      per_row = 3 * (_nbytes(g.runner.first_shape) * (g.runner.schedule.num_logs + 1)
+                     + _nbytes(g.runner.state_shape))
+      per_chunk = int(self.budget * 2**20 // max(per_row, 1))
+      n_dev = jax.device_count()
+      per_chunk = max(n_dev, per_chunk - per_chunk % n_dev)
+      groups.append({"points": g.points, "rows": g.rows, "seg_logs": g.runner.seg_logs,
+                     "chunks": [[a, min(a + per_chunk, g.rows)]
+                                for a in range(0, g.rows, per_chunk)]})
+    return {"groups": groups}
+
+  def _locked(self, old, layout=None) -> str:
+    p = self.p
+    layout = layout or self._layout(old)
+    if self.writer:
+      _remove_temporaries(self.out)
+      io.makedirs(self.path("chunks"))
+      prov = _read_list(self.path("provenance.json"))
+      io.write_json(self.path("provenance.json"), prov + [io.provenance()])
+      if old is None:
+        io.atomic_write(self.path("config.json"), lambda f: f.write(self.config_json.encode()))
+        self.run_json = {"format": store.FORMAT, "identity": self.identity,
+                         "config": json.loads(self.config_json),
+                         "config_sha256": store.file_sha256(self.path("config.json")),
+                         "code": self.code, "execution": self.execution, "layout": layout}
+        store.write_json(self.path("run.json"), self.run_json)
+      else:
+        self.run_json = old
+    if old is not None and old.get("finished") and self._finished_intact(old):
+      self.say(f"{self.out}: finished earlier by this code and config; nothing to compute.")
+      summaries = json.loads(open(self.path("summary.json")).read())
+      if self.verbose:
+        print(console(p, [s for s in summaries["points"]], summaries["grid"]))
+      return self.out
+    for g, lay in zip(p.groups, layout["groups"]):
+      if lay["points"] != g.points or lay["rows"] != g.rows or lay["seg_logs"] != g.runner.seg_logs:
+        raise ValueError(f"run.json's layout of the grid does not match this plan (group of "
+                         f"points {lay['points']}); rerun with --restart.")
+    self._compute(layout)
+    if not self.writer:
+      return self.out
+    self._collect(layout)
+    return self.out
+
+  def _finished_intact(self, old) -> bool:
+    for rel, sha in old["finished"].items():
+      path = self.path(rel)
+      try:
+        ok = store.file_sha256(path) == sha
+      except OSError:
+        ok = False
+      if not ok:
+        self.say(f"{path} is damaged or missing: recomputing what it held.")
+        return False
+    return True
+
+  # -- training --------------------------------------------------------------
+
+  def _chunk_path(self, gi: int, ci: int) -> str:
+    return self.path("chunks", f"g{gi:04d}_c{ci:05d}.npz")
+
+  def _expect(self, gi, ci, a, b) -> dict:
+    return {"identity": self.identity, "group": gi, "chunk": ci, "rows": [a, b]}
+
+  def _have_chunk(self, gi, ci, a, b) -> bool:
+    path = self._chunk_path(gi, ci)
+    if not os.path.exists(path):
+      return False
+    try:
+      store.read_arrays(path, self._expect(gi, ci, a, b))
+      return True
+    except store.Damaged as e:
+      self.say(f"{e.path} is damaged or foreign ({e.why}): set aside as "
+               f"{os.path.basename(store.set_aside(path))}, recomputing it.")
+      return False
+
+  def _compute(self, layout) -> None:
+    p = self.p
+    todo = []
+    for gi, (g, lay) in enumerate(zip(p.groups, layout["groups"])):
+      if self.writer and self._group_done(gi, g):
+        continue
+      for ci, (a, b) in enumerate(lay["chunks"]):
+        if not (self.writer and self._have_chunk(gi, ci, a, b)):
+          todo.append((gi, ci, a, b))
+    if jax.process_count() > 1:
+      from dynamics import _dist
+      todo = _dist.share({"todo": todo} if self.writer else None)["todo"]
+    total = sum(g.rows * g.runner.schedule.num_steps for g in p.groups)
+    left = sum((b - a) * p.groups[gi].runner.schedule.num_steps for gi, _, a, b in todo)
+    bar = tqdm(total=total, initial=total - left, desc="sweep" if len(p.points) > 1 else "train",
+               unit="seed-step", unit_scale=True, delay=2, dynamic_ncols=True,
+               disable=not (self.verbose and self.writer),
+               mininterval=0.1 if sys.stderr.isatty() else 10)
+    with bar:
+      for gi, ci, a, b in todo:
+        self.where = f"group {gi + 1}/{len(p.groups)}, chunk {ci + 1}"
+        self._chunk(gi, ci, a, b, bar)
+    self.where = "the analysis (every chunk is saved)"
+
+  def _group_done(self, gi, g) -> bool:
+    """Every point of the group has a valid points file (the chunks were
+    removed after a finished analysis)."""
+    run_json = getattr(self, "run_json", {})
+    return bool(run_json.get("analysed")) and all(self._point_ok(i) for i in g.points)
+
+  def _chunk(self, gi, ci, a, b, bar) -> None:
+    g = self.p.groups[gi]
+    runner = g.runner
+    path = self._chunk_path(gi, ci)
+    ckpt = path[:-4] + ".ckpt.npz"
+    steps = runner.schedule.log_every
+    resume = self._resume(gi, ci, a, b, ckpt) if self.writer and \
+        jax.process_count() == 1 else None
+    done0 = resume[0] if resume else 0
+    bar.update((b - a) * done0 * steps)
+    clock = {"last": time.perf_counter(), "save": 0.0}
+
+    def on_segment(done, state, first, logged):
+      bar.update((b - a) * runner.seg_logs * steps)
+      self.where = (f"group {gi + 1}/{len(self.p.groups)}, chunk {ci + 1}, step "
+                    f"{done * steps} of {runner.schedule.num_steps}"
+                    + (f" (checkpointed at step {clock['at'] * steps})" if clock.get("at")
+                       else ""))
+      if not self.writer or jax.process_count() > 1 or done >= runner.schedule.num_logs:
+        return
+      now = time.perf_counter()
+      if now - clock["last"] >= max(self.every_s, 10 * clock["save"]):
+        self._checkpoint(ckpt, gi, ci, a, b, done, state, first, logged)
+        clock["at"] = done
+        clock["save"] = time.perf_counter() - now
+        clock["last"] = time.perf_counter()
+
+    first, logged, t, state = runner.run(a, b, resume=resume, on_segment=on_segment)
+    if self.writer:
+      arrays = {**{f"first/{k}": v for k, v in first.items()},
+                **{f"logged/{k}": v for k, v in logged.items()}, "t": t,
+                **store.flatten(state.consts, "consts"), "diverged_at": state.diverged_at}
+      store.write_arrays(path, arrays, self._expect(gi, ci, a, b))
+      if os.path.exists(ckpt):
+        os.remove(ckpt)
+
+  def _checkpoint(self, ckpt, gi, ci, a, b, done, state, first, logged) -> None:
+    n = b - a
+    from dynamics import _rows
+    host = _rows.to_host(state, n)
+    obs = {k: np.concatenate([o[k] for o, _ in logged], 1) for k in first}
+    t = np.concatenate([tt for _, tt in logged], 1)
+    arrays = {**store.flatten(host, "state"), **{f"first/{k}": v for k, v in first.items()},
+              **{f"logged/{k}": v for k, v in obs.items()}, "t": t}
+    store.write_arrays(ckpt, arrays, {**self._expect(gi, ci, a, b), "done_logs": done})
+
+  def _resume(self, gi, ci, a, b, ckpt):
+    if not os.path.exists(ckpt):
+      return None
+    runner = self.p.groups[gi].runner
+    try:
+      arrays, meta = store.read_arrays(ckpt, self._expect(gi, ci, a, b))
+      like = jax.tree_util.tree_map(lambda s: np.zeros((b - a,) + s.shape[1:], s.dtype),
+                                    runner.state_shape)
+      state = store.unflatten(arrays, "state", like)
+    except (store.Damaged, KeyError, ValueError) as e:
+      why = e.why if isinstance(e, store.Damaged) else f"does not fit ({e})"
+      self.say(f"{ckpt} is damaged or foreign ({why}): set aside as "
+               f"{os.path.basename(store.set_aside(ckpt))}; chunk {ci} of group {gi} "
+               "starts over.")
+      return None
+    done = int(meta["done_logs"])
+    first = {k[6:]: v for k, v in arrays.items() if k.startswith("first/")}
+    logged = {k[7:]: v for k, v in arrays.items() if k.startswith("logged/")}
+    steps = done * runner.schedule.log_every
+    self.say(f"resuming chunk {ci} of group {gi} from its checkpoint at step {steps} of "
+             f"{runner.schedule.num_steps} ({steps / runner.schedule.num_steps:.0%})")
+    return done, state, first, [(logged, arrays["t"])]
+
+  # -- analysis --------------------------------------------------------------
+
+  def _point_path(self, i: int) -> str:
+    return self.path("points", f"p{i:05d}.npz")
+
+  def _point_ok(self, i) -> bool:
+    try:
+      store.read_arrays(self._point_path(i), {"identity": self.identity, "point": i})
+      return True
+    except store.Damaged:
+      return False
+
+  def _group_rows(self, gi, layout):
+    """`(point, its rows)` for each point of group `gi`, from the chunk files
+    in order, holding no more than a chunk and a point."""
+    g = self.p.groups[gi]
+    sizes = [self.p.configs[i].num_seeds for i in g.points]
+    want = iter(zip(g.points, sizes))
+    cur = next(want, None)
+    buf, have = [], 0
+    like = jax.tree_util.tree_map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype),
+                                  g.runner.state_shape.consts)
+    for ci, (a, b) in enumerate(layout["groups"][gi]["chunks"]):
+      arrays, _ = store.read_arrays(self._chunk_path(gi, ci), self._expect(gi, ci, a, b))
+      buf.append(arrays)
+      have += b - a
+      while cur is not None and have >= cur[1]:
+        rows = buf[0] if len(buf) == 1 else {k: np.concatenate([x[k] for x in buf])
+                                               for k in buf[0]}
+        i, n = cur
+        yield i, self._rows(jax.tree_util.tree_map(lambda x: x[:n], rows), like)
+        buf, have, cur = [{k: v[n:] for k, v in rows.items()}], have - n, next(want, None)
+
+  def _rows(self, arrays, like) -> dict:
+    first = {k[6:]: v for k, v in arrays.items() if k.startswith("first/")}
+    logged = {k[7:]: v for k, v in arrays.items() if k.startswith("logged/")}
+    consts = store.unflatten(arrays, "consts", like)
+    state = _HostState(consts=consts, diverged_at=arrays["diverged_at"])
+    return {"first": first, "logged": logged, "t": arrays["t"], "state": state}
+
+  def _collect(self, layout) -> None:
+    p = self.p
+    io.makedirs(self.path("points"))
+    draw = self.figures == "all" or (self.figures == "auto" and len(p.points) <= AUTO_FIGURES)
+    parts = self.path(".table")
+    shutil.rmtree(parts, ignore_errors=True)
+    io.makedirs(parts)
+    results = [None] * len(p.points)
+    bar = tqdm(total=len(p.points), desc="analysis", unit="point", delay=2,
+               disable=not self.verbose, dynamic_ncols=True)
+    for gi, g in enumerate(p.groups):
+      if self._group_done(gi, g) and not any(
+          os.path.exists(self._chunk_path(gi, ci))
+          for ci in range(len(layout["groups"][gi]["chunks"]))):
+        source = ((i, None) for i in g.points)
+      else:
+        source = self._group_rows(gi, layout)
+      for i, rows in source:
+        r = self._load_point(i) if rows is None else _analyze(p, i, rows)
+        if rows is not None:
+          self._write_point(r)
+        io.write_frame(os.path.join(parts, f"p{i:05d}.parquet"), table(r))
+        if self.figures != "none" and (draw or len(p.points) == 1) and r.traj.kept.any():
+          io.write_figure(self.path("points", f"p{i:05d}.png"),
+                          lambda path, r=r: _plot_point(r, path))
+        results[i] = Result(i, r.fields, r.config, r.summary, load=self._loader(i))
+        bar.update(1)
+    bar.close()
+    rep = _report(p, results)
+    figure = rep.pop("figure", None)
+    summary = summary_frame(p, [r.summary for r in results])
+    io.concat_parquet(self.path("results.parquet"),
+                      [os.path.join(parts, f"p{i:05d}.parquet") for i in range(len(p.points))])
+    shutil.rmtree(parts)
+    io.write_frame(self.path("summary.csv"), summary)
+    io.write_json(self.path("summary.json"), {
+        "points": [{"point": i, "fields": p.points[i], **r.summary}
+                   for i, r in enumerate(results)], "grid": rep})
+    wrote_figure = False
+    if self.figures != "none":
+      if figure is not None:
+        io.write_figure(self.path("figure.png"), lambda path: _save(figure, path))
+        wrote_figure = True
+      elif len(results) == 1 and os.path.exists(self.path("points", "p00000.png")):
+        shutil.copyfile(self.path("points", "p00000.png"), self.path("figure.png"))
+        wrote_figure = True
+      elif len(results) > 1 and any(r.summary["diverged_seeds"] < r.summary["num_seeds"]
+                                    for r in results):
+        from dynamics import plots
+        io.write_figure(self.path("figure.png"), lambda path: plots.grid(results, path))
+        wrote_figure = True
+    elif figure is not None:
+      import matplotlib.pyplot as plt
+      plt.close(figure)
+    finished = {rel: store.file_sha256(self.path(rel)) for rel in
+                ["results.parquet", "summary.csv", "summary.json"] +
+                [os.path.join("points", f"p{i:05d}.npz") for i in range(len(p.points))]}
+    self.run_json = {**self.run_json, "analysed": True, "finished": finished,
+                     "figure": wrote_figure}
+    store.write_json(self.path("run.json"), self.run_json)
+    shutil.rmtree(self.path("chunks"), ignore_errors=True)  # the points files hold it all
+    _remove_temporaries(self.out)
+    self.wrote_figure = wrote_figure
+    if self.verbose:
+      print(console(p, [r.summary | {"fields": r.fields} for r in results], rep))
+
+  def _write_point(self, r: Result) -> None:
+    arrays = {"step": r.traj.step, "t": r.traj.t, "diverged_at": r.traj.diverged_at,
+              **{f"logged/{k}": v for k, v in r.traj.logged.items()},
+              **store.flatten(r.traj.start, "start"),
+              **{f"pred/{k}": v for k, v in r.pred.items()},
+              **store.flatten(r.data, "data")}
+    store.write_arrays(self._point_path(r.index), arrays,
+                       {"identity": self.identity, "point": r.index,
+                        "summary": r.summary})
+
+  def _loader(self, i):
+    return lambda: self._load_point(i, arrays_only=True)
+
+  def _load_point(self, i, arrays_only=False):
+    p = self.p
+    arrays, meta = store.read_arrays(self._point_path(i), {"identity": self.identity,
+                                                           "point": i})
+    g = next(g for g in p.groups if i in g.points)
+    like = jax.tree_util.tree_map(lambda s: np.zeros((0,) + s.shape[1:], s.dtype),
+                                  g.runner.state_shape.consts)
+    traj = Trajectory(step=arrays["step"], t=arrays["t"], diverged_at=arrays["diverged_at"],
+                      logged={k[7:]: v for k, v in arrays.items() if k.startswith("logged/")},
+                      start=store.unflatten(arrays, "start", like))
+    pred = {k[5:]: v for k, v in arrays.items() if k.startswith("pred/")}
+    data = store.unflatten(arrays, "data", p.data[i])
+    if arrays_only:
+      return data, traj, pred
+    return Result(i, p.points[i], p.configs[i], meta.get("summary", {}), data=data,
+                  traj=traj, pred=pred)
 
 
-def analyze(experiment, config, out: dict, fields: dict, index: int = 0) -> Point:
-  """One grid point: masks values logged after a seed diverged, runs the
-  experiment's theory and summary (over the seeds that did not diverge), and
-  builds the point's rows of the results table."""
-  out = dict(out)
-  step, t = protocol.log_times(experiment, config)
-  num_seeds, num_logs = config.num_seeds, len(step)
-  constants = set(getattr(experiment, "CONSTANTS", ()))
-  logged = [k for k, a in out.items() if k != "diverged_at" and a.ndim >= 2
-            and a.shape[1] == num_logs and k not in constants]
-  diverged_at = out.pop("diverged_at", None)
-  if diverged_at is None and "loss" in out:  # no train state: the first non-finite loss
-    finite = np.isfinite(out["loss"])
-    diverged_at = np.where(finite.all(-1), -1, step[np.argmin(finite, -1)])
-  elif diverged_at is None:
-    diverged_at = np.full(num_seeds, -1)
-  diverged_at = np.asarray(diverged_at)
-  diverged = diverged_at >= 0
-  after = diverged[:, None] & (step[None, :] > diverged_at[:, None])
-  for k in logged:
-    out[k] = np.where(after.reshape(after.shape + (1,) * (out[k].ndim - 2)), np.nan,
-                      out[k].astype(np.float64))
-  with jax.enable_x64(True):  # theory in float64 whatever the run's precision
-    pred = protocol.theory(experiment, config, out)
-  kept = ~diverged
-  summary = {"num_seeds": int(num_seeds), "diverged_seeds": int(diverged.sum())}
-  if kept.any():
-    seeds = lambda d, ref: {k: (v[kept] if v.ndim == ref[k].ndim else v)
-                            for k, v in d.items()}
-    summary.update(protocol.summarize(experiment, config,
-                                      {k: v[kept] for k, v in out.items()},
-                                      seeds(pred, out)))
-  # the table: chosen metrics, their theory and its error, per seed and step
-  names = list(getattr(experiment, "TABLE", None) or
-               [k for k in logged if out[k].ndim <= 3])
-  arrays = {k: out[k] for k in names}
-  for k in names:
-    if k in pred:
-      p = np.broadcast_to(pred[k], out[k].shape)
-      arrays[f"{k}_pred"] = p
-      arrays[f"{k}_rel_error"] = metrics.pointwise_relative_error(out[k], p, axis=1)
-  frame = io.tidy(arrays, list(arrays), num_seeds, num_logs)
-  frame.insert(1, "step", np.tile(step, num_seeds))
-  frame.insert(2, "t", np.tile(t, num_seeds))
-  frame["diverged"] = np.repeat(diverged, num_logs)
-  frame["diverged_step"] = np.repeat(diverged_at, num_logs)
-  for f, v in fields.items():
-    frame[f] = str(v) if isinstance(v, (tuple, list)) else v
-  frame.insert(0, "point", index)
-  out["diverged_at"] = diverged_at
-  return Point(index, fields, config, step, t, out, pred, summary, frame)
+class _HostState(NamedTuple):
+  consts: dict
+  diverged_at: np.ndarray
 
 
-def report(p: Plan, summaries: list[dict], sweep: dict) -> str:
-  """The console report: each point's lines (up to 12 points) or one row per
-  point, divergence always, then the sweep summary."""
+def _nbytes(tree) -> int:
+  return sum(int(np.prod(s.shape[1:])) * s.dtype.itemsize
+             for s in jax.tree_util.tree_leaves(tree))
+
+
+# --- outputs ------------------------------------------------------------------
+
+def table(r: Result) -> pd.DataFrame:
+  """A point's rows of the results table: one per (seed, logged step), with
+  the swept fields, `seed`, `step`, `t`, `diverged`, `diverged_step`, every
+  logged scalar (a vector of at most `TABLE_WIDTH` entries: a column each,
+  `u_0 ...`), and beside each its theory `_pred` and `_rel_error`."""
+  traj, pred = r.traj, r.pred
+  s, n = traj.t.shape
+  cols = {"point": np.full(s * n, r.index), **{f: [_cell(v)] * (s * n)
+                                                  for f, v in r.fields.items()},
+          "seed": np.repeat(np.arange(s), n), "step": np.tile(traj.step, s),
+          "t": traj.t.reshape(-1),
+          "diverged": np.repeat(traj.diverged_at >= 0, n),
+          "diverged_step": np.repeat(traj.diverged_at, n)}
+  for name, v in traj.logged.items():
+    v = np.asarray(v)
+    width = int(np.prod(v.shape[2:]))
+    if width > TABLE_WIDTH or not np.issubdtype(v.dtype, np.number):
+      continue
+    flat = v.reshape(s * n, width)
+    ref = None if name not in pred else pred[name].reshape(s * n, width)
+    scale = None if ref is None else np.nanmax(np.abs(pred[name].reshape(s, n, width)), 1)
+    for j in range(width):
+      col = name if v.ndim == 2 else f"{name}_{j}"
+      cols[col] = flat[:, j]
+      if ref is not None:
+        cols[f"{col}_pred"] = ref[:, j]
+        sc = np.repeat(scale[:, j], n)
+        cols[f"{col}_rel_error"] = np.abs(flat[:, j] - ref[:, j]) / np.where(sc > 0, sc, 1.0)
+  return pd.DataFrame(cols)
+
+
+def _cell(v):
+  return str(v) if isinstance(v, (tuple, list)) else v
+
+
+def summary_frame(p: Plan, summaries: list) -> pd.DataFrame:
+  """One row per grid point: `point`, the swept fields, and its summary flattened."""
+  return pd.DataFrame([{"point": i, **{f: _cell(v) for f, v in p.points[i].items()},
+                        **protocol.flat(io.strict(s))} for i, s in enumerate(summaries)])
+
+
+def _plot_point(r: Result, path: str) -> None:
+  from dynamics import plots
+  plots.point(r, path)
+
+
+def _save(fig, path):
+  from dynamics import plots
+  plots.save(fig, path)
+
+
+def console(p: Plan, summaries: list, grid_summary: dict, width: int = 12) -> str:
+  """The console report: a single point's summary as `name: value` lines (its
+  lists of records as tables); a grid's as a table, one row per point (the
+  first `width` numbers; all of them in summary.csv); then the grid's
+  numbers from `report`."""
   lines = []
-  if len(p.points) <= 12:
-    for i, (c, s) in enumerate(zip(p.configs, summaries)):
-      if len(p.points) > 1:
-        lines.append(f"point {i}: {_fields_text(p.points[i])}")
-      lines.append(_diverged_text(s))
-      if s["diverged_seeds"] < s["num_seeds"]:
-        lines.append(protocol.text(p.experiment, c, s))
+  if len(summaries) == 1:
+    s = {k: v for k, v in summaries[0].items() if k not in ("fields", "point")}
+    lines.append(f"result ({_seeds_text(s)}):")
+    lines += _block({k: v for k, v in s.items() if k not in ("num_seeds", "diverged_seeds")},
+                    "  ")
   else:
-    if len(p.points) <= 40:
-      frame = pd.DataFrame([{"point": i, **{f: str(v) for f, v in pt.items()},
-                             **protocol.flat(s)} for i, (pt, s) in
-                            enumerate(zip(p.points, summaries))])
-      lines.append(brief(frame, list(p.points[0])).to_string(index=False))
-    else:
-      lines.append(f"{len(p.points)} grid points: one row each in summary.csv.")
-    bad = sum(s["diverged_seeds"] for s in summaries)
-    if bad:
-      lines.append(f"{bad} seed(s) diverged in all (column diverged_seeds); "
-                   "aggregates leave them out.")
-  lines = [line for line in lines if line]
-  if sweep:
-    text = getattr(p.experiment, "sweep_text", None)
-    lines += ["", text(p.configs[0], sweep) if text else
-              "\n".join(f"{k}: {v}" for k, v in protocol.flat(sweep).items())]
+    rows = []
+    for i, s in enumerate(summaries):
+      s = dict(s)
+      fields = s.pop("fields", p.points[i])
+      row = {"point": i, **{f: _cell(v) for f, v in fields.items()},
+             "seeds": _seeds_text(s, short=True)}
+      numbers = {k: v for k, v in protocol.flat(s).items()
+                 if k not in ("num_seeds", "diverged_seeds", "point")
+                 and isinstance(v, (int, float)) and not isinstance(v, bool)}
+      rows.append({**row, **numbers})
+    frame = pd.DataFrame(rows)
+    keep = list(frame.columns[:len(rows[0]) - len(numbers)]) if rows else []
+    extra = [c for c in frame.columns if c not in keep]
+    shown = frame[keep + extra[:width]]
+    lines += shown.to_string(index=False, float_format=lambda x: f"{x:.4g}",
+                             na_rep="-").splitlines()
+    if len(extra) > width:
+      lines.append(f"({len(extra) - width} more columns in summary.csv)")
+  if grid_summary:
+    lines.append("across the grid:")
+    lines += _block(grid_summary, "  ")
   return "\n".join(lines)
 
 
-def brief(summary: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-  """Per grid point: swept fields, diverged seeds, and the worst value over
-  modes/outputs of every error figure (`modes.0.x_error` -> `x_error`)."""
-  out = summary[["point", *swept, "diverged_seeds"]].copy()
-  errors: dict = {}
-  for col in summary.columns:
-    name = col.rsplit(".", 1)[-1]
-    if "error" in name and pd.api.types.is_numeric_dtype(summary[col]):
-      errors.setdefault(name, []).append(col)
-  for name, cols in list(errors.items())[:6]:
-    out[name] = summary[cols].max(axis=1)
+def _seeds_text(s: dict, short: bool = False) -> str:
+  n, bad = s.get("num_seeds", 0), s.get("diverged_seeds", 0)
+  if short:
+    return f"{n - bad}/{n}" if bad else str(n)
+  if not bad:
+    return f"{n} seeds"
+  if bad == n:
+    return f"{n} seeds, every one diverged: no aggregates"
+  return f"{n} seeds, {bad} diverged and left out"
+
+
+def _block(d: dict, indent: str) -> list:
+  out = []
+  for k, v in d.items():
+    if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+      out.append(f"{indent}{k}:")
+      frame = pd.DataFrame([protocol.flat(io.strict(x)) for x in v])
+      out += [indent + "  " + line for line in frame.to_string(
+          index=False, float_format=lambda x: f"{x:.4g}").splitlines()]
+    elif isinstance(v, dict):
+      out.append(f"{indent}{k}:")
+      out += _block(v, indent + "  ")
+    else:
+      out.append(f"{indent}{k}: {_fmt(v)}")
   return out
 
 
-def load_sweep(out_dir: str) -> pd.DataFrame:
-  """The results table of a finished run: one row per (grid point, seed,
-  logged step), with `point`, every swept field, `seed`, `step`, `t`, every
-  table metric, its theory `*_pred` and error `*_rel_error`, `diverged`,
-  `diverged_step`. Per point: `load_summary`; arrays: `load_arrays`."""
-  return pd.read_parquet(_finished(out_dir, "results.parquet"))
+def _fmt(v) -> str:
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  return str(v)
 
 
-def load_summary(out_dir: str) -> pd.DataFrame:
-  """One row per grid point: swept fields, `diverged_seeds`, and the
-  experiment's summary flattened (`modes.0.learning_time_measured`)."""
-  return pd.read_csv(_finished(out_dir, "summary.csv"))
-
-
-def load_arrays(out_dir: str, point: int = 0) -> dict:
-  """Every array of one grid point: train's outputs (`[S, ...]`), their
-  theory (`*_pred`), `step`, `t`, `diverged_at`."""
-  with np.load(_finished(out_dir, os.path.join("points", f"p{point:05d}.npz")),
-               allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
-
-
-# ---------------------------------------------------------------------------
-
-
-def _precision(p: Plan):
-  """x64 on for the run of a float64 config (and off again after)."""
-  if p.configs[0].precision == "float64":
-    return jax.enable_x64(True)
-  return contextlib.nullcontext()
-
+# --- reading a run back -------------------------------------------------------
 
 def _finished(out_dir, name) -> str:
   path = os.path.join(out_dir, name)
@@ -470,45 +1025,65 @@ def _finished(out_dir, name) -> str:
   return path
 
 
-class Train(NamedTuple):
-  fn: object        # the group's train(key, hp)
-  steps: int        # optimizer steps of one row
-  row_bytes: int    # bytes of one row's outputs
+def _verified(out_dir, rel) -> str:
+  """`out_dir/rel`, checked against the checksum run.json recorded when the run finished."""
+  path = _finished(out_dir, rel)
+  try:
+    run = store.read_json(os.path.join(out_dir, "run.json"))
+  except store.Damaged as e:
+    raise ValueError(f"{e.path} is damaged ({e.why}); the run's files cannot be verified."
+                     ) from None
+  want = run.get("finished", {}).get(rel)
+  if want is None:
+    raise FileNotFoundError(f"{out_dir}: the run has not finished (rerun the same command "
+                            "to resume).")
+  if store.file_sha256(path) != want:
+    raise ValueError(f"{path} is damaged: it does not match the checksum recorded when the "
+                     "run finished. Rerun the same command to rebuild it.")
+  return path
 
 
-def _train(experiment, group: Group) -> Train:
-  """The group's train function, built once, and one trace of it (shapes)."""
-  c0 = group.configs[0]
-  train = experiment.make_train(c0)
-  with progress.counting() as steps:
-    shapes = jax.eval_shape(train, jax.random.PRNGKey(0), protocol.hparams(experiment, c0))
-  return Train(train, sum(steps), sum(int(np.prod(s.shape)) * s.dtype.itemsize
-                                      for s in jax.tree_util.tree_leaves(shapes)))
+def load_sweep(out_dir: str) -> pd.DataFrame:
+  """The results table of a finished run, verified: one row per (grid point,
+  seed, logged step), with `point`, every swept field, `seed`, `step`, `t`,
+  every logged scalar, its theory `*_pred` and error `*_rel_error`,
+  `diverged`, `diverged_step`. Per point: `load_summary`; arrays:
+  `load_arrays`."""
+  import pyarrow.parquet as pq
+  path = _verified(out_dir, "results.parquet")
+  return pq.read_table(path, page_checksum_verification=True).to_pandas()
 
 
-def _group_rows(experiment, group: Group):
-  """Keys and stacked hyperparameters of a group's (point x seed) rows."""
-  seeds = {(c.seed, c.num_seeds) for c in group.configs}
-  seeds = {s: np.asarray(engine.seed_keys(*s)) for s in seeds}  # usually one
-  keys = np.concatenate([seeds[c.seed, c.num_seeds] for c in group.configs])
-  per_row = [jax.tree_util.tree_map(
-      lambda x, n=c.num_seeds: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
-      protocol.hparams(experiment, c)) for c in group.configs]
-  hps = jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *per_row)
-  return jnp.asarray(keys), hps
+def load_summary(out_dir: str) -> pd.DataFrame:
+  """One row per grid point: swept fields, `diverged_seeds`, and the summary
+  flattened (`loss.rel_error_max`, the report's per-point numbers)."""
+  return pd.read_csv(_verified(out_dir, "summary.csv"))
 
 
-def _split(group: Group, out: dict):
-  """`(point index, its rows of out)` for each point of a group."""
-  offset = 0
-  for i, c in zip(group.points, group.configs):
-    yield i, {k: v[offset:offset + c.num_seeds] for k, v in out.items()}
-    offset += c.num_seeds
+def load_arrays(out_dir: str, point: int = 0) -> dict:
+  """Every array of one grid point, verified: `step`, `t`, `diverged_at`,
+  `logged/<name>` (`[S, L, ...]`), `pred/<name>`, `start/<i>`, `data/<i>`."""
+  arrays, _ = store.read_arrays(_verified(out_dir, os.path.join("points", f"p{point:05d}.npz")))
+  return arrays
+
+
+def load_results(out_dir: str) -> list[Result]:
+  """Every grid point of a finished run as a `Result` (arrays read on demand)."""
+  config = cfg.load_json_config(_finished(out_dir, "config.json"))
+  p = plan(config)
+  run = _Run(p, config, out_dir, "out_dir", DEFAULT_MEMORY_BUDGET_MB, "none", False, 10.0)
+  run.run_json = store.read_json(os.path.join(out_dir, "run.json"))
+  for i in range(len(p.points)):
+    _verified(out_dir, os.path.join("points", f"p{i:05d}.npz"))
+  return [run._load_point(i) for i in range(len(p.points))]
+
+
+# ---------------------------------------------------------------------------
 
 
 def _remove_temporaries(out_dir) -> None:
   """The temporaries (`.name.XXXX`, `.table/`) of writes a kill interrupted;
-  not the lock, not the `.ckpt/` checkpoints of unfinished chunks."""
+  not the lock."""
   for sub in ("", "chunks", "points"):
     if not os.path.isdir(os.path.join(out_dir, sub)):
       continue
@@ -518,194 +1093,13 @@ def _remove_temporaries(out_dir) -> None:
         shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
-def _point_rows(out_dir, gi: int, group: Group, num_chunks: int):
-  """`(point index, its rows)` for each point of group `gi`, reading its chunk
-  files in order and holding no more than a chunk and a point's rows (the
-  rows are point-major, so each point's seeds are contiguous)."""
-  sizes = iter(zip(group.points, [c.num_seeds for c in group.configs]))
-  want = next(sizes, None)
-  buf = []
-  for ci in range(num_chunks):
-    with np.load(_chunk_path(out_dir, gi, ci), allow_pickle=False) as z:
-      buf.append({k: z[k] for k in z.files})
-    have = sum(len(next(iter(b.values()))) for b in buf)
-    while want is not None and have >= want[1]:
-      rows = buf[0] if len(buf) == 1 else {
-          k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-      i, n = want
-      yield i, {k: v[:n] for k, v in rows.items()}
-      buf, have, want = [{k: v[n:] for k, v in rows.items()}], have - n, next(sizes, None)
-
-
-def _segments(experiment, config, every: int):
-  """`run(keys, hps, ckpt_dir)` running rows in segments of about `every`
-  steps, or None (no `make_segments`, or runs no longer than `every`). After
-  each segment its logged metrics are written (`seg_<start>.npz`), then an
-  orbax checkpoint of the scan state (`state_<done>`); a rerun restores the
-  newest complete checkpoint and the segments before it, and continues."""
-  if not hasattr(experiment, "make_segments"):
-    return None
-  step, _ = protocol.log_times(experiment, config)
-  num_logs, log_every = len(step) - 1, int(step[1] - step[0])
-  per_segment = max(1, every // log_every)
-  if per_segment >= num_logs:
-    return None
-  start, advance = experiment.make_segments(config)
-  vstart = _rows.vmap_rows(start, 1)
-  vadvance = {n: _rows.vmap_rows(lambda s, hp, n=n: advance(s, hp, n), 1)
-              for n in {per_segment, num_logs % per_segment} if n}
-  checkpointer = ocp.StandardCheckpointer()
-
-  def run(keys, hps, ckpt_dir):
-    state, extras, first = _rows.run_rows(vstart, keys, hps)
-    io.makedirs(ckpt_dir)
-    saved = sorted(int(d.split("_")[1]) for d in os.listdir(ckpt_dir)
-                   if d.startswith("state_") and d[6:].isdigit())
-    done = saved[-1] if saved else 0
-    if done:
-      target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-      state = checkpointer.restore(os.path.join(ckpt_dir, f"state_{done:08d}"), target)
-    logged = []
-    for a in range(0, done, per_segment):
-      with np.load(os.path.join(ckpt_dir, f"seg_{a:08d}.npz")) as z:
-        logged.append({k: z[k] for k in z.files})
-    while done < num_logs:
-      n = min(per_segment, num_logs - done)
-      state, seg = _rows.run_rows(vadvance[n], state, hps)
-      seg = {k: np.asarray(v) for k, v in seg.items()}  # [rows, n, ...]
-      io.write_npz(os.path.join(ckpt_dir, f"seg_{done:08d}.npz"), seg)
-      logged.append(seg)
-      done += n
-      checkpointer.save(os.path.join(ckpt_dir, f"state_{done:08d}"), state)
-      checkpointer.wait_until_finished()
-      for old in saved:
-        shutil.rmtree(os.path.join(ckpt_dir, f"state_{old:08d}"), ignore_errors=True)
-      saved = [done]
-    out = {k: np.concatenate([np.asarray(v)[:, None]] + [g[k] for g in logged], axis=1)
-           for k, v in first.items()}
-    out.update({k: np.asarray(v) for k, v in extras.items()})
-    out["diverged_at"] = np.asarray(state.diverged_at)
-    return out
-
-  return run
-
-
-def _chunk_slices(group: Group, train: Train, budget_mb: float, num_devices: int) -> list:
-  """A group's rows as `[start, stop]` chunks that fit the memory budget.
-
-  A row's memory is estimated from the shapes of `train`'s outputs (the
-  logged trajectories) times 3 for the scan's stacked buffers and the copy
-  out; chunk sizes are a multiple of the device count."""
-  per_chunk = int(budget_mb * 2**20 // max(3 * train.row_bytes, 1))
-  per_chunk = max(num_devices, per_chunk - per_chunk % num_devices)
-  return [[a, min(a + per_chunk, group.rows)] for a in range(0, group.rows, per_chunk)]
-
-
-def _collect(out_dir, p: Plan, chunks, figures: str, verbose: bool):
-  """Analyzes every point from the chunk files; writes the table, the
-  summaries, the per-point arrays and figures, and the sweep figure."""
-  io.makedirs(os.path.join(out_dir, "points"))
-  draw = figures == "all" or (figures == "auto" and len(p.points) <= AUTO_FIGURES)
-  summaries = [None] * len(p.points)
-  # each point's rows of the table go to a file of their own, then are
-  # streamed into results.parquet: memory holds one chunk and one point
-  parts = os.path.join(out_dir, ".table")
-  shutil.rmtree(parts, ignore_errors=True)
-  io.makedirs(parts)
-  bar = tqdm(total=len(p.points), desc="analysis", unit="point", delay=2,
-             disable=not verbose, dynamic_ncols=True)
-  for gi, group in enumerate(p.groups):
-    for i, o in _point_rows(out_dir, gi, group, len(chunks[gi])):
-      pt = analyze(p.experiment, p.configs[i], o, p.points[i], i)
-      io.write_frame(os.path.join(parts, f"p{i:05d}.parquet"), pt.frame)
-      summaries[i] = pt.summary
-      arrays = {**pt.out, **{f"{k}_pred": v for k, v in pt.pred.items()},
-                "step": pt.step, "t": pt.t}
-      io.write_npz(os.path.join(out_dir, "points", f"p{i:05d}.npz"), arrays)
-      if figures != "none" and (draw or len(p.points) == 1) and \
-          pt.summary["diverged_seeds"] < pt.summary["num_seeds"]:
-        io.write_figure(os.path.join(out_dir, "points", f"p{i:05d}.png"),
-                        lambda path, pt=pt: _plot_point(p.experiment, pt, path))
-      bar.update(1)
-  bar.close()
-  summary = pd.DataFrame([{"point": i, **{f: (str(v) if isinstance(v, (tuple, list)) else v)
-                                          for f, v in pt.items()}, **protocol.flat(io.strict(s))}
-                          for i, (pt, s) in enumerate(zip(p.points, summaries))])
-  sweep = _sweep_summary(p, [protocol.PointSummary(i, p.points[i], p.configs[i], s)
-                             for i, s in enumerate(summaries)])
-  io.concat_parquet(os.path.join(out_dir, "results.parquet"),  # rows by point, seed, step
-                    [os.path.join(parts, f"p{i:05d}.parquet") for i in range(len(p.points))])
-  shutil.rmtree(parts)
-  io.write_frame(os.path.join(out_dir, "summary.csv"), summary)
-  io.write_json(os.path.join(out_dir, "summary.json"), {
-      "points": [{"point": i, "fields": p.points[i], **s} for i, s in enumerate(summaries)],
-      "sweep": sweep})
-  figure = os.path.join(out_dir, "figure.png")
-  if figures == "none":
-    pass
-  elif len(p.points) > 1 and hasattr(p.experiment, "sweep_plot"):
-    points = [protocol.PointSummary(i, p.points[i], p.configs[i], s)
-              for i, s in enumerate(summaries)]
-    io.write_figure(figure, lambda path: p.experiment.sweep_plot(p.configs[0], points,
-                                                                  sweep, path))
-  elif os.path.exists(os.path.join(out_dir, "points", "p00000.png")):
-    shutil.copyfile(os.path.join(out_dir, "points", "p00000.png"), figure)
-  return summaries, sweep
-
-
-def _plot_point(experiment, pt: Point, path: str) -> None:
-  if hasattr(experiment, "plot"):
-    experiment.plot(pt.config, pt.out, pt.pred, pt.summary, path)
-  else:
-    from dynamics import plots
-    names = [k for k in pt.pred if pt.out[k].ndim <= 3] or \
-        [k for k in pt.frame.columns if k == "loss"]
-    plots.default(pt.t, pt.out, pt.pred, names, path, _fields_text(pt.fields))
-
-
-def _sweep_summary(p: Plan, points) -> dict:
-  if len(p.points) < 2 or not hasattr(p.experiment, "sweep_summary"):
-    return {}
-  points = [pt if isinstance(pt, protocol.PointSummary) else
-            protocol.PointSummary(pt.index, pt.fields, pt.config, pt.summary) for pt in points]
-  return p.experiment.sweep_summary(p.configs[0], points)
-
-
-def _check_resumable(out_dir, config_json: str, execution: dict, name: str):
-  """The stored grid of a run to resume, None for a new run; refuses a
-  directory that holds something else."""
-  if not os.path.isdir(out_dir) or not set(os.listdir(out_dir)) - {io.LOCK}:
-    return None
-  stored = os.path.join(out_dir, "config.json")
-  if not os.path.exists(stored):
-    raise ValueError(f"{name} ({out_dir!r}) exists and holds no run (no config.json); "
-                     "refusing to write into it. Choose another directory.")
-  old = json.loads(open(stored).read())
-  new = json.loads(config_json)
-  if old != new:
-    a, b = protocol.flat(old), protocol.flat(new)
-    diff = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    raise ValueError(f"{name} ({out_dir!r}) holds a run of a different config "
-                     f"({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}); "
-                     "refusing to replace or mix it. Choose another directory.")
-  grid_json = _read_json(os.path.join(out_dir, "grid.json"), None)
-  if grid_json is None:
-    return None
-  if {"processes": 1, **grid_json.get("execution", {})} != execution:
-    raise ValueError(
-        f"{name} ({out_dir!r}) was started with {grid_json.get('execution')}; now "
-        f"{execution}. Resume it with the same devices, processes and "
-        "DYNAMICS_CHUNK_ROWS, so that the rows computed before and after agree bit for bit.")
-  return grid_json
-
-
-def _read_json(path, default):
+def _read_list(path) -> list:
   try:
     with open(path) as f:
-      return json.load(f)
+      out = json.load(f)
+    return out if isinstance(out, list) else []
   except (OSError, ValueError):
-    return default
+    return []
 
 
 def _base(config):
@@ -733,20 +1127,7 @@ def _fields_text(fields: dict) -> str:
   return ", ".join(f"{k}={v}" for k, v in fields.items()) or "base config"
 
 
-def _diverged_text(s: dict) -> str:
-  n, total = s["diverged_seeds"], s["num_seeds"]
-  if not n:
-    return ""
-  if n == total:
-    return f"every seed ({total}) diverged: no aggregates."
-  return f"{n} of {total} seeds diverged and are left out of the figures below."
-
-
 def _canonical(config) -> str:
   d = config.to_dict()
   d.pop("output_dir", None)
   return json.dumps(io.strict(d), indent=2, sort_keys=True)
-
-
-def _chunk_path(out_dir, group, chunk) -> str:
-  return os.path.join(out_dir, "chunks", f"g{group:04d}_c{chunk:05d}.npz")

@@ -1,56 +1,61 @@
-"""The training engine: whole trajectories as one `lax.scan`, seeds by `vmap`.
+"""The training engine: an experiment's pieces as a whole trajectory, one
+`lax.scan` a segment, `vmap`ped over rows (grid point x seed).
 
-A run is `train(key, hparams) -> metrics`, a pure function of a per-seed key
-and a dict of shape-preserving hyperparameters (learning rate, init scale,
-...), built once per experiment and batched with `run_seeds`, which
-`jit(vmap(...))`s it over seeds and shards the seed axis over every device
-(how: `dynamics._rows`, the runner that sweeps share).
+The engine owns the step. From an experiment's `init` and `loss`
+(`dynamics.experiments`) it builds, for one row,
 
-Inside, `trajectory` runs `num_steps` optimizer steps as a scan of
-`num_steps / log_every` chunks, each an inner scan of `log_every` steps, and
-records `metrics_fn(params)` before the first step and after every chunk, so
-metric leaves have a leading axis of `num_steps / log_every + 1` entries at
-steps `0, log_every, ..., num_steps`. No Python code runs per step; the
-engine's progress bar is fed by a host callback every few logged intervals
-(`dynamics.progress`).
+    start(row) -> state, step-0 observations
+    advance(state, step0) -> state, (observations, t) at the next `num_logs` logged steps
+
+where one step is
+
+    g = grad_params loss(config, state, data, fold_in(batch_key, k))
+    d = direction(g)                  # sgd: g; momentum: a trace of g; adam: scaled moments
+    params <- params - lr_k d         # lr_k = train.lr x lr_scale x decay(k)
+    t <- t + lr_k                     # time as applied (docs/conventions.md)
+
+and records the first step whose loss is not finite (`diverged_at`). A run is
+a sequence of `advance` calls (segments) on rows kept padded and sharded on
+the devices between calls; `Runner` drives them, so the sweep can checkpoint
+the state between segments and show progress on the host, and a trajectory
+cut into segments is the same, bit for bit, as one run through: every segment
+runs one compiled program.
 
 Seeds (docs/conventions.md): seed `i` of a run uses
-`fold_in(PRNGKey(seed), i)`; nothing in a seed's trajectory depends on the
-other seeds, their number, or how they are batched or sharded.
+`fold_in(PRNGKey(seed), i)`, split into an init key and a batch key; step `k`
+draws from `fold_in(batch_key, k)` (with `train.batches = 'shared'`, from one
+key every seed of a point shares). Nothing in a seed's trajectory depends on
+the other seeds, their number, or how they are batched or sharded, beyond
+floating-point rounding of batched matmuls.
 """
 
 from __future__ import annotations
 
-import functools
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from dynamics import _rows, progress
+from dynamics import _rows
 
 PyTree = Any
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
-
-
-class TrainState(NamedTuple):
-  params: PyTree          # model parameters
-  opt_state: PyTree       # optax state
-  key: jax.Array          # [] per-seed key, folded with the step for minibatches
-  step: jax.Array         # [] int32, optimizer steps taken
-  diverged_at: jax.Array  # [] int32, first step whose loss was not finite; -1
+DECAYS = ("constant", "cosine")
+BATCHES = ("per_seed", "shared")
 
 
 def make_optimizer(name: str, lr, *, momentum: float = 0.9,
                    decay_steps: int | None = None) -> optax.GradientTransformation:
-  """An optax optimizer by name; `lr` may be traced (vmapped sweeps).
+  """An optax optimizer by name (`OPTIMIZERS`); `lr` may be traced.
 
   `'sgd'` is plain gradient descent `theta <- theta - lr grad L`, whose
   trajectories match gradient flow at time `t = lr * steps`. `decay_steps`
-  decays `lr` to 0 by a cosine over that many steps (endpoint studies: it
-  removes the SGD noise floor; the time is then no longer `lr * steps`).
+  decays `lr` to 0 by a cosine over that many steps. The runner builds the
+  same updates from `direction` and its own step size.
   """
   if decay_steps:
     lr = optax.cosine_decay_schedule(lr, decay_steps)
@@ -63,13 +68,26 @@ def make_optimizer(name: str, lr, *, momentum: float = 0.9,
   raise ValueError(f"Unknown optimizer {name!r}; known: {OPTIMIZERS}.")
 
 
+def direction(name: str, *, momentum: float = 0.9) -> optax.GradientTransformation:
+  """The update before the step size: `g` (sgd), the heavy-ball trace
+  `m <- momentum m + g` (momentum), or Adam's bias-corrected `m_hat /
+  (sqrt(v_hat) + eps)` (optax's `scale_by_adam` defaults). `optax.sgd(lr)`,
+  `optax.sgd(lr, momentum)` and `optax.adam(lr)` are `-lr` times these."""
+  if name == "sgd":
+    return optax.identity()
+  if name == "momentum":
+    return optax.trace(decay=momentum)
+  if name == "adam":
+    return optax.scale_by_adam()
+  raise ValueError(f"Unknown optimizer {name!r}; known: {OPTIMIZERS}.")
+
+
 def masked(optimizer: optax.GradientTransformation, mask: PyTree
            ) -> optax.GradientTransformation:
   """`optimizer` restricted to the entries where `mask` is 1 (a 0/1 pytree like
   the parameters, e.g. `theory.pruning.prune_mask`): gradients are zeroed
   there before the optimizer sees them and updates after, so a pruned
-  parameter set to 0 stays exactly 0 with any optax optimizer (momentum and
-  Adam state included)."""
+  parameter set to 0 stays exactly 0 with any optax optimizer."""
   keep = lambda tree: jax.tree_util.tree_map(
       lambda x, m: jnp.where(m > 0, x, jnp.zeros_like(x)), tree, mask)
 
@@ -80,102 +98,214 @@ def masked(optimizer: optax.GradientTransformation, mask: PyTree
   return optax.GradientTransformation(optimizer.init, update)
 
 
-def init_state(params: PyTree, optimizer: optax.GradientTransformation,
-               key: jax.Array | None = None) -> TrainState:
-  """The state before the first step (`key` drives minibatches)."""
-  key = jax.random.key(0) if key is None else key
-  return TrainState(params, optimizer.init(params), key,
-                    jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
+class TrainState(NamedTuple):
+  """One row's scan state."""
+  params: PyTree       # what the loss is differentiated in
+  opt_state: PyTree    # the direction's state (momentum, Adam moments)
+  consts: dict         # init's other entries: per seed, unchanged by training
+  key: jax.Array       # the row's batch key
+  lr: jax.Array        # [] train.lr x lr_scale
+  t: jax.Array         # [] time so far: the sum of the step sizes applied
+  t_carry: jax.Array   # [] Kahan compensation of t (float32 runs of many steps)
+  diverged_at: jax.Array  # [] int32, first step whose loss was not finite; -1
+  row: dict            # the row's inputs (its key, grid point, batched config fields)
 
 
-def make_advance(*, loss_fn: Callable, data: tuple,
-                 optimizer: optax.GradientTransformation,
-                 metrics_fn: Callable[[PyTree], dict], log_every: int,
-                 batch_size: int | None = None) -> Callable:
-  """`advance(state, num_logs) -> (state, metrics)`: `num_logs * log_every`
-  optimizer steps as a scan of chunks, `metrics_fn` logged after each chunk
-  (leaves `[num_logs, ...]`). Arguments as in `trajectory`. Consecutive calls
-  continue one trajectory, so a long run can be checkpointed between them."""
-  grad_fn = jax.value_and_grad(loss_fn)
-  online = callable(data)
-  num_samples = None if online else jax.tree_util.tree_leaves(data)[0].shape[0]
+class Schedule(NamedTuple):
+  """What the engine reads of `config.train` (static for a compiled group)."""
+  num_steps: int
+  log_every: int
+  optimizer: str = "sgd"
+  momentum: float = 0.9
+  decay: str = "constant"
+  batches: str = "per_seed"
 
-  def step(state: TrainState, _):
-    if online:  # a fresh batch every step
-      batch = data(jax.random.fold_in(state.key, state.step))
-    else:
-      batch = data
-    if not online and batch_size is not None and batch_size < num_samples:
-      idx = jax.random.choice(jax.random.fold_in(state.key, state.step),
-                              num_samples, (batch_size,), replace=False)
-      batch = jax.tree_util.tree_map(lambda a: a[idx], data)
-    loss, grads = grad_fn(state.params, *batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
-                            state.step, state.diverged_at)
-    return TrainState(params, opt_state, state.key, state.step + 1,
-                      diverged_at), None
+  @classmethod
+  def of(cls, config) -> "Schedule":
+    tr = config.train
+    return cls(int(tr.num_steps), int(tr.log_every), tr.get("optimizer", "sgd"),
+               float(tr.get("momentum", 0.9)), tr.get("decay", "constant"),
+               tr.get("batches", "per_seed"))
 
-  def advance(state: TrainState, num_logs: int):
-    # about 64 ticks a call; the callback takes no batched operand, so vmap
-    # leaves it one host call per chunk of rows (not one per seed)
-    every = max(1, num_logs // 64)
-    tick = functools.partial(progress.tick, every * log_every)
-    progress.count(num_logs * log_every)
-
-    def chunk(state: TrainState, i):
-      state, _ = jax.lax.scan(step, state, None, length=log_every)
-      jax.lax.cond((i + 1) % every == 0, lambda: jax.debug.callback(tick),
-                   lambda: None)
-      return state, metrics_fn(state.params)
-
-    return jax.lax.scan(chunk, state, jnp.arange(num_logs))
-
-  return advance
+  @property
+  def num_logs(self) -> int:
+    return self.num_steps // self.log_every
 
 
-def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
-               optimizer: optax.GradientTransformation,
-               metrics_fn: Callable[[PyTree], dict], num_steps: int,
-               log_every: int, key: jax.Array | None = None,
-               batch_size: int | None = None) -> tuple[TrainState, dict]:
-  """Trains from `params` and returns the final state and logged metrics.
+def split_state(state: dict, who: str = "init") -> tuple[PyTree, dict]:
+  """`(params, consts)` of an experiment's state dict."""
+  if not isinstance(state, dict) or "params" not in state:
+    raise ValueError(f"{who}() must return a dict with 'params' (and any per-seed "
+                     f"constants), got {type(state).__name__}.")
+  return state["params"], {k: v for k, v in state.items() if k != "params"}
+
+
+def _kahan(t, c, x):
+  y = x - c
+  s = t + y
+  return s, (s - t) - y
+
+
+def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedule,
+                num_logs: int):
+  """`(start, advance)` row functions (`dynamics._rows` shape `fn(row, shared)`).
 
   Args:
-    params: initial parameters.
-    loss_fn: `loss_fn(params, *data) -> scalar`.
-    data: arrays whose leading axis is the sample axis, e.g. `(x, y)`; or
-      a sampler `data(key) -> tuple of arrays`, called every step with
-      `fold_in(key, step)` for online learning (fresh samples per step).
-    optimizer: an optax transformation.
-    metrics_fn: `metrics_fn(params) -> dict of arrays`, evaluated on the
-      full data at steps `0, log_every, ..., num_steps`.
-    num_steps: optimizer steps, a multiple of `log_every`.
-    log_every: steps between logged metrics.
-    key: per-seed key for minibatches (unused for full batch).
-    batch_size: samples per step, drawn without replacement; `None` means
-      full-batch gradient descent.
+    experiment: the module (`init`, `loss`, optional `observe`).
+    bind: `bind(row) -> config`: the row's config, its batched fields traced.
+    data_of: `data_of(row, shared) -> data`: the row's grid point's `setup`
+      arrays.
+    schedule: `Schedule.of(config)`.
+    num_logs: logged steps one `advance` call takes.
 
-  Returns:
-    `(state, metrics)` with metric leaves of shape `[num_steps/log_every+1,
-    ...]`; `state.diverged_at` is the first step whose loss was not finite.
+  `row` holds `key` (the seed's key) and what `bind`/`data_of` read; `shared`
+  holds the data and `step0` (the step an advance call starts at) and, for
+  `train.batches = 'shared'`, `batch_key`.
   """
-  if num_steps % log_every:
-    raise ValueError(f"num_steps={num_steps} must be a multiple of "
-                     f"log_every={log_every}.")
-  advance = make_advance(loss_fn=loss_fn, data=data, optimizer=optimizer,
-                         metrics_fn=metrics_fn, log_every=log_every,
-                         batch_size=batch_size)
-  state, logged = advance(init_state(params, optimizer, key),
-                          num_steps // log_every)
-  return state, join_logs(metrics_fn(params), [logged])
+  direction_fn = direction(schedule.optimizer, momentum=schedule.momentum)
+  observe = getattr(experiment, "observe", None)
+  decay = (optax.cosine_decay_schedule(1.0, schedule.num_steps)
+           if schedule.decay == "cosine" else None)
+
+  def watch(config, params, consts, data):
+    state = {**consts, "params": params}
+    if observe is None:
+      return {"loss": experiment.loss(config, state, data, None)}
+    return observe(config, state, data)
+
+  def start(row, shared):
+    config, data = bind(row), data_of(row, shared)
+    init_key, batch_key = jax.random.split(row["key"])
+    params, consts = split_state(experiment.init(config, init_key, data))
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    dtype = leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
+    lr = jnp.asarray(config.train.lr, dtype) * jnp.asarray(consts.get("lr_scale", 1.0), dtype)
+    zero = jnp.zeros((), dtype)
+    state = TrainState(params, direction_fn.init(params), consts, batch_key, lr, zero, zero,
+                       -jnp.ones((), jnp.int32), row)
+    return state, watch(config, params, consts, data)
+
+  def advance(state: TrainState, shared):
+    config, data = bind(state.row), data_of(state.row, shared)
+    consts = state.consts
+
+    def loss_of(params, key):
+      return experiment.loss(config, {**consts, "params": params}, data, key)
+
+    grad = jax.value_and_grad(loss_of)
+
+    def step(s: TrainState, k):
+      key = jax.random.fold_in(shared["batch_key"] if "batch_key" in shared else s.key, k)
+      loss, g = grad(s.params, key)
+      d, opt_state = direction_fn.update(g, s.opt_state, s.params)
+      lr_k = s.lr if decay is None else s.lr * decay(k).astype(s.lr.dtype)
+      params = jax.tree_util.tree_map(lambda p, u: p - u * lr_k.astype(u.dtype), s.params, d)
+      t, c = _kahan(s.t, s.t_carry, lr_k)
+      diverged = jnp.where((s.diverged_at < 0) & ~jnp.isfinite(loss), k.astype(jnp.int32),
+                           s.diverged_at)
+      return s._replace(params=params, opt_state=opt_state, t=t, t_carry=c,
+                        diverged_at=diverged), None
+
+    def log(s: TrainState, i):
+      first = shared["step0"] + i * schedule.log_every
+      s, _ = jax.lax.scan(step, s, first + jnp.arange(schedule.log_every))
+      return s, (watch(config, s.params, consts, data), s.t)
+
+    return jax.lax.scan(log, state, jnp.arange(num_logs))
+
+  return start, advance
 
 
-def join_logs(first: dict, segments: list) -> dict:
-  """Step-0 metrics (leaves `[...]`) followed by logged segments (`[n, ...]`)."""
-  return jax.tree_util.tree_map(
-      lambda a, *b: jnp.concatenate([a[None], *b]), first, *segments)
+def segment_logs(num_logs: int, target: int = 40) -> int:
+  """Logged steps per segment: a divisor of `num_logs` near `num_logs /
+  target` (every segment then runs one compiled program), at least 1."""
+  want = max(1, num_logs // target)
+  divisors = [d for d in range(1, num_logs + 1) if num_logs % d == 0]
+  return min(divisors, key=lambda d: (abs(d - want), d))
+
+
+class Runner:
+  """Runs the rows of one compiled group: start, then segments of `advance`.
+
+  `rows`: the row inputs (leading axis; `key` and what `bind` reads);
+  `shared`: inputs every row shares (the data). The two programs are traced
+  once each for planning (`_rows.profile`) and compiled once on first use.
+  """
+
+  def __init__(self, experiment, bind, data_of, schedule: Schedule, rows, shared,
+               *, devices=None, chunk=None, seg_logs: int | None = None):
+    self.schedule = schedule
+    self._experiment, self._bind, self._data_of = experiment, bind, data_of
+    self.seg_logs = seg_logs or segment_logs(schedule.num_logs)
+    start, advance = row_program(experiment, bind, data_of, schedule, self.seg_logs)
+    self.start_fn, self.advance_fn = _rows.vmap_rows(start), _rows.vmap_rows(advance)
+    self.rows, self.shared = rows, dict(shared)
+    self.num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
+    self.devices, self.chunk = devices, chunk
+    chunkable = schedule.batches != "shared"  # a chunk would draw the shared batches again
+    self.start_profile = _rows.profile(self.start_fn, rows, self._shared(0))
+    self.state_shape = self.start_profile.out[0]  # per row
+    self.first_shape = self.start_profile.out[1]
+    self.advance_profile = _rows.profile(self.advance_fn, self.state_shape, self._shared(0))
+    self.chunkable = chunkable
+
+  def params0(self, a: int, b: int):
+    """The initial `params` of rows `a:b` (numpy): `init` again, compiled
+    once per group, in the run's precision."""
+    if getattr(self, "_init_fn", None) is None:
+      def one(row, shared):
+        config = self._bind(row)
+        key = jax.random.split(row["key"])[0]
+        return split_state(self._experiment.init(config, key, self._data_of(row, shared)))[0]
+      self._init_fn = _rows.vmap_rows(one)
+    rows = jax.tree_util.tree_map(lambda x: x[a:b], self.rows)
+    return _rows.run_rows(self._init_fn, rows, self._shared(0), devices=self.devices)
+
+  def _shared(self, step0: int) -> dict:
+    return {**self.shared, "step0": jnp.asarray(step0, jnp.int32)}
+
+  def plan(self, num_rows: int):
+    """`(start_plan, advance_plan, padded rows)` for `num_rows` rows."""
+    adv = _rows.plan_rows(self.advance_profile, num_rows, devices=self.devices,
+                          chunk=self.chunk, chunkable=self.chunkable)
+    start = _rows.plan_rows(self.start_profile, num_rows, devices=self.devices,
+                            chunk=adv.chunk, chunkable=self.chunkable)
+    if len(start.devices) != len(adv.devices):
+      start = _rows.RowPlan(start.devices, adv.chunk)
+    return start, adv, _rows.padded(num_rows, adv)
+
+  def run(self, a: int, b: int, *, resume=None, on_segment=None):
+    """Rows `a:b` from step 0, or from `resume = (done_logs, state, first,
+    logged)` (a checkpoint's content). `on_segment(done_logs, state, first,
+    logged)` is called after every segment (progress, checkpoints; `state` on
+    the devices, padded). Returns `(first, logged, t, state)` on the host:
+    step-0 observations `[R, ...]`, the logged observations `[R, L-1, ...]`,
+    their times `[R, L-1]` and the final state (padded rows dropped)."""
+    n = b - a
+    start_plan, adv_plan, num_padded = self.plan(n)
+    rows = jax.tree_util.tree_map(lambda x: x[a:b], self.rows)
+    if resume is None:
+      state, first = _rows.call(self.start_fn, _rows.shard_rows(rows, start_plan, num_padded),
+                                self._shared(0), start_plan)
+      state = _rows.shard_rows(state, adv_plan, num_padded)
+      first = _rows.to_host(first, n)
+      done, logged = 0, []
+    else:
+      done, state, first, logged = resume
+      state = _rows.shard_rows(state, adv_plan, num_padded)
+    total = self.schedule.num_logs
+    while done < total:
+      state, (obs, t) = _rows.call(self.advance_fn, state,
+                                   self._shared(done * self.schedule.log_every), adv_plan)
+      logged.append(_rows.to_host((obs, t), n))
+      done += self.seg_logs
+      if on_segment is not None:
+        on_segment(done, state, first, logged)
+    state = _rows.to_host(state, n)
+    obs = {k: np.concatenate([o[k] for o, _ in logged], axis=1) for k in first} if logged \
+        else {k: v[:, :0] for k, v in first.items()}
+    t = np.concatenate([t for _, t in logged], axis=1) if logged else np.zeros((n, 0))
+    return first, obs, t, state
 
 
 def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:
@@ -185,27 +315,54 @@ def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:
       jnp.arange(start, start + num_seeds, dtype=jnp.uint32))
 
 
-def run_seeds(train: Callable, keys: jax.Array, *args,
-              devices: list | None = None, chunk: int | None = None) -> PyTree:
-  """`jit(vmap(train))(keys, *args)`, the seed axis sharded over devices.
-
-  `args` (e.g. the hyperparameter dict) are shared by every seed. The engine
-  pads the seeds to a multiple of the device count, runs each device's seeds
-  in cache-sized chunks on a CPU, keeps batched LAPACK kernels on one CPU
-  device, and shows a progress bar for runs longer than 2 s; none of this
-  changes a seed's result beyond floating-point rounding. `devices` (default
-  `jax.devices()`) and `chunk` (rows vmapped at once per device; 0: all)
-  override its choices.
-
-  Returns:
-    The outputs of `train` with a leading seed axis `[S, ...]`.
-  """
-  fn = _SEED_ROWS.get((train, len(args)))
-  if fn is None:  # one row function per train: repeated runs reuse its compilations
-    if len(_SEED_ROWS) >= 64:  # keys hold functions (and what they close over)
-      _SEED_ROWS.clear()
-    fn = _SEED_ROWS[train, len(args)] = _rows.vmap_rows(train, len(args), batched=False)
-  return _rows.run_rows(fn, keys, *args, batched=False, devices=devices, chunk=chunk)
+def shared_batch_key(seed: int) -> jax.Array:
+  """The batch key every seed of a point shares under `train.batches = 'shared'`."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), np.uint32(2**32 - 1))
 
 
-_SEED_ROWS: dict = {}
+def trajectory(params: PyTree, *, loss_fn: Callable, data: tuple,
+               optimizer: optax.GradientTransformation,
+               metrics_fn: Callable[[PyTree], dict], num_steps: int,
+               log_every: int, key: jax.Array | None = None,
+               batch_size: int | None = None):
+  """One trajectory outside the runner (tests, notebooks): `num_steps` steps of
+  `optimizer` on `loss_fn(params, *data)`, `metrics_fn(params)` at steps `0,
+  log_every, ..., num_steps`. `data` may be a sampler `data(key) -> tuple`
+  (fresh samples every step from `fold_in(key, step)`); `batch_size` draws
+  minibatches without replacement. Returns `(final params, metrics [L, ...],
+  diverged_at)`."""
+  if num_steps % log_every:
+    raise ValueError(f"num_steps={num_steps} must be a multiple of log_every={log_every}.")
+  key = jax.random.PRNGKey(0) if key is None else key
+  grad_fn = jax.value_and_grad(loss_fn)
+  online = callable(data)
+
+  def step(carry, k):
+    p, s, div = carry
+    batch = data(jax.random.fold_in(key, k)) if online else data
+    if not online and batch_size is not None:
+      n = jax.tree_util.tree_leaves(data)[0].shape[0]
+      if batch_size < n:
+        idx = jax.random.choice(jax.random.fold_in(key, k), n, (batch_size,), replace=False)
+        batch = jax.tree_util.tree_map(lambda a: a[idx], data)
+    loss, g = grad_fn(p, *batch)
+    u, s = optimizer.update(g, s, p)
+    div = jnp.where((div < 0) & ~jnp.isfinite(loss), k, div)
+    return (optax.apply_updates(p, u), s, div), None
+
+  def log(carry, i):
+    carry, _ = jax.lax.scan(step, carry, i * log_every + jnp.arange(log_every))
+    return carry, metrics_fn(carry[0])
+
+  carry = (params, optimizer.init(params), -jnp.ones((), jnp.int32))
+  carry, logged = jax.lax.scan(log, carry, jnp.arange(num_steps // log_every))
+  first = metrics_fn(params)
+  logged = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, logged)
+  return carry[0], logged, carry[2]
+
+
+def timed(fn, *args):
+  """`(seconds, fn(*args))`, blocking until the result is ready."""
+  t = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t, out

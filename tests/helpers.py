@@ -1,5 +1,6 @@
 """Shared test helpers: the repository root and its configs, through the
-public loader `dynamics.load_config`."""
+public loader `dynamics.load_config`; tests run each config's smoke variant
+(`get_config("smoke")`: the same grid shape, seconds long)."""
 
 import os
 
@@ -8,9 +9,11 @@ from dynamics import load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def config(name: str, overrides=()):
-  """`configs/<name>.py` with `overrides` (`"field=value"` or pairs)."""
-  return load_config(os.path.join(ROOT, "configs", f"{name}.py"), overrides)
+def config(name: str, overrides=(), *, smoke: bool = True):
+  """`configs/<name>.py` (its smoke variant unless `smoke=False`) with
+  `overrides` (`"field=value"` or pairs)."""
+  return load_config(os.path.join(ROOT, "configs", f"{name}.py"), overrides,
+                     arg="smoke" if smoke else None)
 
 
 def assert_plan_refuses(name: str, field: str, value) -> None:

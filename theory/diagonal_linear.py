@@ -60,6 +60,9 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
   minimising the convex `2 alpha^2 sum cosh(x^T mu) - y . mu` by damped
   Newton steps (exact Hessian, backtracking) to a residual
   `||x beta - y|| <= 1e-12 ||y||`; a `ValueError` if it stays above 1e-8.
+  A step is accepted when it lowers the dual enough (Armijo) or, near the
+  solution where the dual's decrease is below its rounding, when it lowers
+  the residual.
 
   Args:
     x: `[n, d]`, full row rank (`n <= d`); y: `[n]`; alpha: > 0.
@@ -74,14 +77,16 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
   # start from the l2 solution's dual variable, then damped Newton steps
   mu = np.linalg.lstsq(x.T, np.arcsinh(min_l2_solution(x, y) / a2), rcond=None)[0]
   tol = 1e-12 * max(np.linalg.norm(y), 1e-300)
+  residual = lambda m: np.linalg.norm(a2 * x @ np.sinh(x.T @ m) - y)
   for _ in range(500):
     z = x.T @ mu
     grad = a2 * x @ np.sinh(z) - y
     if np.linalg.norm(grad) <= tol:
       break
     step = np.linalg.solve(a2 * (x * np.cosh(z)) @ x.T, grad)
-    size, now = 1.0, dual(mu)
-    while dual(mu - size * step) > now - 1e-4 * size * grad @ step and size > 1e-12:
+    size, now, norm = 1.0, dual(mu), np.linalg.norm(grad)
+    while (dual(mu - size * step) > now - 1e-4 * size * grad @ step
+           and not residual(mu - size * step) < norm) and size > 1e-12:
       size /= 2
     mu = mu - size * step
   beta = a2 * np.sinh(x.T @ mu)

@@ -536,6 +536,55 @@ def mse_predictor(k_train_train: ArrayLike, y_train: ArrayLike, *,
   return predict_fn
 
 
+def linearized(apply_fn: Callable, params0, x_train: ArrayLike, y_train: ArrayLike,
+               x_test: ArrayLike | None = None, y_test: ArrayLike | None = None, *,
+               lr: float | None = None) -> Callable:
+  """A finite network linearised around its own init: the kernel predictor of
+  its empirical NTK `K = J(params0) J(params0)^T` (Lee et al. 2019).
+
+  Trained on the loss of docs/conventions.md, `(1/2n) sum ||f - y||^2`, the
+  linear model `f_lin(x) = f(params0, x) + J(params0, x) (params - params0)`
+  moves in function space as `mse_predictor(K, y_train, lr=lr)`: gradient flow
+  for `lr=None`, gradient descent with step `lr` at `t / lr` steps
+  (`t = lr x steps`), exactly. Outputs start at `f(params0, x)`.
+
+  Args:
+    apply_fn: `apply_fn(params, x: [n, d]) -> [n]` or `[n, k]`.
+    params0: the parameters at init (any pytree; jit- and vmap-able, e.g.
+      over seeds).
+    x_train: `[n, d]`; y_train: `[n]` or `[n, k]`.
+    x_test: `[m, d]` or None; y_test: `[m]` / `[m, k]` or None.
+    lr: None (gradient flow) or the gradient-descent step.
+
+  Returns:
+    `predict_fn(t) -> dict` at times `t: [T]`: `f_train [T, n(, k)]`, `loss
+    [T]` (train), and with `x_test` `f_test [T, m(, k)]`, with `y_test`
+    `test_loss [T]`.
+  """
+  k = empirical_ntk(apply_fn, params0, x_train)
+  predict = mse_predictor(k, y_train, lr=lr)
+  f0 = apply_fn(params0, x_train)
+  k_test = f0_test = None
+  if x_test is not None:
+    k_test = empirical_ntk(apply_fn, params0, x_test, x_train)
+    f0_test = apply_fn(params0, x_test)
+
+  def half_mse(f, y):
+    d = f - jnp.asarray(y, f.dtype)
+    return 0.5 * jnp.mean(jnp.sum(d.reshape(d.shape[:2] + (-1,)) ** 2, -1), -1)
+
+  def predict_fn(t: ArrayLike) -> dict:
+    f, ft = predict(t, f0, k_test, f0_test)
+    out = {"f_train": f, "loss": half_mse(f, y_train)}
+    if ft is not None:
+      out["f_test"] = ft
+      if y_test is not None:
+        out["test_loss"] = half_mse(ft, y_test)
+    return out
+
+  return predict_fn
+
+
 def max_learning_rate(k_train_train: ArrayLike) -> float:
   """The largest learning rate at which gradient descent on the linearised
   network converges: `2 n / lam_max(K)` for the loss `(1/2n) sum ||f - y||^2`

@@ -24,7 +24,8 @@ import os
 from dynamics import load_config
 
 
-def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), "..", "matrix_factorization.py"))
+def get_config(arg=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "matrix_factorization.py"),
+                       arg=arg)
   config.output_dir = "runs/arora2019"
   return config

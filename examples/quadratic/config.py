@@ -10,7 +10,7 @@ seconds. Expect the loss within float32 rounding of the exact solution
 import ml_collections
 
 
-def get_config():
+def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.experiment = "experiment.py"  # beside this file; or a dotted module
   config.seed = 0
