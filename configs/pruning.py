@@ -10,20 +10,24 @@ one-layer linear self-attention (d = 4, N = 10, a fixed pool of 256 prompts),
 each trained by full-batch gradient descent. Each is pruned at init and after
 50 steps, by every measure of theory.pruning and by random scores, removing
 20%, 50% or 80% of the weights (global ranking, lowest scores removed), 8
-seeds each, then trained on with the mask held, beside the same seed trained
-dense. The grid: `model.family` x `prune.step` (one compiled call each) x
+seeds each, then trained on for 1000 steps with the mask held, beside the
+same seed trained dense. The grid: `model.family` x `prune.step` (one compiled call each) x
 `prune.measure` x `prune.fraction` (stacked), 90 points. About 2 min on a
 2-core CPU.
 
 Prints the Taylor prediction errors at the prune, the median time to reach
 90% of the way the dense run goes, and a verdict on each of Lubana & Dick's claims
 (i)-(iii) per setting. docs/pruning.md has the numbers and the figure.
+`:smoke`: the same grid shape, 2 seeds, narrower networks, 100 steps, pruned at
+steps 0 and 20.
 """
 
 import ml_collections
 
+from dynamics.config import smoke
 
-def get_config():
+
+def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.experiment = "dynamics.experiments.pruning"
   config.seed = 0
@@ -45,13 +49,13 @@ def get_config():
 
   config.deep_linear = ml_collections.ConfigDict(dict(
       d=8, width=16, depth=2, num_samples=64, singular_values=(3.0, 2.0, 1.0, 0.5),
-      init_scale=1.0, lr=0.05, num_steps=1000, log_every=10))
+      init_scale=1.0, lr=0.05))
   config.relu = ml_collections.ConfigDict(dict(
-      d=8, width=64, num_samples=64, teacher_width=8, lr=0.2, num_steps=1000,
-      log_every=10))
+      d=8, width=64, num_samples=64, teacher_width=8, lr=0.2))
   config.lsa = ml_collections.ConfigDict(dict(
-      d=4, n_context=10, num_prompts=256, init_scale=1.0, lr=0.05, num_steps=1000,
-      log_every=10))
+      d=4, n_context=10, num_prompts=256, init_scale=1.0, lr=0.05))
+  # after the prune, every family: train.lr x <family>.lr a step
+  config.train = ml_collections.ConfigDict({"lr": 1.0, "num_steps": 1000, "log_every": 10})
 
   config.sweep = ml_collections.ConfigDict()
   config.sweep.model = ml_collections.ConfigDict({"family": ("deep_linear", "relu", "lsa")})
@@ -59,4 +63,5 @@ def get_config():
       "step": (0, 50), "fraction": (0.2, 0.5, 0.8),
       "measure": ("magnitude", "loss_preservation", "gradient_norm", "gradient_norm_abs",
                   "random")})
-  return config
+  return smoke(arg, config, num_seeds=2, train__num_steps=100, deep_linear__width=8,
+               relu__width=16, lsa__num_prompts=64, sweep__prune__step=(0, 20))

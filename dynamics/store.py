@@ -45,9 +45,11 @@ def file_sha256(path: str) -> str:
 
 def code_digest(files: list[str]) -> dict:
   """`{"sha256": ..., "files": {path: sha256}}` of the source files a run
-  depends on (paths relative to their common folder)."""
-  root = os.path.commonpath(files) if files else ""
-  shas = {os.path.relpath(f, root): file_sha256(f) for f in files}
+  depends on (the package's paths relative to the folder that holds it,
+  others absolute)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  name = lambda f: os.path.relpath(f, root) if f.startswith(root + os.sep) else f
+  shas = {name(f): file_sha256(f) for f in files}
   return {"sha256": sha256(json.dumps(shas, sort_keys=True).encode()), "files": shas}
 
 

@@ -734,15 +734,16 @@ class _Run:
     except (store.Damaged, KeyError, ValueError) as e:
       why = e.why if isinstance(e, store.Damaged) else f"does not fit ({e})"
       self.say(f"{ckpt} is damaged or foreign ({why}): set aside as "
-               f"{os.path.basename(store.set_aside(ckpt))}; chunk {ci} of group {gi} "
+               f"{os.path.basename(store.set_aside(ckpt))}; group {gi + 1}, chunk {ci + 1} "
                "starts over.")
       return None
     done = int(meta["done_logs"])
     first = {k[6:]: v for k, v in arrays.items() if k.startswith("first/")}
     logged = {k[7:]: v for k, v in arrays.items() if k.startswith("logged/")}
     steps = done * runner.schedule.log_every
-    self.say(f"resuming chunk {ci} of group {gi} from its checkpoint at step {steps} of "
-             f"{runner.schedule.num_steps} ({steps / runner.schedule.num_steps:.0%})")
+    self.say(f"resuming group {gi + 1}/{len(self.p.groups)}, chunk {ci + 1} from its "
+             f"checkpoint at step {steps} of {runner.schedule.num_steps} "
+             f"({steps / runner.schedule.num_steps:.0%})")
     return done, state, first, [(logged, arrays["t"])]
 
   # -- analysis --------------------------------------------------------------

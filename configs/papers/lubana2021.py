@@ -21,7 +21,7 @@ import os
 from dynamics import load_config
 
 
-def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), "..", "pruning.py"))
+def get_config(arg=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "pruning.py"), arg=arg)
   config.output_dir = "runs/lubana2021"
   return config

@@ -1,29 +1,41 @@
 """Fully connected networks of growing width against their linearisation (NTK).
 
-A grid point is one width and depth (`model.width`, `model.depth`; the
-default grid sweeps both) of `dynamics.models.mlp` with `model.activation`
-(ReLU by default): its seeds train by full-batch gradient descent. Logged
-per seed: outputs on train and test points, the train and test loss, and the
-relative kernel drift `||Theta_t - Theta_0||_F / ||Theta_0||_F` on the
-training points and the relative weight change `||theta_t - theta_0|| /
-||theta_0||` (`dynamics.metrics`); the NTK between test and training points at init and at the
-end (`theta0_test`, `theta_end_test`). Beside them (`theory`): the linearised
-network, `theory.ntk.gradient_descent_mse` on each seed's empirical NTK at
-init with the same `lr` and steps (so no O(lr) discretisation gap). The
-summary adds the linearisation on the infinite-width `theory.ntk.mlp_kernel`
-and the Monte-Carlo gap `||Theta_0 - Theta_inf||_F / ||Theta_inf||_F`.
+A grid point is one width and depth (`model.width`, `model.depth`) of
+`dynamics.models.mlp` with `model.activation` and `model.parameterization`;
+its seeds train by full-batch gradient descent on `(1/2n) ||f - y||^2`. Per
+seed `init` keeps the empirical NTK at init on the training points (`theta0`)
+and between test and training points (`theta0_test`). Logged: outputs and
+loss on train and test points, the kernel drift `||Theta_t - Theta_0||_F /
+||Theta_0||_F`, the weight change `||theta_t - theta_0|| / ||theta_0||`
+(`dynamics.metrics`), the gap of `Theta_t(test, train)` to the
+infinite-width `theory.ntk.mlp_kernel` (`setup`'s `k_ana_test`) and
+`ntk_x0 = Theta_t(x_test, x_train[0])`. `theory`: the network linearised on
+the seed's empirical NTK at init (`loss`, `test_loss`, `f_*_lin`) and on the
+analytic one (`f_*_ana`), `theory.ntk.mse_predictor` with the seed's step
+(exact gradient descent on the linear model, no O(lr) gap).
 
 Tasks: `sphere_teacher` (inputs on the sphere, a random ReLU teacher) and
-`circle`: `num_train` inputs at angles `2 pi i / num_train` on the unit
-circle (the first is `x0 = (1, 0)`), targets `sin(3 gamma)`, and
-`num_test` test inputs evenly spaced in angle, so that `theta*_test[:, :, 0]`
-is `Theta(x0, x_gamma)` over the circle (Jacot et al. 2018, Fig. 1).
+`circle`: `num_train` inputs at angles `2 pi i / num_train` on the unit circle
+(`x0 = (1, 0)` first), targets `sin(3 gamma)`, `num_test` test inputs evenly
+spaced in angle, so that `ntk_x0` is `Theta(x0, x_gamma)` over the circle
+(Jacot et al. 2018, Fig. 1).
 
-Across widths (`sweep_summary`), the NTK regime predicts gap, drift and
-distance to the linearisation all falling as `width^(-1/2)` (Jacot et al.
-2018; Lee et al. 2019): their log-log slopes against width, per depth. In the
-`'mean_field'` parameterization the NTK is `O(1/m)`: the run trains with
-`lr * m` (the same function-space time) and the kernel moves by O(1).
+Step: `train.lr` times `lr_scale`: `2n / lambda_max(Theta_0)` of the seed's own
+kernel with `train.lr_units = 'critical'` (the linearisation's largest stable
+step, `theory.ntk.max_learning_rate`); `m` in the `'mean_field'`
+parameterization, whose NTK is `O(1/m)` (the same function-space time; there
+the kernel moves by O(1) and `m Theta` is compared with the limit).
+
+`report`: per point the seed mean and std of the NTK gap at init and at the
+end, the largest drift, the weight change, the largest distance (relative to
+`||y||`) to both linearisations, the loss's peak over its start (the catapult),
+the final losses, and `lr_multiple`, the step in units of `2n /
+lambda_max(Theta_0)`. Across widths, per depth (and value of any other swept
+field) where the linearisation converges, the log-log slopes against width
+(NTK regime: -1/2 or steeper; Jacot et al. 2018, Lee et al. 2019). Figure:
+those against width; for the circle, `Theta(x0, x_gamma)` per seed at init and
+at the end with the limit; for a grid over `train.lr`, Lee et al.'s claim: the
+loss peak and final losses against `lr_multiple`, per width.
 """
 
 from __future__ import annotations
@@ -34,292 +46,273 @@ import numpy as np
 
 from dynamics import config as cfg
 from dynamics import metrics, plots
-from dynamics.experiments import logged_times
-from dynamics import train as engine
 from dynamics.models import mlp
 from dynamics.tasks.sphere_teacher import sphere_teacher
 from theory import ntk
 
-HPARAMS = {"train.lr": "lr"}
-CONSTANTS = ("theta0", "theta0_test", "theta_end_test", "lr_used")
+TASKS = ("sphere_teacher", "circle")
 LR_UNITS = ("absolute", "critical")
-TABLE = ("loss", "test_loss", "drift", "weight_change")
 FIGURES = ("kernel_gap", "kernel_gap_end", "drift", "dist_train_emp", "dist_test_emp",
            "dist_train_ana", "dist_test_ana")
-TASKS = ("sphere_teacher", "circle")
 
 
-def validate(config) -> None:
+def setup(config) -> dict:
+  """Checks the config; the task and the infinite-width NTK on it."""
+  m, t = config.model, config.task
   cfg.integer(config, "model.width")
   cfg.integer(config, "model.depth", minimum=2)
   cfg.one_of(config, "model.activation", ntk.ACTIVATIONS)
   cfg.one_of(config, "model.parameterization", mlp.PARAMETERIZATIONS)
-  cfg.nonnegative(config, "model.w_std")
-  cfg.nonnegative(config, "model.b_std")
+  cfg.nonnegative(config, "model.w_std"), cfg.nonnegative(config, "model.b_std")
   cfg.one_of(config, "task.name", TASKS)
   cfg.integer(config, "task.seed", minimum=0)
-  cfg.integer(config, "task.d")
-  if config.task.name == "circle" and config.task.d != 2:
-    raise ValueError(f"`task.d` must be 2 for the circle task, got {config.task.d}.")
-  cfg.integer(config, "task.num_train")
-  cfg.integer(config, "task.num_test")
+  if cfg.integer(config, "task.d") != 2 and t.name == "circle":
+    cfg.fail("task.d", f"must be 2 for the circle task, got {t.d}.")
+  n, n_test = cfg.integer(config, "task.num_train"), cfg.integer(config, "task.num_test")
   cfg.integer(config, "task.teacher_width")
-  cfg.one_of(config, "train.optimizer", ("sgd",))
+  for field, only in (("optimizer", "sgd"), ("decay", "constant")):  # the linearisation's
+    if field in config.train:
+      cfg.one_of(config, f"train.{field}", (only,))
   if cfg.one_of(config, "train.lr_units", LR_UNITS) == "critical" and \
-      config.model.parameterization == "mean_field":
+      m.parameterization == "mean_field":
     cfg.fail("train.lr_units", "'critical' is defined for the 'ntk' and 'standard' "
              "parameterizations (the mean-field kernel is O(1/width)).")
-  cfg.schedule(config)
-
-
-def make_task(config):
-  """`(x, y, x_test, y_test)`: see the module docstring."""
-  t = config.task
   dtype = cfg.float_dtype(config.precision)
   if t.name == "circle":
-    angle = lambda n: 2 * np.pi * np.arange(n) / n
     point = lambda g: jnp.asarray(np.stack([np.cos(g), np.sin(g)], 1), dtype)
-    target = lambda g: jnp.asarray(np.sin(3 * g), dtype)
-    g, gt = angle(t.num_train), angle(t.num_test)
-    return point(g), target(g), point(gt), target(gt)
-  x, y = sphere_teacher(jax.random.PRNGKey(t.seed), d=t.d,
-                        num_samples=t.num_train + t.num_test,
-                        teacher_width=t.teacher_width, dtype=dtype)
-  return x[:t.num_train], y[:t.num_train], x[t.num_train:], y[t.num_train:]
+    g, gt = 2 * np.pi * np.arange(n) / n, 2 * np.pi * np.arange(n_test) / n_test
+    x, y, xt, yt = point(g), jnp.asarray(np.sin(3 * g), dtype), point(gt), \
+        jnp.asarray(np.sin(3 * gt), dtype)
+  else:
+    xs, ys = sphere_teacher(jax.random.PRNGKey(t.seed), d=t.d, num_samples=n + n_test,
+                            teacher_width=t.teacher_width, dtype=dtype)
+    x, y, xt, yt = xs[:n], ys[:n], xs[n:], ys[n:]
+  kernel = ntk.mlp_kernel(m.depth, m.activation, m.w_std, m.b_std,
+                          "standard" if m.parameterization == "standard" else "ntk",
+                          width=m.width)
+  return {"x": x, "y": y, "x_test": xt, "y_test": yt,
+          "k_ana": kernel(x)["ntk"], "k_ana_test": kernel(xt, x)["ntk"]}
 
 
-def _kernel_scale(config):
-  """The NTK of 'mean_field' is O(1/m); m x it is the NTK-normalised kernel."""
+def _scale(config):
+  """`m` for 'mean_field' (whose NTK is O(1/m)), else 1: `scale x Theta` is
+  the kernel compared with the limit."""
   return config.model.width if config.model.parameterization == "mean_field" else 1
 
 
-def _model(config):
+def _kw(config):
   m = config.model
-  kw = dict(activation=m.activation, parameterization=m.parameterization, w_std=m.w_std,
-            b_std=m.b_std)
-  return (lambda p, x_: mlp.apply(p, x_, **kw)), (lambda p, a, b: mlp.ntk(p, a, b, **kw))
+  return dict(activation=m.activation, parameterization=m.parameterization, w_std=m.w_std,
+              b_std=m.b_std)
 
 
-def analytic_ntk(config, x1, x2):
-  """The infinite-width NTK (`mean_field`: the NTK-normalised one, as `'ntk'`)."""
+def _params(config, key, data):
   m = config.model
-  par = "standard" if m.parameterization == "standard" else "ntk"
-  return ntk.mlp_kernel(m.depth, m.activation, m.w_std, m.b_std, par,
-                        width=m.width)(x1, x2)["ntk"]
+  return mlp.init(key, data["x"].shape[1], (m.width,) * (m.depth - 1),
+                  parameterization=m.parameterization, w_std=m.w_std, b_std=m.b_std,
+                  dtype=data["x"].dtype)
 
 
-def make_train(config):
-  """`train(key, hp)`: outputs, losses and drift logged; kernels at init and end."""
-  m = config.model
-  x, y, xt, yt = make_task(config)
-  f, kernel = _model(config)
-  loss_fn = lambda p, x_, y_: 0.5 * jnp.mean((f(p, x_) - y_) ** 2)
-  scale = _kernel_scale(config)
-
-  def train(key, hp):
-    params = mlp.init(key, x.shape[1], (m.width,) * (m.depth - 1),
-                      parameterization=m.parameterization, w_std=m.w_std, b_std=m.b_std,
-                      dtype=x.dtype)
-    theta0 = kernel(params, x, x)
-
-    def metrics_fn(p):
-      return {"f_train": f(p, x), "f_test": f(p, xt), "loss": loss_fn(p, x, y),
-              "test_loss": loss_fn(p, xt, yt),
-              "drift": metrics.kernel_distance(kernel(p, x, x), theta0),
-              "weight_change": metrics.relative_weight_change(p, params)}
-
-    lr = hp["lr"] * scale
-    if config.train.lr_units == "critical":  # theory.ntk.max_learning_rate of this seed's NTK
-      lr = hp["lr"] * 2 * x.shape[0] / jnp.linalg.eigvalsh(theta0)[-1]
-    state, logged = engine.trajectory(
-        params, loss_fn=loss_fn, data=(x, y),
-        optimizer=engine.make_optimizer("sgd", lr),
-        metrics_fn=metrics_fn, num_steps=config.train.num_steps,
-        log_every=config.train.log_every)
-    return {**logged, "theta0": theta0 * scale,
-            "theta0_test": kernel(params, xt, x) * scale,
-            "theta_end_test": kernel(state.params, xt, x) * scale,
-            "lr_used": lr / scale,
-            "diverged_at": state.diverged_at}
-
-  return train
+def init(config, key, data) -> dict:
+  """Parameters, the init key (`observe` draws `theta_0` again from it for the
+  weight change), the empirical NTK at init and the step's scale."""
+  params, x = _params(config, key, data), data["x"]
+  theta0 = mlp.ntk(params, x, x, **_kw(config))
+  if config.train.lr_units == "critical":  # theory.ntk.max_learning_rate, per seed
+    lr_scale = 2 * x.shape[0] / jnp.linalg.eigvalsh(theta0)[-1]
+  else:
+    lr_scale = jnp.asarray(_scale(config), x.dtype)
+  return {"params": params, "init_key": key, "theta0": theta0,
+          "theta0_test": mlp.ntk(params, data["x_test"], x, **_kw(config)),
+          "lr_scale": lr_scale}
 
 
-def _linearised(config, k, k_test, out):
-  """Per seed, the linear model on kernel `k` (`[S, n, n]` or `[n, n]`) from
-  the seed's outputs at init: `(f_train [S, L, n], f_test [S, L, n_test])`."""
-  _, y, _, _ = make_task(config)
-  steps, _ = logged_times(config)
-  lrs = np.asarray(out["lr_used"], np.float64)  # per seed ('critical' units differ)
-  per_seed = np.ndim(k) == 3 or np.ptp(lrs) > 0
-  shared = None if per_seed else ntk.mse_predictor(k, y, lr=lrs[0])  # one eigh for all
-  kernel = lambda s: k[s] if np.ndim(k) == 3 else k
-  lin = [(ntk.mse_predictor(kernel(s), y, lr=lrs[s]) if per_seed else shared)(
-      lrs[s] * steps, out["f_train"][s, 0], k_test[s] if np.ndim(k_test) == 3 else k_test,
-      out["f_test"][s, 0]) for s in range(len(out["f_train"]))]
-  return (np.stack([np.asarray(a) for a, _ in lin]),
-          np.stack([np.asarray(b) for _, b in lin]))
+def _half_mse(f, y):
+  return 0.5 * jnp.mean((f - y) ** 2, -1)
 
 
-def theory(config, out: dict) -> dict:
-  """The network linearised on each seed's empirical NTK at init."""
-  _, y, _, yt = make_task(config)
-  f_train, f_test = _linearised(config, out["theta0"], out["theta0_test"], out)
-  return {"f_train": f_train, "f_test": f_test,
-          "loss": 0.5 * np.mean((f_train - np.asarray(y)) ** 2, -1),
-          "test_loss": 0.5 * np.mean((f_test - np.asarray(yt)) ** 2, -1)}
+def loss(config, state, data, key):
+  return _half_mse(mlp.apply(state["params"], data["x"], **_kw(config)), data["y"])
 
 
-def summarize(config, out: dict, pred: dict) -> dict:
-  """Seed mean and std of: the NTK gap at init, the largest drift, and the
-  largest distance (relative to `||y||`) to the linearisation on the
-  empirical and on the analytic NTK."""
-  x, y, xt, _ = make_task(config)
-  k_ana, k_ana_test = analytic_ntk(config, x, x), analytic_ntk(config, xt, x)
-  ana_train, ana_test = _linearised(config, k_ana, k_ana_test, out)
+def observe(config, state, data) -> dict:
+  p, x, xt = state["params"], data["x"], data["x_test"]
+  f, ft = mlp.apply(p, x, **_kw(config)), mlp.apply(p, xt, **_kw(config))
+  k_test = _scale(config) * mlp.ntk(p, xt, x, **_kw(config))
+  k_ana = data["k_ana_test"]
+  return {"loss": _half_mse(f, data["y"]), "test_loss": _half_mse(ft, data["y_test"]),
+          "f_train": f, "f_test": ft,
+          "drift": metrics.kernel_distance(mlp.ntk(p, x, x, **_kw(config)), state["theta0"]),
+          "weight_change": metrics.relative_weight_change(
+              p, _params(config, state["init_key"], data)),
+          "kernel_gap_test": jnp.linalg.norm(k_test - k_ana) / jnp.linalg.norm(k_ana),
+          "ntk_x0": k_test[:, 0]}
+
+
+def theory(config, data, start, t) -> dict:
+  """The seed's network linearised on its empirical NTK at init (`loss`,
+  `test_loss`, `f_*_lin`) and on the infinite-width one (`f_*_ana`), from its
+  outputs at init, with its step."""
+  lr, s = config.train.lr * start["lr_scale"], _scale(config)
+
+  def linear(k, k_test):
+    return ntk.mse_predictor(k, data["y"], lr=lr)(t, start["f_train"], k_test, start["f_test"])
+
+  f, ft = linear(start["theta0"], start["theta0_test"])
+  fa, fta = linear(data["k_ana"] / s, data["k_ana_test"] / s)
+  return {"loss": _half_mse(f, data["y"]), "test_loss": _half_mse(ft, data["y_test"]),
+          "f_train_lin": f, "f_test_lin": ft, "f_train_ana": fa, "f_test_ana": fta}
+
+
+def _point(r) -> tuple[dict, dict]:
+  """A point's numbers (seed means over the kept seeds, `_std` beside) and its
+  NTK curves `Theta(x_test, x0)` (for the circle figure)."""
+  traj, pred, data, c = r.traj, r.pred, r.data, r.config
+  kept, s = traj.kept, _scale(c)
+  lam = np.linalg.eigvalsh(np.asarray(traj.start["theta0"], np.float64))[:, -1]
+  y, n = np.asarray(data["y"], np.float64), len(data["y"])
+  multiple = c.train.lr * np.asarray(traj.start["lr_scale"], np.float64) * lam / (2 * n)
+  row = {"lr_multiple": float(np.mean(multiple))}
+  if not kept.any():
+    return row, {}
+  lg = {k: np.asarray(v, np.float64)[kept] for k, v in traj.logged.items()}
+  pr = {k: np.asarray(v, np.float64)[kept] for k, v in pred.items()}
+  k_ana = np.asarray(data["k_ana"], np.float64)
   dist = lambda f, g: np.max(np.linalg.norm(f - g, axis=-1), -1) / np.linalg.norm(y)
   per_seed = {
-      "kernel_gap": np.linalg.norm(out["theta0"] - k_ana, axis=(1, 2)) / np.linalg.norm(k_ana),
-      "kernel_gap_end": np.linalg.norm(out["theta_end_test"] - k_ana_test, axis=(1, 2))
-                        / np.linalg.norm(k_ana_test),
-      "drift": np.max(out["drift"], 1),
-      "dist_train_emp": dist(out["f_train"], pred["f_train"]),
-      "dist_test_emp": dist(out["f_test"], pred["f_test"]),
-      "dist_train_ana": dist(out["f_train"], ana_train),
-      "dist_test_ana": dist(out["f_test"], ana_test),
+      "kernel_gap": np.linalg.norm(s * traj.start["theta0"][kept] - k_ana, axis=(1, 2))
+                    / np.linalg.norm(k_ana),
+      "kernel_gap_end": lg["kernel_gap_test"][:, -1], "drift": np.max(lg["drift"], 1),
+      "dist_train_emp": dist(lg["f_train"], pr["f_train_lin"]),
+      "dist_test_emp": dist(lg["f_test"], pr["f_test_lin"]),
+      "dist_train_ana": dist(lg["f_train"], pr["f_train_ana"]),
+      "dist_test_ana": dist(lg["f_test"], pr["f_test_ana"]),
+      "weight_change": lg["weight_change"][:, -1],
       # the catapult's signature: the loss rising above its start before it falls
-      "loss_peak": np.max(out["loss"], 1) / out["loss"][:, 0],
-      "final_loss": out["loss"][:, -1], "lin_final_loss": pred["loss"][:, -1]}
+      "loss_peak": np.max(lg["loss"], 1) / lg["loss"][:, 0],
+      "final_loss": lg["loss"][:, -1], "lin_final_loss": pr["loss"][:, -1],
+      "start_loss": lg["loss"][:, 0]}
   stats = {k: metrics.seed_stats(v) for k, v in per_seed.items()}
-  out_summary = {"width": int(config.model.width), "depth": int(config.model.depth),
-                 "lr": float(config.train.lr), "lr_units": config.train.lr_units,
-                 "activation": config.model.activation,
-                 "parameterization": config.model.parameterization,
-                 **{k: float(s["mean"]) for k, s in stats.items()},
-                 **{f"{k}_std": float(s["std"]) for k, s in stats.items()}}
-  if config.task.name == "circle":  # Theta(x0, x_gamma) per seed, for the sweep figure
-    out_summary["curve"] = {
-        "gamma": (2 * np.pi * np.arange(config.task.num_test) / config.task.num_test).tolist(),
-        "init": np.asarray(out["theta0_test"])[:, :, 0].tolist(),
-        "trained": np.asarray(out["theta_end_test"])[:, :, 0].tolist(),
-        "limit": np.asarray(k_ana_test)[:, 0].tolist()}
-  return out_summary
+  row.update({k: float(v["mean"]) for k, v in stats.items()})
+  row.update({f"{k}_std": float(v["std"]) for k, v in stats.items()})
+  curves = {"init": lg["ntk_x0"][:, 0], "end": lg["ntk_x0"][:, -1],
+            "limit": np.asarray(data["k_ana_test"])[:, 0]}
+  return row, curves
 
 
-def text(config, summary: dict) -> str:
-  s = summary
-  unit = " x 2n/lambda_max" if s["lr_units"] == "critical" else ""
-  return ("  " + ", ".join(f"{k} {s[k]:.3e}" for k in FIGURES) +
-          f"\n  lr {s['lr']:g}{unit}: loss peak / start {s['loss_peak']:.3g}, final loss "
-          f"{s['final_loss']:.3g} (linearised {s['lin_final_loss']:.3g})")
-
-
-def plot(config, out, pred, summary, path) -> None:
-  """Train and test loss against the linearised network's, and the drift."""
-  _, t = logged_times(config)
-  fig, (ax, ax_d) = plots.figure(2)
-  for name, color in (("loss", "C0"), ("test_loss", "C1")):
-    plots.trajectories(ax, t[1:], out[name][:, 1:], pred[name][:, 1:], color=color,
-                       log=True, label=name.replace("_", " "))
-  ax.set(xscale="log", xlabel="t = lr x steps", ylabel="loss",
-         title=f"width {config.model.width}: network vs linearised (dashed)")
-  plots.legend_theory(ax)
-  plots.trajectories(ax_d, t, out["drift"], color="C2")
-  ax_d.set(xlabel="t = lr x steps", ylabel="||Theta_t - Theta_0|| / ||Theta_0||",
-           title="kernel drift")
-  plots.save(fig, path)
-
-
-def _slope(widths, values) -> float | None:
-  """Least-squares slope of log(value) against log(width)."""
-  widths, values = np.asarray(widths, np.float64), np.asarray(values, np.float64)
-  ok = np.isfinite(values) & (values > 0)
-  if ok.sum() < 2 or len(set(widths[ok])) < 2:
-    return None
-  return float(np.polyfit(np.log(widths[ok]), np.log(values[ok]), 1)[0])
-
-
-def _by_depth(points) -> dict:
-  """`{depth: (widths, summaries sorted by width)}`."""
-  rows = [p.summary for p in points if "drift" in p.summary]
+def _groups(results, rows, without: str) -> dict:
+  """`{label: [(index, value of `without`), ...]}`: the points equal in every
+  swept field but `without`, labelled by depth (and those other fields)."""
   out = {}
-  for depth in sorted({r["depth"] for r in rows}):
-    group = sorted((r for r in rows if r["depth"] == depth), key=lambda r: r["width"])
-    out[depth] = (np.array([r["width"] for r in group]), group)
-  return out
+  for i, r in enumerate(results):
+    other = ", ".join(f"{f}={v}" for f, v in r.fields.items()
+                      if f not in (without, "model.depth"))
+    label = str(r.config.model.depth) + (f", {other}" if other else "")
+    out.setdefault(label, []).append((i, cfg.get(r.config, without)))
+  return {k: sorted(v, key=lambda p: p[1]) for k, v in out.items()}
 
 
-def sweep_summary(config, points) -> dict:
-  """Log-log slopes against width of every figure, per depth (NTK regime:
-  -0.5 each); `slopes` is the one depth's when the grid has one."""
-  groups = _by_depth(points)
-  by_depth = {str(d): {k: _slope(w, [r[k] for r in rows]) for k in FIGURES}
-              for d, (w, rows) in groups.items()}
-  parameterizations = {r["parameterization"] for _, rows in groups.values() for r in rows}
-  out = {"slopes_by_depth": by_depth,
-         "predicted_slope": None if "mean_field" in parameterizations else -0.5}
-  if len(by_depth) == 1:
-    out["slopes"] = next(iter(by_depth.values()))
-  return out
-
-
-def sweep_text(config, summary: dict) -> str:
-  lines = []
-  for depth, slopes in summary["slopes_by_depth"].items():
-    lines.append(f"depth {depth}, log-log slope against width: " + " ".join(
-        f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in slopes.items()))
-  pred = summary["predicted_slope"]
-  return "\n".join(lines) + "\n" + (
-      "NTK regime predicts slope -0.5 for each" if pred is not None else
-      "mean_field: no NTK limit; the kernel moves by O(1)")
-
-
-def sweep_plot(config, points, summary, path) -> None:
-  """Gap, drift and distance to the linearisation against width (one line
-  style per depth), with the width^-1/2 of the NTK regime; for the circle
-  task, `Theta(x0, x_gamma)` over the circle's angle instead."""
+def report(config, results) -> dict:
+  """Per point the numbers; across widths the slopes (where the linearisation
+  converges: every seed kept, `lr_multiple < 1`); the figure (module docstring)."""
+  pairs = [_point(r) for r in results]
+  rows, curves = [p[0] for p in pairs], [p[1] for p in pairs]
+  out = {"points": rows}
+  lazy = lambda i: rows[i].get("lr_multiple", 1) < 1 and not results[i].summary.get(
+      "diverged_seeds") and "drift" in rows[i]
+  slopes = {label: {k: metrics.loglog_slope([w for _, w in g], [rows[i][k] for i, _ in g])
+                    for k in FIGURES}
+            for label, g in _groups(results, rows, "model.width").items()
+            if len(g) > 1 and all(lazy(i) for i, _ in g)}
+  if slopes:
+    out["slopes_by_depth"] = slopes
+    out["predicted_slope"] = None if config.model.parameterization == "mean_field" else -0.5
+    if len(slopes) == 1:
+      out["slopes"] = next(iter(slopes.values()))
+  lrs = {r.config.train.lr for r in results}
   if config.task.name == "circle":
-    return _circle_plot(config, points, path)
-  groups = _by_depth(points)
-  fig, (ax,) = plots.figure(1, size=(6.5, 4.6))
-  styles = ("o-", "s--", "^:", "d-.")
-  for j, (depth, (widths, rows)) in enumerate(groups.items()):
-    slopes = summary["slopes_by_depth"][str(depth)]
-    for i, (k, label) in enumerate((("kernel_gap", "NTK gap at init"),
-                                    ("drift", "kernel drift (max over t)"),
-                                    ("dist_test_emp", "||f - f_lin|| / ||y||, test"))):
-      ax.errorbar(widths, [r[k] for r in rows], yerr=[r[f"{k}_std"] for r in rows],
-                  fmt=styles[j % len(styles)], color=f"C{i}",
-                  label=f"depth {depth}, {label}: slope "
-                        f"{'-' if slopes[k] is None else f'{slopes[k]:.2f}'}")
-  if groups:
-    widths, rows = next(iter(groups.values()))
-    ax.plot(widths, rows[0]["drift"] * (widths / widths[0]) ** -0.5, "k--", lw=1,
-            label="width^-1/2")
-  ax.set(xscale="log", yscale="log", xlabel="width m",
-         title=f"{config.model.activation}, {config.model.parameterization} "
-               "parameterization, seed mean +- std")
-  ax.legend(fontsize=7)
-  plots.save(fig, path)
+    out["figure"] = _circle_figure(config, results, curves)
+  elif len(lrs) > 1:
+    out["figure"], out["trains_up_to"] = _lr_figure(results, rows)
+  else:
+    out["figure"] = _width_figure(config, rows, _groups(results, rows, "model.width"), slopes)
+  return out
 
 
-def _circle_plot(config, points, path) -> None:
-  """Jacot et al. (2018) Fig. 1: `Theta(x0, x_gamma)`, `x0 = (1, 0)`, for
-  every seed at init (solid) and after training (dashed), per width, with
-  the infinite-width kernel."""
+def _width_figure(config, rows, groups, slopes):
+  """Gap, drift and distance to the linearisation against width, with width^-1/2."""
+  fig, axes = plots.figure(3)
+  for ax, (k, title) in zip(axes, (("kernel_gap", "NTK gap at init"),
+                                   ("drift", "kernel drift (max over t)"),
+                                   ("dist_test_emp", "||f - f_lin|| / ||y||, test"))):
+    for j, (label, g) in enumerate(groups.items()):
+      ok = [(w, rows[i]) for i, w in g if k in rows[i]]
+      if not ok:
+        continue
+      w = np.array([w for w, _ in ok], np.float64)
+      slope = slopes.get(label, {}).get(k)
+      ax.errorbar(w, [r[k] for _, r in ok], yerr=[r[f"{k}_std"] for _, r in ok], fmt="o-",
+                  color=f"C{j}", label=f"depth {label}" + (f": slope {slope:.2f}"
+                                                           if slope is not None else ""))
+      if j == 0:
+        ax.plot(w, ok[0][1][k] * (w / w[0]) ** -0.5, "k--", lw=1, label="width^-1/2")
+    ax.set(xscale="log", yscale="log", xlabel="width m", title=title)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"{config.model.activation}, {config.model.parameterization} "
+               "parameterization: seed mean +- std", fontsize=10)
+  return fig
+
+
+def _circle_figure(config, results, curves):
+  """Jacot et al. (2018) Fig. 1: `Theta(x0, x_gamma)` per seed at init (solid)
+  and at the end (dashed), per width, with the infinite-width kernel."""
   fig, (ax,) = plots.figure(1, size=(6.5, 4.6))
-  rows = sorted((p.summary for p in points if "curve" in p.summary), key=lambda r: r["width"])
-  for i, r in enumerate(rows):
-    c = r["curve"]
-    for key, style, what in (("init", "-", "init"), ("trained", "--", "trained")):
-      for s, curve in enumerate(c[key]):
-        ax.plot(c["gamma"], curve, style, color=f"C{i}", lw=0.7, alpha=0.6,
-                label=f"width {r['width']}, {what}" if s == 0 else None)
-  if rows:
-    ax.plot(rows[0]["curve"]["gamma"], rows[0]["curve"]["limit"], "k-", lw=2,
-            label="infinite width")
+  n = config.task.num_test
+  gamma = 2 * np.pi * np.arange(n) / n
+  order = sorted(range(len(results)), key=lambda i: results[i].config.model.width)
+  for j, i in enumerate(i for i in order if curves[i]):
+    for key, style in (("init", "-"), ("end", "--")):
+      for s, curve in enumerate(curves[i][key]):
+        ax.plot(gamma, curve, style, color=f"C{j}", lw=0.7, alpha=0.6, label=(
+            f"width {results[i].config.model.width}, {key}" if s == 0 else None))
+  if any(curves):
+    ax.plot(gamma, next(c for c in curves if c)["limit"], "k-", lw=2, label="infinite width")
   ax.set(xlabel="angle gamma", ylabel="Theta(x0, (cos gamma, sin gamma))",
-         title=f"depth {config.model.depth} {config.model.activation}, "
-               f"b_std {config.model.b_std}: NTK at init (solid), after training (dashed)")
+         title=f"depth {config.model.depth} {config.model.activation}, b_std "
+               f"{config.model.b_std}: NTK at init (solid), after training (dashed)")
   ax.legend(fontsize=7)
-  plots.save(fig, path)
+  return fig
+
+
+def _lr_figure(results, rows):
+  """Lee et al. (2019): the loss's peak and the final losses against the step
+  in units of `2n / lambda_max(Theta_0)`, per width; the linearisation
+  converges below 1, a catapult (Lewkowycz et al. 2020) can train the network
+  up to about 2. Also, per group, the largest multiple at which every seed of
+  the network (the linearisation) ended below its start."""
+  fig, (ax, ax_f) = plots.figure(2)
+  edges = []
+  for j, (label, g) in enumerate(_groups(results, rows, "train.lr").items()):
+    width = results[g[0][0]].config.model.width
+    ok = sorted((rows[i] for i, _ in g if "loss_peak" in rows[i]),
+                key=lambda r: r["lr_multiple"])
+    x = [r["lr_multiple"] for r in ok]
+    ax.plot(x, [r["loss_peak"] for r in ok], "o-", color=f"C{j}", label=f"depth {label}")
+    ax_f.plot(x, [r["final_loss"] for r in ok], "o-", color=f"C{j}", label=f"depth {label}")
+    ax_f.plot(x, [r["lin_final_loss"] for r in ok], "x--", color=f"C{j}")
+    trained = lambda key, rs: max((r["lr_multiple"] for r in rs if r[key] < r["start_loss"]),
+                                  default=None)
+    whole = [rows[i] for i, _ in g if "loss_peak" in rows[i]
+             and not results[i].summary.get("diverged_seeds")]
+    edges.append({"width": width, "depth": results[g[0][0]].config.model.depth,
+                  "network": trained("final_loss", whole), "linearised": trained(
+                      "lin_final_loss", ok),
+                  "loss_peak_max": max((r["loss_peak"] for r in ok), default=None)})
+  for a in (ax, ax_f):
+    for edge, text in ((1, "2n/lambda_max (linearised edge)"), (2, "2x")):
+      a.axvline(edge, color="gray", ls=":" if edge == 2 else "--", lw=1, label=text)
+    a.set(xlabel="lr / (2n / lambda_max(Theta_0))", yscale="log")
+    a.legend(fontsize=7)
+  ax.set(ylabel="max_t loss / loss at init", title="the catapult: the loss's peak")
+  ax_f.set(ylabel="final train loss", title="final loss, network (o) and linearised (x)")
+  return fig, edges

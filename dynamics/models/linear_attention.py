@@ -99,6 +99,21 @@ def predict_moments(params: dict, e: jax.Array, x_q: jax.Array) -> jax.Array:
   return jnp.einsum("bj,bj->b", e @ p["w_pv"][d], k)  # e symmetric: (W_PV[d] S) . k
 
 
+def versus_gamma(params: dict, e: jax.Array, x_q: jax.Array, gamma: jax.Array) -> dict:
+  """The layer against the predictor `x_q^T Gamma h` on prompts given as moments
+  (`e: [B, d+1, d+1]`, `h = e[:, :d, d]`): `'pred_rel_diff'`, `||y_hat - y_Gamma|| /
+  ||y_Gamma||`, and `'sens_cos'`, the prompts' mean cosine between the query
+  sensitivities `d y_hat / d x_q = (W_PV[d, :] S) W_KQ[:, :d]` (`y_hat` is linear
+  in `x_q`) and `Gamma h` (von Oswald et al. 2023)."""
+  p = merged(params)
+  d = x_q.shape[-1]
+  s, s_ref = (e @ p["w_pv"][d]) @ p["w_kq"][:, :d], e[:, :d, d] @ gamma.T  # e symmetric
+  y, y_ref = jnp.sum(s * x_q, -1), jnp.sum(s_ref * x_q, -1)
+  norm = lambda a: jnp.linalg.norm(a, axis=-1)
+  return {"pred_rel_diff": norm(y - y_ref) / norm(y_ref),
+          "sens_cos": jnp.mean(jnp.sum(s * s_ref, -1) / (norm(s) * norm(s_ref)))}
+
+
 def effective_gamma(params: dict) -> jax.Array:
   """`Gamma = u G^T + g_y c^T`, `[d, d]`: the coefficient of `x_q^T Gamma h`."""
   p = merged(params)

@@ -67,6 +67,12 @@ def covariance(key: jax.Array, d: int, name: str = "isotropic",
   return (q * lam) @ q.T
 
 
+def input_variance(inputs: str, input_range: float = 1.0) -> float:
+  """Per-coordinate variance of the inputs before `Lambda`'s shape: 1 for
+  `'gaussian'` (tr Lambda = d), `r^2 / 12` for von Oswald et al.'s `U(-r/2, r/2)`."""
+  return 1.0 if inputs == "gaussian" else input_range ** 2 / 12
+
+
 def sqrtm(cov: jax.Array) -> jax.Array:
   """The symmetric square root `Lambda^{1/2}` (so `x = z Lambda^{1/2}`, `z ~ N(0, I)`)."""
   lam, q = eigh(cov)
@@ -93,6 +99,13 @@ def sample(key: jax.Array, batch: int, n_context: int, cov_sqrt: jax.Array,
   if not (isinstance(noise_var, (int, float)) and noise_var == 0):
     ys = ys + jnp.sqrt(noise_var) * jax.random.normal(k_e, ys.shape, ys.dtype)
   return Prompts(xs[:, :-1], ys[:, :-1], xs[:, -1], ys[:, -1])
+
+
+def to_moments(p: Prompts) -> Moments:
+  """The moments the layer reads of token prompts, `E = (1/N) sum_i z_i z_i^T`
+  (any input law): the same prompts in `O(d^2)` memory whatever N."""
+  ctx = jnp.concatenate([p.x, p.y[..., None]], axis=-1)              # [B, N, d+1]
+  return Moments(jnp.einsum("bni,bnj->bij", ctx, ctx) / p.x.shape[1], p.x_q, p.y_q)
 
 
 def gamma(key: jax.Array, alpha, shape, dtype=jnp.float32) -> jax.Array:

@@ -1,4 +1,5 @@
-"""The engine: logging schedule, minibatches, and sharding over devices."""
+"""The engine: the step it owns (optimizers, time, keys, divergence), segments,
+chunks of rows and devices, on the toy experiment of tests/experiments/toy.py."""
 
 import os
 import subprocess
@@ -11,67 +12,118 @@ import numpy as np
 import optax
 import pytest
 
-from dynamics import _rows, progress
+from dynamics import _rows, simulate
 from dynamics import train as engine
+from dynamics.experiments import Trajectory
+from tests.experiments import toy
 from tests.helpers import ROOT
 
 
-def quadratic_run(key, lr, num_steps=20, log_every=5):
-  """GD on L = |theta|^2 / 2 contracts theta by (1 - lr) per step."""
-  theta0 = jax.random.normal(key, (3,))
-  loss = lambda th, x: 0.5 * jnp.sum(th**2) + 0.0 * jnp.sum(x)
-  return engine.trajectory(
-      theta0, loss_fn=loss, data=(jnp.zeros((4, 1)),), optimizer=optax.sgd(lr),
-      metrics_fn=lambda th: {"theta": th}, num_steps=num_steps,
-      log_every=log_every)
+def run(overrides=(), **kwargs):
+  from dynamics.config import set_field
+  c = toy.get_config()
+  for field, value in dict(overrides).items():
+    set_field(c, field, value)
+  results, report = simulate(c, **kwargs)
+  return results
 
 
-def test_logs_at_steps_zero_to_num_steps():
-  state, m = quadratic_run(jax.random.PRNGKey(0), 0.1)
-  theta0 = m["theta"][0]
-  assert m["theta"].shape == (5, 3) and int(state.step) == 20
-  expected = theta0 * (0.9 ** np.arange(0, 21, 5))[:, None]
-  np.testing.assert_allclose(m["theta"], expected, rtol=1e-5)
+def test_logs_at_steps_zero_to_num_steps_against_exact_descent():
+  """GD on the quadratic contracts w_i - 1 by (1 - lr a_i) a step: the logged
+  w at steps 0, 5, ..., 20 is that to float32 rounding (a few ulp of |w|)."""
+  (r,) = run()
+  traj = r.traj
+  assert isinstance(traj, Trajectory)
+  np.testing.assert_array_equal(traj.step, [0, 5, 10, 15, 20])
+  np.testing.assert_allclose(traj.t, np.tile(0.1 * traj.step, (3, 1)), rtol=1e-6)
+  w0 = traj.logged["w"][:, 0]
+  a = np.linspace(0.5, 2.0, 3)
+  exact = 1 + (w0[:, None] - 1) * (1 - 0.1 * a) ** traj.step[None, :, None]
+  np.testing.assert_allclose(traj.logged["w"], exact, rtol=2e-6, atol=2e-6)
+  assert r.summary["w.rel_error_max"] < 1e-5 and r.summary["diverged_seeds"] == 0
 
 
-def test_progress_bar_counts_every_seed_step():
-  """The engine's bar: the steps of a row are counted while it is traced, the
-  ticks of every chunk of rows (one host call each, not one per seed) move it,
-  and it ends at seeds x steps whatever the chunking."""
-  run = lambda k, lr: quadratic_run(k, lr, num_steps=200, log_every=10)[1]["theta"]
-  keys = engine.seed_keys(0, 6)
-  for chunk, execs in ((0, 1), (1, 6), (3, 2)):
-    with progress.bar(6 * 200, disable=True) as bar:
-      engine.run_seeds(run, keys, 0.1, chunk=chunk, devices=jax.devices()[:1])
-      jax.effects_barrier()
-    # 20 logged intervals, a tick each, for every chunk of rows
-    assert bar.ticks == 20 * execs and bar.n == 6 * 200, (chunk, bar.ticks, bar.n)
-  fn = _rows.vmap_rows(run, 1, batched=False)
-  assert _rows.plan_rows(fn, keys, 0.1).steps == 200
+@pytest.mark.parametrize("name, opt", [("momentum", optax.sgd(0.1, momentum=0.9)),
+                                       ("adam", optax.adam(0.1))])
+def test_optimizers_are_optax(name, opt):
+  """The runner's step `p - lr d(g)` with `d` the direction of `train.optimizer`
+  is optax's own update. The compiled scan may round a multiply-add
+  differently from optax called step by step: an ulp or two a step, so 20
+  steps agree to 20 x 2 x 2^-23 ~ 5e-6 relative (a wrong momentum or bias
+  correction is off by O(1))."""
+  (r,) = run({"train.optimizer": name, "num_seeds": 1})
+  a = jnp.linspace(0.5, 2.0, 3)
+  w = jnp.asarray(r.traj.logged["w"][0, 0])
+  state = opt.init(w)
+  grad = jax.jit(jax.grad(lambda w: 0.5 * jnp.sum(a * (w - 1.0) ** 2)))
+  for k in range(20):
+    u, state = opt.update(grad(w), state, w)
+    w = optax.apply_updates(w, u)
+  np.testing.assert_allclose(r.traj.logged["w"][0, -1], np.asarray(w), rtol=5e-6)
 
 
-def test_minibatches_differ_by_step_and_seed():
-  x = jnp.arange(10.0)[:, None]
-  # The gradient of mean(x * theta) is the batch mean, so theta records the
-  # batches drawn; full batch would move it by lr * 4.5 every step.
-  loss = lambda th, x: jnp.mean(x[:, 0]) * th
-  run = lambda key: engine.trajectory(
-      jnp.zeros(()), loss_fn=loss, data=(x,), optimizer=optax.sgd(1.0),
-      metrics_fn=lambda th: {"theta": th}, num_steps=6, log_every=1, key=key,
-      batch_size=3)[1]["theta"]
-  a, b = run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(1))
-  steps = -np.diff(np.asarray(a))
-  assert len(set(np.round(steps, 6))) > 1 and not np.allclose(a, b)
-  np.testing.assert_array_equal(a, run(jax.random.PRNGKey(0)))
+def test_time_accumulates_the_step_applied():
+  """Per-seed step scales and a cosine decay: t is the sum of the steps
+  taken, to float32 rounding (Kahan-summed, so no drift with the steps)."""
+  (r,) = run({"lr_scale": 0.5, "train.decay": "cosine", "train.num_steps": 400,
+              "train.log_every": 100})
+  scale = r.traj.start["lr_scale"]
+  cos = 0.5 * (1 + np.cos(np.pi * np.arange(400) / 400))
+  want = 0.1 * scale[:, None] * np.concatenate([[0], np.cumsum(cos)[99::100]])[None]
+  np.testing.assert_allclose(r.traj.t, want, rtol=2e-7)
+  assert len(set(scale)) == 3  # each seed its own step
 
 
-def test_bad_log_every():
-  try:
-    quadratic_run(jax.random.PRNGKey(0), 0.1, num_steps=7, log_every=5)
-  except ValueError as e:
-    assert "log_every" in str(e)
-  else:
-    raise AssertionError("num_steps not a multiple of log_every was accepted")
+def test_step_keys_per_seed_and_shared():
+  """With the init ignoring its key, seeds differ only through the keys of
+  their steps: per seed they do, `train.batches='shared'` they do not; the same
+  seed twice is the same."""
+  base = {"noise": 0.3, "random_init": False}
+  (per,) = run(base)
+  (shared,) = run({**base, "train.batches": "shared"})
+  w = per.traj.logged["w"][:, -1]
+  assert not np.allclose(w[0], w[1])
+  np.testing.assert_array_equal(shared.traj.logged["w"][0], shared.traj.logged["w"][1])
+  (again,) = run(base)
+  np.testing.assert_array_equal(per.traj.logged["w"], again.traj.logged["w"])
+
+
+def test_divergence_is_recorded_and_masked():
+  """lr 1.5 on curvatures up to 2: |1 - lr a| > 1 for a > 4/3, the loss grows
+  without bound and turns inf; the step it does is recorded, values after it NaN."""
+  (r,) = run({"train.lr": 1.5, "train.num_steps": 400, "train.log_every": 20})
+  d = r.traj.diverged_at
+  assert np.all(d > 0) and r.summary["diverged_seeds"] == 3
+  for s in range(3):
+    after = r.traj.step > d[s]
+    assert np.all(np.isnan(r.traj.logged["loss"][s, after]))
+    assert np.all(np.isfinite(r.traj.logged["loss"][s, ~after]))
+
+
+def test_segments_and_chunks_do_not_change_a_row():
+  """One trajectory cut into segments of 1, 2 or all logged steps is the same
+  bit for bit (every segment runs one compiled program); rows in chunks of 1
+  or 2 equal one vmap to rounding."""
+  c = toy.get_config()
+  c.train.num_steps, c.train.log_every, c.num_seeds = 40, 5, 5
+  from dynamics import sweep
+  p = sweep.plan(c)
+  g = p.groups[0]
+  outs = []
+  for seg in (1, 2, 8):
+    runner = engine.Runner(p.experiment, lambda row: c, lambda row, sh: sh["data"],
+                           engine.Schedule.of(c), g.runner.rows,
+                           {"data": p.data[0]}, seg_logs=seg)
+    outs.append(runner.run(0, 5))
+  for other in outs[1:]:
+    for a, b in zip(jax.tree_util.tree_leaves(outs[0][:3]), jax.tree_util.tree_leaves(other[:3])):
+      np.testing.assert_array_equal(a, b)
+  for chunk in (1, 2):
+    runner = engine.Runner(p.experiment, lambda row: c, lambda row, sh: sh["data"],
+                           engine.Schedule.of(c), g.runner.rows, {"data": p.data[0]},
+                           chunk=chunk)
+    got = runner.run(0, 5)
+    np.testing.assert_allclose(got[1]["w"], outs[0][1]["w"], rtol=1e-6)
 
 
 def test_four_devices_equal_one():
@@ -79,15 +131,13 @@ def test_four_devices_equal_one():
   script = textwrap.dedent("""
       import sys, numpy as np, jax
       sys.path.insert(0, %r)
-      from tests.dynamics.test_train import quadratic_run
-      from dynamics import train as engine
+      import dynamics
+      from tests.experiments import toy
       assert jax.device_count() == 4, jax.devices()
-      run = lambda k, lr: quadratic_run(k, lr)[1]["theta"]
-      keys = engine.seed_keys(0, 5)
-      four = engine.run_seeds(run, keys, 0.1)
-      one = engine.run_seeds(run, keys, 0.1, devices=jax.devices()[:1])
-      assert four.shape == (5, 5, 3)
-      np.testing.assert_array_equal(four, one)
+      c = toy.get_config(); c.num_seeds = 5
+      four, _ = dynamics.simulate(c)
+      one, _ = dynamics.simulate(c, devices=jax.devices()[:1])
+      np.testing.assert_array_equal(four[0].traj.logged["w"], one[0].traj.logged["w"])
       print("ok")
   """ % ROOT)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -97,53 +147,31 @@ def test_four_devices_equal_one():
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
-def test_cpu_devices_default_and_batched_lapack_guard():
+def test_batched_lapack_runs_on_one_device():
+  """A row function with a decomposition that vmap batches runs on one CPU
+  device (two devices each inside a batched LAPACK call can deadlock on the
+  shared thread pool: seen with a batched QR on two cores), one without on
+  every device; `dynamics.linalg`'s decompositions vmap as loops and do not count."""
+  from dynamics import linalg
+  rows = {"key": engine.seed_keys(0, 8)}
+  cpu = [d for d in jax.devices() if d.platform == "cpu"]
+  qr = _rows.vmap_rows(lambda r, s: jnp.linalg.qr(jax.random.normal(r["key"], (4, 4)))[0])
+  loop = _rows.vmap_rows(lambda r, s: linalg.qr(jax.random.normal(r["key"], (4, 4)))[0])
+  plain = _rows.vmap_rows(lambda r, s: jnp.sum(jax.random.normal(r["key"], (4, 4))))
+  for fn, n in ((qr, 1), (loop, len(cpu)), (plain, len(cpu))):
+    assert len(_rows.plan_rows(_rows.profile(fn, rows, None), 8, devices=cpu).devices) == n
+  np.testing.assert_allclose(_rows.run_rows(qr, rows, devices=cpu),
+                             _rows.run_rows(loop, rows, devices=cpu), atol=1e-5)
+
+
+def test_cpu_devices_from_the_environment():
   """`import dynamics` gives one CPU device per core (here forced to 2 by
-  DYNAMICS_CPU_DEVICES); a train function with a batched LAPACK kernel runs its
-  rows on one device (two devices can hang inside it: dynamics._rows.row_devices),
-  one without runs on both, and the results equal a one-device run."""
-  script = textwrap.dedent("""
-      import sys, numpy as np
-      sys.path.insert(0, %r)
-      import dynamics
-      import jax, jax.numpy as jnp
-      from dynamics import _rows
-      from dynamics import train as engine
-      assert jax.device_count() == 2, jax.devices()
-      def train(key, scale):
-        a = jax.random.normal(key, (6, 6)) * scale
-        return jnp.linalg.svd(a, compute_uv=False)
-      def plain(key, scale):
-        return jax.random.normal(key, (6,)) * scale
-      keys, scales = engine.seed_keys(0, 64), jnp.linspace(1, 2, 64)
-      for f, n in ((train, 1), (plain, 2)):
-        fn = _rows.vmap_rows(f, 1)
-        assert len(_rows.row_devices(fn, keys, scales)) == n, f
-        got = _rows.run_rows(fn, keys, scales)
-        one = _rows.run_rows(fn, keys, scales, devices=jax.devices()[:1])
-        np.testing.assert_array_equal(got, one)
-      # the helpers in dynamics.linalg vmap as loops of single decompositions
-      from dynamics.linalg import svd
-      fn = _rows.vmap_rows(lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1], 1)
-      assert len(_rows.row_devices(fn, keys, scales)) == 2
-      # a row without decompositions or FFTs, or with them only inside
-      # dynamics.linalg's loops, is planned without lowering it
-      class NoLower:
-        def __init__(self, f): self.f = f
-        def __call__(self, *a, **k): return self.f(*a, **k)
-        def lower(self, *a, **k): raise AssertionError("lowered")
-      for f in (lambda k, s: plain(k, s) @ jnp.ones((6, 6)),
-                lambda k, s: svd(jax.random.normal(k, (6, 6)) * s)[1]):
-        fn = _rows.vmap_rows(f, 1)
-        spy = fn._replace(fn=NoLower(fn.fn))
-        assert len(_rows.row_devices(spy, keys, scales)) == 2
-      print("ok")
-  """ % ROOT)
+  DYNAMICS_CPU_DEVICES); a bad value is a ValueError naming the variable."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(DYNAMICS_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+  out = subprocess.run([sys.executable, "-c", "import dynamics, jax; print(jax.device_count())"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr[-2000:]
   env["DYNAMICS_CPU_DEVICES"] = "two"
   out = subprocess.run([sys.executable, "-c", "import dynamics"], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
@@ -167,63 +195,24 @@ def test_cpu_compiler_options(monkeypatch):
   assert compiler_options("cpu") is None
 
 
-def regression_run(key, lr, width=8, num_samples=24):
-  """GD of a two-layer tanh net on fixed data: matmuls whose batching could
-  change the result if chunking were wrong."""
-  k = jax.random.split(key, 3)
-  x = jax.random.normal(jax.random.PRNGKey(7), (num_samples, 5))
-  y = jnp.sin(x[:, :1])
-  w = (jax.random.normal(k[0], (5, width)), jax.random.normal(k[1], (width, 1)))
-  loss = lambda p, x, y: 0.5 * jnp.mean((jnp.tanh(x @ p[0]) @ p[1] - y) ** 2)
-  return engine.trajectory(w, loss_fn=loss, data=(x, y), optimizer=optax.sgd(lr),
-                           metrics_fn=lambda p: {"loss": loss(p, x, y), "w": p[1]},
-                           num_steps=30, log_every=10)[1]
-
-
-def test_chunked_rows_equal_one_vmap():
-  """Rows looped in chunks (even, uneven with padding, one at a time, the
-  automatic choice) give what one vmap over every row gives."""
-  with jax.enable_x64(True):
-    fn = _rows.vmap_rows(regression_run, 1)
-    keys = engine.seed_keys(0, 11)
-    lrs = jnp.linspace(0.05, 0.5, 11)
-    ref = _rows.run_rows(fn, keys, lrs, chunk=0, devices=jax.devices()[:1])
-    for chunk in (1, 3, 4, None):
-      got = _rows.run_rows(fn, keys, lrs, chunk=chunk)
-      for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    shared = engine.run_seeds(regression_run, keys, 0.1, chunk=2)
-    alone = engine.run_seeds(regression_run, keys[5:6], 0.1, chunk=0)
-    np.testing.assert_allclose(shared["loss"][5], alone["loss"][0], rtol=1e-12)
-
-
 def test_chunk_follows_the_largest_array():
   """A row whose largest array exceeds CHUNK_BYTES runs one at a time; small
-  rows vmap in chunks that fit it; few rows are not chunked; rows sharing
-  large random draws every step are not chunked."""
-  keys = engine.seed_keys(0, 4096)
-  big = _rows.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (512, 1024))), 0)
-  small = _rows.vmap_rows(lambda k: jnp.sum(jax.random.normal(k, (64, 16))), 0)
+  rows vmap in chunks that fit it; few rows are not chunked; a large array the
+  rows share does not shrink the chunks; `chunkable=False` (shared batches)
+  runs every row at once."""
+  rows = {"key": engine.seed_keys(0, 4096)}
   cpu = [d for d in jax.devices() if d.platform == "cpu"][:1]
-  assert _rows.plan_rows(big, keys, devices=cpu).chunk == 1
-  chunk = _rows.plan_rows(small, keys, devices=cpu).chunk
+  big = _rows.vmap_rows(lambda r, s: jnp.sum(jax.random.normal(r["key"], (512, 1024))))
+  small = _rows.vmap_rows(lambda r, s: jnp.sum(jax.random.normal(r["key"], (64, 16))))
+  plan = lambda fn, n=4096, shared=None, **kw: _rows.plan_rows(
+      _rows.profile(fn, jax.tree_util.tree_map(lambda a: a[:n], rows), shared), n,
+      devices=cpu, **kw)
+  assert plan(big).chunk == 1
+  chunk = plan(small).chunk
   assert chunk * 64 * 16 * 4 <= _rows.CHUNK_BYTES < 2 * chunk * 64 * 16 * 4
-  assert _rows.plan_rows(small, keys[:8], devices=cpu).chunk == 0
-  # a large array the rows share (a training set) does not shrink the chunks
+  assert plan(small, 8).chunk == 0
   data = jnp.ones((512, 1024))
   with_data = _rows.vmap_rows(
-      lambda k: jnp.sum(jax.random.normal(k, (64, 16))) + jnp.sum(jnp.tanh(data)), 0)
-  assert _rows.plan_rows(with_data, keys, devices=cpu).chunk == chunk
-  assert _rows.plan_rows(small, keys, devices=cpu, chunk=0).chunk == 0
-  # a loop drawing numbers common to every row, as large as `big`'s: chunks
-  # would each draw them again, so the rows vmap at once; drawn per row, they
-  # run one at a time
-  def steps(shared):
-    def body(c, i):
-      x = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3) if shared else c[1], i),
-                            (512, 1024))
-      return (c[0] + jnp.mean(x * c[0]), c[1]), None
-    return _rows.vmap_rows(lambda k: jax.lax.scan(body, (1.0, k), jnp.arange(3))[0][0], 0)
-  assert _rows.plan_rows(steps(True), keys, devices=cpu).chunk == 0
-  assert _rows.plan_rows(steps(False), keys, devices=cpu).chunk == 1
+      lambda r, s: jnp.sum(jax.random.normal(r["key"], (64, 16))) + jnp.sum(jnp.tanh(s)))
+  assert plan(with_data, shared=data).chunk == chunk
+  assert plan(small, chunk=0).chunk == 0 and plan(big, chunkable=False).chunk == 0
