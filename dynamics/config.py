@@ -85,6 +85,22 @@ def numbers(config, field: str, minimum: float | None = None) -> tuple:
   return tuple(float(v) for v in seq)
 
 
+def representable(config) -> None:
+  """Every float field fits the run's precision (`1e300` is not a float32)."""
+  if config.get("precision") != "float32":
+    return
+  big = float(jnp.finfo(jnp.float32).max)
+  for field in leaf_fields(config):
+    if field.startswith("sweep."):
+      continue
+    value = get(config, field)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+      if isinstance(v, float) and math.isfinite(v) and abs(v) > big:
+        fail(field, f"({v!r}) is not representable in float32 (config.precision); "
+             "use 'float64' or a smaller value.")
+
+
 def schedule(config, section: str = "train") -> tuple[float, int, int]:
   """`<section>.lr > 0` and `<section>.num_steps`, a multiple of `<section>.log_every`."""
   lr = positive(config, f"{section}.lr")
@@ -241,6 +257,8 @@ def set_field(config, field: str, value) -> None:
     value = (value,)
   if isinstance(old, ml_collections.ConfigDict):
     fail(field, "is a section; set one of its fields.")
+  if isinstance(value, bool) and isinstance(old, (int, float)) and not isinstance(old, bool):
+    fail(field, f"is a number ({old!r}); cannot set it to {value!r}.")
   try:
     node[name] = tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
   except TypeError:

@@ -135,7 +135,7 @@ def write_frame(path: str, frame: pd.DataFrame) -> None:
 
 def concat_parquet(path: str, parts: list) -> None:
   """The parquet files `parts`, one after another, as one file at `path`,
-  streamed a part at a time. Columns are the union of the parts' (a column a
+  streamed a part at a time, with page checksums (`load_sweep` verifies them). Columns are the union of the parts' (a column a
   part lacks is null there; differing types are promoted, e.g. int to float)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
@@ -143,7 +143,7 @@ def concat_parquet(path: str, parts: list) -> None:
                             promote_options="permissive").remove_metadata()
 
   def write(f):
-    with pq.ParquetWriter(f, schema) as w:
+    with pq.ParquetWriter(f, schema, write_page_checksum=True) as w:
       for part in parts:
         t = pq.read_table(part)
         w.write_table(pa.table([t.column(c.name).cast(c.type) if c.name in t.column_names

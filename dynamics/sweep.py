@@ -395,7 +395,7 @@ def _report(p: Plan, results: list) -> dict:
 
 def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
               figures: str = "auto", out_name: str = "--out", verbose: bool = True,
-              restart: bool = False, checkpoint_every_s: float = 10.0, devices=None) -> str:
+              restart: bool = False, checkpoint_every_s: float = 60.0, devices=None) -> str:
   """Runs (or resumes) the grid into `out_dir`; writes the table, summaries, figures.
 
   Args:
@@ -409,10 +409,10 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_
     out_name: what to call `out_dir` in errors (the flag the user set).
     verbose: progress bar and the console report.
     restart: discard what `out_dir` holds (a run directory) and start afresh.
-    checkpoint_every_s: inside a chunk, the scan state is saved after a
-      segment once this many seconds have passed since the last save (and
-      only while saves take under a tenth of the time); 0 saves after every
-      segment.
+    checkpoint_every_s: inside a chunk, the scan state is saved at every
+      tenth of its steps and at least this often (seconds), each time a save
+      costs under a tenth of the time since the last one; 0 saves after every
+      segment. A rerun resumes from the last save.
 
   Returns:
     The absolute path of `out_dir`. Files: docs/sweeps.md.
@@ -481,17 +481,27 @@ class _Run:
     if jax.process_count() > 1:
       return self._go_distributed(restart)
     old = self._existing(restart)
-    io.makedirs(self.out)
+    self._makedirs()
     with io.lock(self.out, self.name):
       old = self._existing(restart)  # again, under the lock
       return self._locked(old)
+
+  def _makedirs(self) -> None:
+    try:
+      io.makedirs(self.out)
+      probe = os.path.join(self.out, ".probe")
+      open(probe, "w").close()
+      os.remove(probe)
+    except OSError as e:
+      raise ValueError(f"{self.name} ({self.out!r}) cannot be written: "
+                       f"{e.strerror or e}.") from None
 
   def _go_distributed(self, restart):
     from dynamics import _dist
     if self.writer:
       try:
         old = self._existing(restart)
-        io.makedirs(self.out)
+        self._makedirs()
         with io.lock(self.out, self.name):
           old = self._existing(restart)
           layout = self._layout(old)
@@ -686,7 +696,9 @@ class _Run:
         jax.process_count() == 1 else None
     done0 = resume[0] if resume else 0
     bar.update((b - a) * done0 * steps)
-    clock = {"last": time.perf_counter(), "save": 0.0}
+    clock = {"last": time.perf_counter(), "save": 0.0,
+             "mark": done0 // max(1, runner.schedule.num_logs // 10) + 1}
+    every = max(1, runner.schedule.num_logs // 10)  # a save at every tenth of the steps
 
     def on_segment(done, state, first, logged):
       bar.update((b - a) * runner.seg_logs * steps)
@@ -697,11 +709,12 @@ class _Run:
       if not self.writer or jax.process_count() > 1 or done >= runner.schedule.num_logs:
         return
       now = time.perf_counter()
-      if now - clock["last"] >= max(self.every_s, 10 * clock["save"]):
+      since = now - clock["last"]
+      due = done >= clock["mark"] * every or since >= self.every_s
+      if self.every_s == 0 or (due and since >= 10 * clock["save"]):
         self._checkpoint(ckpt, gi, ci, a, b, done, state, first, logged)
-        clock["at"] = done
-        clock["save"] = time.perf_counter() - now
-        clock["last"] = time.perf_counter()
+        clock.update(at=done, save=time.perf_counter() - now, last=time.perf_counter(),
+                     mark=done // every + 1)
 
     first, logged, t, state = runner.run(a, b, resume=resume, on_segment=on_segment)
     if self.writer:

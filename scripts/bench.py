@@ -25,15 +25,14 @@ import resource
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dynamics import _rows  # the engine's runner: its plan, compiled apart
 from dynamics import train as engine
-from dynamics.experiments import lsa_icl
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression
 from dynamics.tasks.linear_teacher import linear_teacher
@@ -64,7 +63,19 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best / 1e9
 
 
-# --- workloads: (train(key) -> metrics, single-step pieces, FLOPs/seed-step) ---
+# --- workloads: an experiment's pieces (`init`, `loss`, `observe`) and data,
+# run by the engine's own runner (`dynamics.train.Runner`: start, then
+# segments of the compiled scan, as every experiment runs), the pieces of a
+# single Python-loop step, and the FLOPs of a seed-step ---
+
+def _experiment(init, loss, observe, data, lr, steps, log_every, batches="per_seed"):
+  exp = types.SimpleNamespace(init=lambda c, k, d: {"params": init(k)},
+                              loss=lambda c, s, d, k: loss(s["params"], d, k),
+                              observe=lambda c, s, d: observe(s["params"], d))
+  config = types.SimpleNamespace(train=types.SimpleNamespace(lr=lr))
+  schedule = engine.Schedule(steps, log_every, batches=batches)
+  return exp, config, schedule, data
+
 
 def _deep_linear(depth, d, hidden, p, lr, steps, log_every, stats=False):
   log_every = log_every if steps % log_every == 0 else steps
@@ -72,62 +83,53 @@ def _deep_linear(depth, d, hidden, p, lr, steps, log_every, stats=False):
   task = linear_teacher(jax.random.PRNGKey(0), d_in=d, d_out=d, num_samples=p,
                         singular_values=jnp.linspace(3.0, 0.5, d))
   if stats:
-    data = deep_linear.statistics(task.x, task.y)
-    loss = deep_linear.stats_loss
+    data = {"xy": deep_linear.statistics(task.x, task.y)}
+    loss = lambda w, dd, k: deep_linear.stats_loss(w, *dd["xy"])
   else:
-    data = (task.x, task.y)
-    loss = lambda w, x, y: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(w, x) - y) ** 2, -1))
-  metrics = lambda w: {"loss": loss(w, *data),
-                       "u": deep_linear.mode_strengths(w, task.u_modes, task.v_modes)}
+    data = {"xy": (task.x, task.y)}
+    loss = lambda w, dd, k: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(w, dd["xy"][0])
+                                                    - dd["xy"][1]) ** 2, -1))
+  data.update(u=task.u_modes, v=task.v_modes)
+  observe = lambda w, dd: {"loss": loss(w, dd, None),
+                           "u": deep_linear.mode_strengths(w, dd["u"], dd["v"])}
   init = lambda key: deep_linear.init_random(key, sizes, 0.5)
-  opt = optax.sgd(lr)
-
-  def train(key):
-    return engine.trajectory(init(key), loss_fn=loss, data=data, optimizer=opt,
-                             metrics_fn=metrics, num_steps=steps, log_every=log_every)[1]
-
   flops = 6 * p * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-  return train, (init, lambda w: loss(w, *data), opt), flops
+  return _experiment(init, loss, observe, data, lr, steps, log_every), \
+      (init, lambda w: loss(w, data, None), optax.sgd(lr)), flops
 
 
 def _relu_train(steps, d=64, m=1024, p=512, lr=0.5):
   k_x, k_t = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.normal(k_x, (p, d))
   y = relu_net.apply(relu_net.init(k_t, d, 16, bias=False), x)
-  loss = lambda w, x_, y_: 0.5 * jnp.mean((relu_net.apply(w, x_) - y_) ** 2)
+  loss = lambda w, dd, k: 0.5 * jnp.mean((relu_net.apply(w, dd["x"]) - dd["y"]) ** 2)
   init = lambda key: relu_net.init(key, d, m, bias=False)
-  opt = optax.sgd(lr)
-
-  def train(key):
-    return engine.trajectory(init(key), loss_fn=loss, data=(x, y), optimizer=opt,
-                             metrics_fn=lambda w: {"loss": loss(w, x, y)},
-                             num_steps=steps, log_every=max(steps // 20, 1))[1]
-
-  return train, (init, lambda w: loss(w, x, y), opt), 6 * p * (d * m + m)
+  data = {"x": x, "y": y}
+  return _experiment(init, loss, lambda w, dd: {"loss": loss(w, dd, None)}, data, lr, steps,
+                     max(steps // 20, 1)), \
+      (init, lambda w: loss(w, data, None), optax.sgd(lr)), 6 * p * (d * m + m)
 
 
 def _lsa_icl(steps, d=10, n=40, batch=512, lr=0.05, shared=False, moments=True):
   cs = jnp.eye(d)
-  evals = icl_regression.sample(jax.random.PRNGKey(1), 1024, n, cs)
+  evals = tuple(icl_regression.sample(jax.random.PRNGKey(1), 1024, n, cs))
   init = lambda key: linear_attention.init(key, d)
-  opt = optax.sgd(lr)
-  # the experiment's training path (lsa_icl.training_data): moments by default
-  sample, loss_fn = lsa_icl.training_data(batch, n, cs, 0.0, moments=moments)
-
-  def train(key):
-    k_i, k_d = jax.random.split(key)
-    if shared:  # the lsa_icl experiment's opt-in task.prompts = 'shared'
-      k_d = jax.random.PRNGKey(2)
-    return engine.trajectory(init(k_i), loss_fn=loss_fn, data=sample,
-                             optimizer=opt, key=k_d,
-                             metrics_fn=lambda w: {"loss": linear_attention.loss(w, *evals)},
-                             num_steps=steps, log_every=max(steps // 20, 1))[1]
-
+  # fresh prompts every step, drawn from the step key: as moments (the
+  # experiment's default for Gaussian inputs) or as tokens
+  if moments:
+    draw = lambda k: tuple(icl_regression.sample_moments(k, batch, n, cs, 0.0))
+    loss_fn = linear_attention.loss_moments
+  else:
+    draw = lambda k: tuple(icl_regression.sample(k, batch, n, cs))
+    loss_fn = linear_attention.loss
+  loss = lambda w, dd, k: loss_fn(w, *draw(k))
+  observe = lambda w, dd: {"loss": linear_attention.loss(w, *dd["evals"])}
   # the plain layer W_PV (Z M Z^T) W_KQ Z on [d+1, N+1] tokens, forward + 2x backward
   e, t = d + 1, n + 1
   flops = 3 * batch * (2 * e * e * t * 2 + 2 * e**3 * 2)
-  # the loop baseline draws fresh prompts every step too
-  return train, (init, lambda w, k: loss_fn(w, *sample(k)), opt), flops
+  return _experiment(init, loss, observe, {"evals": evals}, lr, steps, max(steps // 20, 1),
+                     "shared" if shared else "per_seed"), \
+      (init, lambda w, k: loss_fn(w, *draw(k)), optax.sgd(lr)), flops
 
 
 def build(workload: str, steps: int):
@@ -184,17 +186,17 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
     return {**row, **_ntk_row(repeats, **NTK_SIZE)}
   if workload == "sweep":
     return {**row, **_sweep_row(seeds, steps, repeats)}
-  train, pieces, flops = build(workload, steps)
-  keys = engine.seed_keys(0, seeds)
-  fn = _rows.vmap_rows(train, 0)
-  t = time.perf_counter()  # compile time: the engine's plan, tracing, lowering, XLA
-  plan = _rows.plan_rows(fn, keys)  # the engine's own choice of devices and chunk
-  keys_s, _ = _rows.pad_and_shard(keys, devices=plan.devices, multiple=max(plan.chunk, 1))
-  compiled = fn.lower(keys_s, groups=len(plan.devices), chunk=plan.chunk).compile()
-  row["compile_s"] = time.perf_counter() - t
-  row.update(devices=len(plan.devices), chunk=plan.chunk)
-  jax.block_until_ready(compiled(keys_s))  # warm-up
-  run_s = float(np.median([_timed(compiled, keys_s)[0] for _ in range(repeats)]))
+  (exp, config, schedule, data), pieces, flops = build(workload, steps)
+  shared = {"data": data}
+  if schedule.batches == "shared":
+    shared["batch_key"] = engine.shared_batch_key(0)
+  runner = engine.Runner(exp, lambda row: config, lambda row, sh: sh["data"], schedule,
+                         {"key": engine.seed_keys(0, seeds)}, shared)
+  first, _ = _timed(lambda: runner.run(0, seeds))  # compiles the start and the scan
+  run_s = float(np.median([_timed(lambda: runner.run(0, seeds))[0] for _ in range(repeats)]))
+  _, adv, _ = runner.plan(seeds)
+  row.update(devices=len(adv.devices), chunk=adv.chunk, segments=schedule.num_logs //
+             runner.seg_logs, compile_s=first - run_s)
   rate = seeds * steps / run_s
   row.update(run_s=run_s, seed_steps_per_s=rate, gflops=flops * rate / 1e9,
              peak_fraction=flops * rate / 1e9 / peak,
@@ -232,12 +234,12 @@ def _ntk_row(repeats, d=64, m=4096, n=1024) -> dict:
 
 
 def _sweep_row(seeds, steps, repeats=3) -> dict:
-  """A 16-point lr x init-scale grid of the deep_linear experiment, through
-  `run_sweep` and as one hand-written vmapped call over the same rows."""
+  """A 16-point lr x init-scale grid of the deep_linear experiment through
+  `run_sweep` (planning, the store, the analysis, no figures), against the
+  same rows trained by the engine's runner alone."""
   import tempfile
 
-  from dynamics import experiments, load_config, sweep
-  from dynamics.experiments import deep_linear as exp
+  from dynamics import load_config, sweep
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = load_config(os.path.join(root, "configs", "deep_linear.py"))
   config.num_seeds = seeds
@@ -245,23 +247,17 @@ def _sweep_row(seeds, steps, repeats=3) -> dict:
   config.task.d_in = config.task.d_out = 16
   config.task.num_samples = 256
   config.train.num_steps, config.train.log_every, config.train.lr = steps, 10, 0.05
-  lrs, scales = (0.01, 0.02, 0.03, 0.05), (0.1, 0.2, 0.3, 0.5)
-  config.sweep = {"train": {"lr": lrs}, "init": {"scale": scales}}
-  hp = {k: jnp.repeat(v, seeds) for k, v in {
-      "lr": jnp.repeat(jnp.array(lrs), 4), "scale": jnp.tile(jnp.array(scales), 4)}.items()}
-  base = experiments.hparams(exp, config)
-  hp = {**{k: jnp.broadcast_to(v, (16 * seeds,) + v.shape) for k, v in base.items()}, **hp}
-  keys = jnp.tile(engine.seed_keys(config.seed, seeds), (16, 1))
-  # alternate the two, each from scratch (a fresh train function, so each
-  # compiles), and compare medians: single runs vary by ~10% on this machine
+  config.sweep = {"train": {"lr": (0.01, 0.02, 0.03, 0.05)},
+                  "init": {"scale": (0.1, 0.2, 0.3, 0.5)}}
   sweep_times, direct_times = [], []
-  for _ in range(repeats):
+  for _ in range(repeats):  # alternate the two, each from scratch (each compiles)
     with tempfile.TemporaryDirectory() as tmp:
       t = time.perf_counter()
       sweep.run_sweep(config, os.path.join(tmp, "s"), figures="none", verbose=False)
       sweep_times.append(time.perf_counter() - t)
     t = time.perf_counter()
-    jax.block_until_ready(_rows.run_rows(_rows.vmap_rows(exp.make_train(config), 1), keys, hp))
+    (group,) = sweep.plan(config).groups
+    group.runner.run(0, group.rows)
     direct_times.append(time.perf_counter() - t)
   sweep_s, direct_s = float(np.median(sweep_times)), float(np.median(direct_times))
   rate = 16 * seeds * steps / sweep_s

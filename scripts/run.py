@@ -30,8 +30,15 @@ def _on_term(signum, frame):
   raise _Terminated()
 
 
+class OneLineParser(argparse.ArgumentParser):
+  """Usage errors in one line (`--help` has the rest), exit status 2."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message} (see --help)\n")
+
+
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(
+  ap = OneLineParser(
       description=__doc__.split("\n")[0],
       epilog="Config overrides: --config.<field>=<value>, e.g. --config.train.lr=0.02.")
   ap.add_argument("--config", required=True, help="experiment config file, e.g. "
@@ -40,9 +47,10 @@ def main(argv=None) -> int:
   ap.add_argument("--memory_budget_mb", type=float, default=2048,
                   help="memory for the outputs of one chunk of (point x seed) rows in flight; "
                        "one file per chunk")
-  ap.add_argument("--checkpoint_every_s", type=float, default=10.0,
-                  help="inside a chunk, save the training state after a segment once this "
-                       "many seconds have passed since the last save (0: every segment)")
+  ap.add_argument("--checkpoint_every_s", type=float, default=60.0,
+                  help="inside a chunk the training state is saved at every tenth of its "
+                       "steps and at least this often, while a save costs under a tenth of "
+                       "the time between saves (0: after every segment)")
   ap.add_argument("--figures", default="auto", choices=("auto", "all", "none"),
                   help="auto: the grid's figure, and each point's up to 24 points; all; none")
   ap.add_argument("--restart", action="store_true",

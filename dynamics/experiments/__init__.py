@@ -178,6 +178,7 @@ def check(config) -> None:
   cfg.integer(config, "seed", minimum=0)
   cfg.integer(config, "num_seeds")
   cfg.one_of(config, "precision", cfg.PRECISIONS)
+  cfg.representable(config)
   cfg.schedule(config)
   train = cfg.get(config, "train")
   for field, options in (("optimizer", engine.OPTIMIZERS), ("decay", engine.DECAYS),
