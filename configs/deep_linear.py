@@ -14,12 +14,16 @@ Expect: every mode's measured half-learning time within ~5% of the theory
 exact), max relative error of u_i(t) ~1-4%, loss R^2 > 0.999. Exact agreement
 (error O(lr)) with `--config.init.name=aligned`; theory-precision checks with
 `--config.precision=float64`. docs/deep_linear.md explains each gap.
+`:smoke`: the same grid, 4 seeds, 2000 steps (t = 10 and 20: every mode's
+half-learning time is reached).
 """
 
 import ml_collections
 
+from dynamics.config import smoke
 
-def get_config():
+
+def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.experiment = "dynamics.experiments.deep_linear"
   config.seed = 0
@@ -62,4 +66,4 @@ def get_config():
   config.sweep.train = ml_collections.ConfigDict({"lr": (0.005, 0.01)})
   config.sweep.init = ml_collections.ConfigDict({"scale": (0.02, 0.05)})
   config.sweep.model = ml_collections.ConfigDict({"depth": (1, 2)})
-  return config
+  return smoke(arg, config, num_seeds=4, train__num_steps=2000)

@@ -454,7 +454,9 @@ class _Run:
     self.config_json = _canonical(config)
     self.code = store.code_digest(protocol.source_files(p.experiment))
     self.identity = store.sha256((self.config_json + self.code["sha256"]).encode())
-    self.execution = {"backend": jax.default_backend(), "devices": jax.device_count(),
+    self.execution = {"backend": jax.default_backend(),
+                      "devices": jax.device_count() if p.groups[0].runner.devices is None
+                      else len(p.groups[0].runner.devices),
                       "processes": jax.process_count(),
                       "chunk_rows": os.environ.get("DYNAMICS_CHUNK_ROWS")}
     self.writer = jax.process_index() == 0
@@ -497,23 +499,31 @@ class _Run:
                        f"{e.strerror or e}.") from None
 
   def _go_distributed(self, restart):
+    """Process 0 decides (refusal, finished, the layout) and tells the others."""
     from dynamics import _dist
-    if self.writer:
-      try:
+    if not self.writer:
+      got = _dist.share(None)
+      if "error" in got:
+        raise ValueError(got["error"])
+      return self.out if got.get("finished") else self._locked(None, got["layout"])
+    sent = False
+    try:
+      old = self._existing(restart)
+      self._makedirs()
+      with io.lock(self.out, self.name):
         old = self._existing(restart)
-        self._makedirs()
-        with io.lock(self.out, self.name):
-          old = self._existing(restart)
-          layout = self._layout(old)
-          _dist.share({"layout": layout})
-          return self._locked(old, layout)
-      except ValueError as e:
-        _dist.share({"error": f"the writing process (0) refused: {e}"}, once=True)
-        raise
-    got = _dist.share(None)
-    if "error" in got:
-      raise ValueError(got["error"])
-    return self._locked(None, got["layout"])
+        if old is not None and old.get("finished") and self._finished_intact(old):
+          _dist.share({"finished": True})
+          sent = True
+          return self._locked(old)
+        layout = self._layout(old)
+        _dist.share({"layout": layout})
+        sent = True
+        return self._locked(old, layout)
+    except ValueError as e:
+      if not sent:  # refused before the run began: the others stop too
+        _dist.share({"error": f"the writing process (0) refused: {e}"})
+      raise
 
   def _existing(self, restart: bool):
     """The stored run to resume (`run.json`), None for a new run; refuses,

@@ -287,7 +287,8 @@ class Runner:
     if resume is None:
       state, first = _rows.call(self.start_fn, _rows.shard_rows(rows, start_plan, num_padded),
                                 self._shared(0), start_plan)
-      state = _rows.shard_rows(state, adv_plan, num_padded)
+      if list(start_plan.devices) != list(adv_plan.devices):
+        state = _rows.shard_rows(_rows.to_host(state, num_padded), adv_plan, num_padded)
       first = _rows.to_host(first, n)
       done, logged = 0, []
     else:

@@ -16,7 +16,8 @@ depth-normalised half-learning time `N t_half` (steps at lr ~ 1/N), in the
 printed table and the figure's right panel. About 2.5 min on a 2-core CPU.
 Expected: aligned flat in depth and on the theory; the scaled Gaussian's
 weakest mode several times slower at depth 8 and 16 than at depth 1.
-Measured numbers: docs/reproductions.md.
+`:smoke`: the same grid, 4 seeds to t = 5 (every half-learning time but the
+deepest random networks' is reached). Measured numbers: docs/reproductions.md.
 """
 
 import os
@@ -24,10 +25,12 @@ import os
 import ml_collections
 
 from dynamics import load_config
+from dynamics.config import smoke
 
 
-def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), "..", "deep_linear.py"))
+def get_config(arg=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "deep_linear.py"),
+                       arg=arg)
   config.output_dir = "runs/saxe2014_depth"
   config.num_seeds = 16
   config.model.width = 8
@@ -40,4 +43,4 @@ def get_config():
   config.sweep = ml_collections.ConfigDict()
   config.sweep.model = ml_collections.ConfigDict({"depth": (1, 2, 4, 8, 16)})
   config.sweep.init = ml_collections.ConfigDict({"name": ("aligned", "orthogonal", "random")})
-  return config
+  return smoke(arg, config, num_seeds=4, train__num_steps=5000, train__log_every=5)

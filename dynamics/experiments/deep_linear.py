@@ -41,15 +41,13 @@ FORMULATIONS = ("auto", "samples", "statistics")
 
 
 def uses_statistics(config) -> bool:
-  """Whether a run trains on `models.deep_linear.statistics` instead of the
-  samples (`stats_loss`: the same loss to rounding). `train.formulation =
-  'auto'` picks it for full-batch runs with more samples than input dimensions,
-  where a step costs `O(d_in sum(fan_in fan_out))` instead of `O(P ...)`."""
-  form, batch = config.train.get("formulation", "auto"), config.train.batch_size
-  full = batch in (0, None) or batch >= config.task.num_samples
-  if form == "auto":
-    return full and config.task.num_samples > config.task.d_in
-  return form == "statistics"
+  """Whether a run trains on `models.deep_linear.statistics` (`stats_loss`: the same loss to
+  rounding), not the samples. `train.formulation = 'auto'`: for full-batch runs with more
+  samples than inputs, where a step costs `O(d_in sum(fan_in fan_out))`, not `O(P ...)`."""
+  form, batch, n = config.train.get("formulation", "auto"), config.train.batch_size, \
+      config.task.num_samples
+  return form == "statistics" or (form == "auto" and n > config.task.d_in and (
+      batch in (0, None) or batch >= n))
 
 
 def setup(config) -> dict:
@@ -57,8 +55,8 @@ def setup(config) -> dict:
   `v_modes`), the teacher's `M` (`s_teacher = s[:M]`), `tr Sigma_yy`, and what
   the loss needs (the samples `x`, `y`, or `sigma_xx`, `w_star`, `loss_star`)."""
   depth, width = cfg.integer(config, "model.depth"), cfg.integer(config, "model.width")
-  init = cfg.one_of(config, "init.name", INITS)
-  cfg.nonnegative(config, "init.scale"), cfg.nonnegative(config, "init.u0")
+  init, _, _ = (cfg.one_of(config, "init.name", INITS), cfg.nonnegative(config, "init.scale"),
+                cfg.nonnegative(config, "init.u0"))
   cfg.integer(config, "task.seed", minimum=0)
   d_in, d_out = cfg.integer(config, "task.d_in"), cfg.integer(config, "task.d_out")
   n, k = cfg.integer(config, "task.num_samples"), min(d_in, d_out)
@@ -74,8 +72,7 @@ def setup(config) -> dict:
   noise_var = cfg.nonnegative(config, "task.noise_var")
   batch = cfg.integer(config, "train.batch_size", minimum=0)
   if batch > n:
-    cfg.fail("train.batch_size", f"({batch}) exceeds task.num_samples ({n}); use 0 for "
-             "full batch.")
+    cfg.fail("train.batch_size", f"({batch}) exceeds task.num_samples ({n}); 0: full batch.")
   if "formulation" in config.train and cfg.one_of(
       config, "train.formulation", FORMULATIONS) == "statistics" and 0 < batch < n:
     cfg.fail("train.formulation", "'statistics' needs full-batch training "
@@ -90,10 +87,8 @@ def _task(d_in, d_out, n, dtype, stats, key, s, noise_var) -> dict:
                         noise_var=noise_var, dtype=dtype)
   data = {"s": task.s, "u_modes": task.u_modes, "v_modes": task.v_modes,
           "s_teacher": task.s[:len(s)], "sigma_yy_trace": task.sigma_yy_trace}
-  if stats:
-    return {**data, **dict(zip(("sigma_xx", "w_star", "loss_star"),
-                               model.statistics(task.x, task.y)))}
-  return {**data, "x": task.x, "y": task.y}
+  loss_data = model.statistics(task.x, task.y) if stats else (task.x, task.y)
+  return {**data, **dict(zip(("sigma_xx", "w_star", "loss_star") if stats else "xy", loss_data))}
 
 
 def init(config, key, data) -> dict:
@@ -101,9 +96,9 @@ def init(config, key, data) -> dict:
   initial strength of the aligned solution it joins."""
   m, t = config.model, config.task
   sizes = model.layer_sizes(t.d_in, t.d_out, m.width, m.depth)
-  if config.init.name == "aligned":
-    u0 = initial_strengths(config, data, None)
-    return {"params": model.init_aligned(key, sizes, u0, data["u_modes"], data["v_modes"])}
+  if config.init.name == "aligned":  # initial_strengths needs no `start` for it
+    return {"params": model.init_aligned(key, sizes, initial_strengths(config, data, None),
+                                         data["u_modes"], data["v_modes"])}
   draw = model.init_random if config.init.name == "random" else model.init_orthogonal
   params = draw(key, sizes, config.init.scale, data["s"].dtype)
   if config.init.name != "random" or m.depth > 2:
@@ -155,10 +150,9 @@ def theory(config, data, start, t) -> dict:
     return {}
   s, n, m = data["s"], config.model.depth, data["s_teacher"].shape[-1]
   u = theory_dl.mode_strength(t, s, u0, n)
-  # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for
-  # whitened inputs) is the noise's share. Without noise y = W* x exactly and
-  # it is exactly 0; the task's float32 statistics would round it to a false
-  # floor of ~1e-6 instead.
+  # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for whitened
+  # inputs) is the noise's share. Without noise y = W* x exactly and it is exactly 0;
+  # the task's float32 statistics would round it to a false floor of ~1e-6 instead.
   irreducible = 0.0 if config.task.noise_var == 0 else jnp.maximum(
       data["sigma_yy_trace"] - jnp.sum(s**2), 0.0)
   return {"u": u[:, :m], "loss": 0.5 * jnp.sum((s - u) ** 2, axis=-1) + 0.5 * irreducible,
@@ -168,8 +162,8 @@ def theory(config, data, start, t) -> dict:
 def _point(r) -> dict:
   """Per teacher mode (kept seeds): the measured half-learning time (seed mean,
   95% CI, std), and the predicted one, its worst seed's error, `u_i(t)`'s errors."""
-  c, traj, pred, kept = r.config, r.traj, r.pred, r.traj.kept
-  s = np.asarray(r.data["s_teacher"], np.float64)
+  c, traj, pred, s = r.config, r.traj, r.pred, np.asarray(r.data["s_teacher"], np.float64)
+  kept = traj.kept  # (a `Result` read from a run directory loads on every access)
   u = np.moveaxis(np.asarray(traj.logged["u"], np.float64)[kept], 1, -1)  # [S, M, L]
   t_emp = np.stack([metrics.time_to_fraction(ti, ui, s) for ti, ui in zip(traj.t[kept], u)])
   emp, nan = metrics.seed_stats(t_emp), lambda f, x: float(f(x) if np.isfinite(x).any() else np.nan)
@@ -198,8 +192,7 @@ def _point(r) -> dict:
 
 
 def depth_table(results, rows) -> list[dict]:
-  """Every mode of every point with `N t_half`, measured and predicted: the time
-  in steps at a learning rate `lr0 / N`, under which Saxe et al. compare depths."""
+  """Every mode of every point with `N t_half` (steps at lr ~ 1/N, Saxe et al.'s scaling)."""
   return [{"depth": (n := r.config.model.depth), "init": r.config.init.name,
            "mode": m["mode"], "s": m["s"], "depth_time_measured": n * m["learning_time_measured"],
            "depth_time_seed_std": n * m["learning_time_seed_std"],
@@ -213,7 +206,8 @@ def report(config, results) -> dict:
   """`_point` per point; the worst half-learning-time error; over depth (and `init.name`)
   alone, `depth_table`. Figure: measured against predicted half-learning times (left), their
   difference per point (middle, seed 95% CI), `N t_half` against depth (right)."""
-  rows = [_point(r) if r.traj.kept.any() else {} for r in results]
+  rows = [_point(r) if r.summary["diverged_seeds"] < r.summary["num_seeds"] else {}
+          for r in results]
   errors = [x for r in rows if np.isfinite(x := r.get("learning_time_rel_error_max", np.nan))]
   out = {"points": rows, "points_with_theory": sum("loss.mean_rel_error" in r for r in rows),
          "learning_time_rel_error_max": max(errors) if errors else None}

@@ -173,6 +173,21 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
   pd.testing.assert_frame_equal(load_sweep(ref), load_sweep(out))
 
 
+def test_resuming_on_other_devices_is_refused(tmp_path, monkeypatch):
+  """An unfinished run resumed on another number of devices would round its
+  remaining rows differently: refused in one line naming both settings."""
+  c, out = chunked(tmp_path)
+  interrupt_after(monkeypatch, 45)
+  with pytest.raises(sweep.Interrupted):
+    run_sweep(c, out, verbose=False, memory_budget_mb=1e-4)
+  monkeypatch.undo()
+  if jax.device_count() == 1:
+    pytest.skip("one device: nothing to change")
+  with pytest.raises(ValueError, match="'devices': 1") as e:
+    run_sweep(c, out, verbose=False, memory_budget_mb=1e-4, devices=jax.devices()[:1])
+  assert "\n" not in str(e.value)
+
+
 def damage(path, offset=200):
   with open(path, "r+b") as f:
     f.seek(offset)
