@@ -101,8 +101,12 @@ def point(result, path: str) -> None:
     p = pred.get(name)
     if sim.ndim == 2:
       sim, p = sim[..., None], (None if p is None else np.asarray(p)[..., None])
+    kept = sim[np.asarray(traj.kept)]
+    positive = kept[np.isfinite(kept)]
+    log = positive.size and np.all(positive > 0) and positive.max() > 10 * positive.min()
     for k in range(min(sim.shape[-1], 10)):
-      trajectories(ax, traj.t, sim[..., k], None if p is None else p[..., k], color=f"C{k}")
+      trajectories(ax, traj.t, sim[..., k], None if p is None else p[..., k], color=f"C{k}",
+                   log=bool(log), label=f"{name}[{k}]" if sim.shape[-1] > 1 else None)
     ax.set(xlabel="t = lr x steps", ylabel=name, title=name)
     if p is not None:
       legend_theory(ax)

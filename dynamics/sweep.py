@@ -711,6 +711,8 @@ class _Run:
     every = max(1, runner.schedule.num_logs // 10)  # a save at every tenth of the steps
 
     def on_segment(done, state, first, logged):
+      if done == 0:  # the start, before any step
+        return
       bar.update((b - a) * runner.seg_logs * steps)
       self.where = (f"group {gi + 1}/{len(self.p.groups)}, chunk {ci + 1}, step "
                     f"{done * steps} of {runner.schedule.num_steps}"
@@ -1021,7 +1023,8 @@ def _block(d: dict, indent: str) -> list:
   for k, v in d.items():
     if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
       out.append(f"{indent}{k}:")
-      frame = pd.DataFrame([protocol.flat(io.strict(x)) for x in v])
+      frame = pd.DataFrame([{k: _fmt(x) if isinstance(x, list) else x
+                             for k, x in protocol.flat(io.strict(r)).items()} for r in v])
       out += [indent + "  " + line for line in frame.to_string(
           index=False, float_format=lambda x: f"{x:.4g}").splitlines()]
     elif isinstance(v, dict):
@@ -1035,6 +1038,8 @@ def _block(d: dict, indent: str) -> list:
 def _fmt(v) -> str:
   if isinstance(v, float):
     return f"{v:.4g}"
+  if isinstance(v, (list, tuple)):
+    return "[" + ", ".join(_fmt(x) for x in v) + "]"
   return str(v)
 
 
@@ -1100,6 +1105,66 @@ def load_results(out_dir: str) -> list[Result]:
   for i in range(len(p.points)):
     _verified(out_dir, os.path.join("points", f"p{i:05d}.npz"))
   return [run._load_point(i) for i in range(len(p.points))]
+
+
+def replay(out_dir: str, point: int = 0, seed: int = 0, step: int | None = None) -> dict:
+  """Seed `seed` of grid point `point` of a run, trained again: its trajectory
+  and its whole training state at logged step `step` (default: the last).
+
+  The run's chunk that holds the row is trained again, in a program of the same
+  shape as the original (the same rows, devices and chunks; segments of one
+  logged step, which change no bit: tests/dynamics/test_train.py), so the
+  trajectory is the table's, bit for bit. It costs that chunk's training:
+  `rows` rows for `seconds` seconds. Needs the code that ran it (refused
+  otherwise, as a rerun would be).
+
+  Returns:
+    `{"traj": Trajectory` of the one seed (`[1, ...]`), `"state":
+    dynamics.train.TrainState` at `step` (numpy: `params`, `opt_state`,
+    `consts`, `t`, `diverged_at`), `"rows"`, `"seconds"}`.
+  """
+  config = cfg.load_json_config(_finished(out_dir, "config.json"))
+  p = plan(config)
+  with precision(p.configs[0].precision):
+    run = _Run(p, config, os.path.abspath(out_dir), "out_dir", DEFAULT_MEMORY_BUDGET_MB,
+               "none", False, 60.0)
+    old = run._existing(False)
+    if old is None:
+      raise ValueError(f"{out_dir} holds no run to replay.")
+    if not 0 <= point < len(p.points):
+      raise ValueError(f"`point` must be in [0, {len(p.points)}), got {point!r}.")
+    if not 0 <= seed < p.configs[point].num_seeds:
+      raise ValueError(f"`seed` must be in [0, {p.configs[point].num_seeds}), got {seed!r}.")
+    gi = next(i for i, g in enumerate(p.groups) if point in g.points)
+    g = p.groups[gi]
+    row = g.offsets[g.points.index(point)] + seed
+    a, b = next((a, b) for a, b in old["layout"]["groups"][gi]["chunks"] if a <= row < b)
+    sched = g.runner.schedule
+    want = sched.num_logs if step is None else step // sched.log_every
+    if step is not None and (step % sched.log_every or not 0 <= want <= sched.num_logs):
+      raise ValueError(f"`step` must be a logged step (0, {sched.log_every}, ..., "
+                       f"{sched.num_steps}), got {step!r}.")
+    runner = engine.Runner(p.experiment, g.runner._bind, g.runner._data_of, sched,
+                           g.runner.rows, g.runner.shared, devices=g.runner.devices,
+                           seg_logs=1)
+    kept = {}
+
+    def grab(done, state, first, logged):
+      if done == want:
+        from dynamics import _rows
+        kept["state"] = _rows.to_host(state, b - a)
+
+    start = time.perf_counter()
+    first, logged, t, state = runner.run(a, b, on_segment=grab)
+    seconds = time.perf_counter() - start
+    i = row - a
+    pick = lambda tree: jax.tree_util.tree_map(lambda x: np.asarray(x)[i:i + 1], tree)
+    rows = pick({"first": first, "logged": logged, "t": t, "state": state})
+    traj = _trajectory(p, point, {**rows, "state": _HostState(rows["state"].consts,
+                                                              rows["state"].diverged_at)})
+    at = kept.get("state")
+    at = None if at is None else jax.tree_util.tree_map(lambda x: np.asarray(x)[i], at)
+    return {"traj": traj, "state": at, "rows": b - a, "seconds": seconds}
 
 
 # ---------------------------------------------------------------------------

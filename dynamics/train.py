@@ -277,7 +277,7 @@ class Runner:
   def run(self, a: int, b: int, *, resume=None, on_segment=None):
     """Rows `a:b` from step 0, or from `resume = (done_logs, state, first,
     logged)` (a checkpoint's content). `on_segment(done_logs, state, first,
-    logged)` is called after every segment (progress, checkpoints; `state` on
+    logged)` is called after the start (0) and every segment (progress, checkpoints; `state` on
     the devices, padded). Returns `(first, logged, t, state)` on the host:
     step-0 observations `[R, ...]`, the logged observations `[R, L-1, ...]`,
     their times `[R, L-1]` and the final state (padded rows dropped)."""
@@ -291,6 +291,8 @@ class Runner:
         state = _rows.shard_rows(_rows.to_host(state, num_padded), adv_plan, num_padded)
       first = _rows.to_host(first, n)
       done, logged = 0, []
+      if on_segment is not None:
+        on_segment(0, state, first, logged)
     else:
       done, state, first, logged = resume
       state = _rows.shard_rows(state, adv_plan, num_padded)

@@ -213,8 +213,10 @@ CLI = [
     (["--config.sweep.train.lr=()"], "sweep.train.lr"),
     (["--memory_budget_mb=-5"], "--memory_budget_mb"),
     (["--memory_budget_mb=0"], "--memory_budget_mb"),
-    (["--checkpoint_every_steps=0"], "--checkpoint_every_steps"),
-    (["--checkpoint_every_steps=-10"], "--checkpoint_every_steps"),
+    (["--checkpoint_every_s=-1"], "--checkpoint_every_s"),
+    (["--config.train.lr=True"], "train.lr"),
+    (["--config.train.lr=1e300"], "train.lr"),
+    (["--config.train.optimizer=rmsprop"], "train.optimizer"),
 ]
 
 

@@ -86,8 +86,10 @@ class Trajectory:
 
 class Result:
   """One grid point: its config, the arrays `setup` drew, the trajectory, the
-  theory beside it and its summary. From a run directory the arrays are read
-  when first asked for."""
+  theory beside it and its summary. From a run directory (a `report` at the
+  end of `run_sweep`, `dynamics.load_results`) the arrays are read from the
+  point's file at every access of `.data`, `.traj` or `.pred`, so that a report
+  over a large grid holds one point at a time: read `r.traj` once into a name."""
 
   def __init__(self, index: int, fields: dict, config, summary: dict | None = None, *,
                data=None, traj: Trajectory | None = None, pred=None,

@@ -149,6 +149,8 @@ def interrupt_after(monkeypatch, segments: int):
   def run(self, a, b, resume=None, on_segment=None):
     def hook(*args):
       on_segment(*args)
+      if args[0] == 0:  # the start
+        return
       count["n"] += 1
       if count["n"] == segments:
         raise KeyboardInterrupt
@@ -349,3 +351,19 @@ def test_report_numbers_reach_the_summary_and_the_console(tmp_path, capsys):
   assert "headline: 42" in capsys.readouterr().out
   assert "final_w0" in load_summary(out).columns
   assert json.load(open(os.path.join(out, "summary.json")))["grid"]["headline"] == 42.0
+
+
+def test_replay_is_the_table_bit_for_bit(tmp_path):
+  """One seed of a finished run, trained again: its trajectory equals its rows
+  of the table bit for bit, and the state at a logged step is the one that
+  produced that step's observations (`w` is the parameters)."""
+  c, out = chunked(tmp_path)
+  run_sweep(c, out, verbose=False, memory_budget_mb=1e-4)
+  arrays = load_arrays(out, 1)
+  got = sweep.replay(out, point=1, seed=5, step=200)
+  np.testing.assert_array_equal(got["traj"].logged["w"][0], arrays["logged/w"][5])
+  np.testing.assert_array_equal(got["traj"].t[0], arrays["t"][5])
+  np.testing.assert_array_equal(got["state"].params, arrays["logged/w"][5, 20])
+  assert got["rows"] < 16 and got["seconds"] > 0
+  with pytest.raises(ValueError, match="`step`"):
+    sweep.replay(out, point=1, seed=5, step=7)
