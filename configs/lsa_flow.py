@@ -12,6 +12,7 @@ Expect: at lr 0.005 the loss and u g within ~2% of gradient_flow, the rest
 being gradient descent's O(lr) lag; the half-learning time of u g lags the
 flow by about lr sqrt(d) / 2 (the plateau's growth factor 1 + lr sqrt(d) per
 step instead of exp(lr sqrt(d))): 0.6%, 1.1%, 2.2%. docs/linear_attention.md.
+`:smoke`: the same grid and steps, 1 seed, 512 prompts a step, 1024 eval prompts.
 """
 
 import os
@@ -19,10 +20,11 @@ import os
 import ml_collections
 
 from dynamics import load_config
+from dynamics.config import smoke
 
 
-def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), "lsa_icl.py"))
+def get_config(arg=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), "lsa_icl.py"), arg=arg)
   config.output_dir = "runs/lsa_flow"
   config.num_seeds = 2
   config.init.name = "aligned"
@@ -35,4 +37,5 @@ def get_config():
   config.train.log_every = 10
   config.train.batch_size = 2048
   config.sweep = ml_collections.ConfigDict({"train": {"lr": (0.005, 0.01, 0.02)}})
-  return config
+  return smoke(arg, config, num_seeds=1, eval__num_prompts=1024, train__log_every=20,
+               train__batch_size=512)

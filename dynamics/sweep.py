@@ -206,7 +206,8 @@ def _plan_groups(experiment, points, configs, data, devices) -> list:
   return groups
 
 
-def _split(experiment, idx, points, configs, data, swept, floats, static, devices):
+def _split(experiment, idx, points, configs, data, swept, floats, static, devices,
+           strict=False):
   """Groups of the points `idx`, equal in every field of `static`."""
   by: dict = {}
   for i in idx:
@@ -217,18 +218,24 @@ def _split(experiment, idx, points, configs, data, swept, floats, static, device
                len({_hashable(points[i][f]) for i in sub}) > 1]
     batched = tuple(f for f in varying if f in floats)
     unread = tuple(f for f in varying if f not in floats)
+    args = (experiment, sub, points, configs, data, swept, floats)
     try:
       out.append(_group(experiment, sub, configs, data, batched, unread, devices))
     except _Read as e:
-      out += _split(experiment, sub, points, configs, data, swept, floats,
-                    static | {e.field}, devices)
-    except Exception:  # noqa: BLE001 - retried without shared fields, raised if it recurs
-      if not varying:
+      out += _split(*args, static | {e.field}, devices, strict)
+    except Exception:  # noqa: BLE001 - a swept value used where it cannot be traced
+      if not varying or strict:
         raise
       # a swept value used as a Python value (a float in control flow, a width
-      # checked for being an int): these points cannot share a call
-      out += _split(experiment, sub, points, configs, data, swept, floats,
-                    static | set(varying), devices)
+      # checked for being an int): find the field, one at a time; else all
+      for f in unread + batched:
+        try:
+          out += _split(*args, static | {f}, devices, strict=True)
+          break
+        except Exception:  # noqa: BLE001
+          continue
+      else:
+        out += _split(*args, static | set(varying), devices)
   return out
 
 
@@ -319,6 +326,9 @@ def simulate(config, *, devices=None) -> tuple[list[Result], dict]:
         results[i] = _analyze(p, i, r)
     rep = _report(p, results)
   rep.pop("figure", None)
+  for fig in (rep.pop("figures", None) or {}).values():
+    import matplotlib.pyplot as plt
+    plt.close(fig)
   return results, rep
 
 
@@ -841,6 +851,11 @@ class _Run:
     bar.close()
     rep = _report(p, results)
     figure = rep.pop("figure", None)
+    extra = rep.pop("figures", None) or {}
+    if extra and self.figures != "none":
+      io.makedirs(self.path("figures"))
+      for name, fig in extra.items():
+        io.write_figure(self.path("figures", f"{name}.png"), lambda path, f=fig: _save(f, path))
     summary = summary_frame(p, [r.summary for r in results])
     io.concat_parquet(self.path("results.parquet"),
                       [os.path.join(parts, f"p{i:05d}.parquet") for i in range(len(p.points))])
@@ -862,9 +877,11 @@ class _Run:
         from dynamics import plots
         io.write_figure(self.path("figure.png"), lambda path: plots.grid(results, path))
         wrote_figure = True
-    elif figure is not None:
+    else:
       import matplotlib.pyplot as plt
-      plt.close(figure)
+      for fig in [figure, *extra.values()]:
+        if fig is not None:
+          plt.close(fig)
     finished = {rel: store.file_sha256(self.path(rel)) for rel in
                 ["results.parquet", "summary.csv", "summary.json"] +
                 [os.path.join("points", f"p{i:05d}.npz") for i in range(len(p.points))]}

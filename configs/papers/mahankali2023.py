@@ -11,7 +11,8 @@ d = 5, noiseless, N in (5, 10, 20, 40), 8 seeds from a small random init,
 lsa_icl.py's training). About 40 s on a 2-core CPU. Expected: every seed's
 `Gamma` within ~1% of `optimal_gd_lr I` (0.455, 0.625, 0.769, 0.870) and its
 predictions within ~2% of that GD step, sensitivity cosine 0.9999.
-Measured numbers: docs/reproductions.md.
+Measured numbers: docs/reproductions.md. `:smoke`: the same N, 2 seeds, 1000
+annealed steps of 256 prompts.
 """
 
 import os
@@ -19,11 +20,13 @@ import os
 import ml_collections
 
 from dynamics import load_config
+from dynamics.config import smoke
 
 
-def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), "..", "lsa_icl.py"))
+def get_config(arg=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "lsa_icl.py"), arg=arg)
   config.output_dir = "runs/mahankali2023"
   config.sweep = ml_collections.ConfigDict()
   config.sweep.task = ml_collections.ConfigDict({"n_context": (5, 10, 20, 40)})
-  return config
+  return smoke(arg, config, num_seeds=2, eval__num_prompts=1024, train__num_steps=1000,
+               train__log_every=500, train__batch_size=256)

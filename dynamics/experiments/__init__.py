@@ -34,8 +34,9 @@ config file's directory by `dynamics.load_config`). The module defines:
     report(config, results) -> dict             optional
         Across the grid, from every point's `Result`: `"points"` (one dict per
         point: its numbers, added to its row of `summary.csv`), `"figure"` (a
-        matplotlib figure: the run's `figure.png`), and any other entries (the
-        grid's numbers: `summary.json`, the console).
+        matplotlib figure: the run's `figure.png`), `"figures"` (more, by name:
+        `figures/<name>.png`), and any other entries (the grid's numbers:
+        `summary.json`, the console).
 
 In `init`, `loss` and `observe` the config is the grid point's, with every
 swept float field traced (one compiled call runs every value); a swept field

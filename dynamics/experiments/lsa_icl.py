@@ -11,8 +11,8 @@ the weights. Theory (`theory.linear_attention`): random init, the endpoint
 against `Gamma*` and against one GD step at `optimal_gd_lr` (von Oswald et al.
 2023), across N the risk; aligned init (constant lr), `gradient_flow`, across
 lr gradient descent's lag `lr sqrt(d) / 2`. `train.lr_scaling = 'curvature'`
-steps by `train.lr / a(N)` (`setup`). A seed within 5% of `Gamma*`'s risk on
-the same prompts has converged; others sit on a plateau (docs/linear_attention.md).
+steps by `train.lr / a(N)` (`setup`). Seeds within 5% of `Gamma*`'s risk on the
+same prompts converged; others sit on a plateau (docs/linear_attention.md).
 """
 
 import jax
@@ -26,7 +26,6 @@ from dynamics.tasks import icl_regression as task
 from theory import linear_attention as theory_la
 
 CONVERGED = 0.05
-SCALINGS = ("curvature", "none")
 SAMPLINGS = ("auto", "tokens", "moments")
 
 
@@ -40,7 +39,7 @@ def _check(config) -> None:
   cfg.integer(config, "task.seed", minimum=0), cfg.positive(config, "task.input_range")
   cov = cfg.one_of(config, "task.covariance", task.COVARIANCES)
   inputs = cfg.one_of(config, "task.inputs", task.INPUTS)
-  cfg.one_of(config, "train.lr_scaling", SCALINGS)
+  cfg.one_of(config, "train.lr_scaling", ("curvature", "none"))
   pool = cfg.integer(config, "task.pool_size", minimum=0)
   moments = cfg.one_of(config, "task.sampling", SAMPLINGS) == "moments"
   for field, bad, why in (
@@ -127,8 +126,8 @@ def observe(config, state, data) -> dict:
   gamma = model.effective_gamma(q)
   y_hat = model.predict_moments(q, ev["e"], ev["x_q"])
   y_gamma = jnp.einsum("bd,de,be->b", ev["x_q"], gamma, ev["e"][:, :d, d])
-  risk = theory_la.icl_risk(gamma, data["cov"], config.task.n_context, config.task.noise_var,
-                            kurtosis=data["kurtosis"])  # exact: no Monte-Carlo noise
+  risk = theory_la.icl_risk(gamma, data["cov"], int(config.task.n_context),  # int(): the planner
+                            config.task.noise_var, kurtosis=data["kurtosis"])  # sees N read
   return {"loss": 0.5 * jnp.mean((y_hat - ev["y_q"]) ** 2), "loss_gamma": 0.5 * risk,
           "gamma": gamma, "u": q["w_pv"][d, d], "g": jnp.trace(q["w_kq"][:d, :d]) / d,
           "ug": jnp.trace(gamma) / d, "w_kq": q["w_kq"], "w_pv": q["w_pv"],
@@ -152,10 +151,10 @@ def theory(config, data, start, t) -> dict:
           "gamma_end": th["gamma"][-1]}
 
 
-def compare_to(r, gamma) -> dict:
+def compare_to(data, traj, gamma) -> dict:
   """Every seed's layer at the last logged step against `x_q^T gamma h` on the
   eval prompts (`model.versus_gamma`, `[S]` each) and `gamma`'s Monte-Carlo risk there."""
-  ev, lg = {k: np.asarray(v) for k, v in r.data["eval"].items()}, r.traj.logged
+  ev, lg = {k: np.asarray(v) for k, v in data["eval"].items()}, traj.logged
   w = {k: jnp.asarray(lg[k][:, -1]) for k in ("w_kq", "w_pv")}
   out = jax.vmap(model.versus_gamma, (0, None, None, None))(w, ev["e"], ev["x_q"],
                                                             jnp.asarray(gamma, ev["e"].dtype))
@@ -165,11 +164,13 @@ def compare_to(r, gamma) -> dict:
 
 
 def _point(r) -> dict:
-  c, traj, kept = r.config, r.traj, r.traj.kept
+  c, data, traj, pred = r.config, r.data, r.traj, r.pred  # a run directory reads each access
+  if not (kept := traj.kept).any():
+    return {}
   _stats = lambda x: {k: float(metrics.seed_stats(x)[k]) for k in ("mean", "std")} \
       if len(x) else None
   lg = {k: np.asarray(v, np.float64)[kept] for k, v in traj.logged.items()}
-  pr = {k: np.asarray(v)[kept] for k, v in r.pred.items()}
+  pr = {k: np.asarray(v)[kept] for k, v in pred.items()}
   gs, gamma = pr["gamma_star"][0], lg["gamma"][:, -1]
   dist = lambda g, ref: np.linalg.norm(g - ref, axis=(-2, -1)) / np.linalg.norm(ref)
   out = {"covariance": c.task.covariance if c.task.inputs == "gaussian" else
@@ -184,7 +185,7 @@ def _point(r) -> dict:
             "gamma_final_rel_error": float(np.max(dist(gamma, th))),
             "gamma_star_rel_error": float(np.max(dist(gamma, gs))),
             "gamma_star_rel_error_theory": float(dist(th, gs))}
-  opt, gd = compare_to(r, gs), compare_to(r, pr["eta"][0] * np.eye(c.task.d))
+  opt, gd = compare_to(data, traj, gs), compare_to(data, traj, pr["eta"][0] * np.eye(c.task.d))
   risk, err = 2 * lg["loss"][:, -1], dist(gamma, gs)
   excess = (risk - opt["risk_mc"]) / pr["risk_opt"][0]
   ok = excess < CONVERGED
@@ -202,7 +203,7 @@ def _point(r) -> dict:
 def report(config, results) -> dict:
   """Per point the endpoint or the flow; across the grid the risk against N
   per input law (random init) and the flow lag against lr (aligned init)."""
-  rows = [_point(r) if r.traj.kept.any() else {} for r in results]
+  rows = [_point(r) for r in results]
   risk_vs_n, lag, first = {}, [], {}
   for r, s in zip(results, rows):
     if "risk_median" in s:
@@ -216,9 +217,8 @@ def report(config, results) -> dict:
       lag.append({"lr": s["lr"], "covariance": s["covariance"],
                   "t_half_rel_error": s["t_half_measured"]["mean"] / s["t_half_theory"] - 1,
                   "predicted": float(s["lr"] * np.sqrt(r.config.task.d) / 2)})
-  for v in risk_vs_n.values():
-    v.sort(key=lambda x: x["n_context"])
-  lag.sort(key=lambda x: x["lr"])
+  for v in (*risk_vs_n.values(), lag):  # by N, the lag by lr
+    v.sort(key=lambda x: x.get("n_context", x.get("lr")))
   fig, axes = plots.figure(max(len(risk_vs_n) + bool(lag), 1))
   for ax, (label, pts) in zip(axes, risk_vs_n.items()):
     c, data = first[label].config, first[label].data
@@ -246,5 +246,5 @@ def report(config, results) -> dict:
     ax.set(xlabel="learning rate", ylabel="t_half(GD) / t_half(flow) - 1 (%)",
            title="aligned init: gradient descent lags the flow by O(lr)")
     ax.legend(fontsize=8)
-  fig.suptitle("one-layer linear self-attention: simulation vs theory.linear_attention")
+  fig.suptitle("linear self-attention vs theory.linear_attention", fontsize=10)
   return {"points": rows, "figure": fig, "risk_vs_n": risk_vs_n, "flow_lag": lag}

@@ -3,10 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
-from dynamics import experiments, simulate, sweep
+from dynamics import simulate, sweep
 from dynamics import train as engine
 from dynamics.experiments import lsa_icl
 from dynamics.models import linear_attention as model
@@ -68,11 +69,37 @@ def test_uniform_inputs_are_von_oswalds():
   np.testing.assert_allclose((x**4).mean(0) / x.var(0) ** 2, 1.8, rtol=1e-2)
 
 
+def test_the_layer_against_gamma_through_moments():
+  # The eval prompts are kept as moments: the layer's prediction from them is
+  # the token layer's, and versus_gamma's closed-form sensitivity
+  # d y_hat / d x_q is jax.grad of the token layer (as von Oswald et al.
+  # compute it), the distance to x_q^T Gamma h likewise.
+  with jax.enable_x64(True):
+    d, n = 4, 7
+    params = model.init(jax.random.PRNGKey(0), d, form="separate", scale=1.0, dtype=jnp.float64)
+    cov = icl.covariance(jax.random.PRNGKey(1), d, "skewed", dtype=jnp.float64)
+    p = icl.sample(jax.random.PRNGKey(2), 32, n, icl.sqrtm(cov), 0.2)
+    m = icl.to_moments(p)
+    np.testing.assert_allclose(model.predict_moments(params, m.e, m.x_q),
+                               model.predict(params, p.x, p.y, p.x_q), rtol=1e-12)
+    gamma = la.optimal_preconditioner(cov, n)
+    grad_q = jax.grad(lambda xq, x, y: model.predict(params, x[None], y[None], xq[None])[0])
+    s = jax.vmap(grad_q)(p.x_q, p.x, p.y)
+    h = jnp.einsum("bn,bnd->bd", p.y, p.x) / n
+    s_ref, y_ref = h @ gamma.T, jnp.einsum("bd,de,be->b", p.x_q, gamma, h)
+    cos = jnp.sum(s * s_ref, -1) / (jnp.linalg.norm(s, axis=-1) * jnp.linalg.norm(s_ref, axis=-1))
+    y = model.predict(params, p.x, p.y, p.x_q)
+    got = model.versus_gamma(params, m.e, m.x_q, gamma)
+    np.testing.assert_allclose(got["sens_cos"], jnp.mean(cos), rtol=1e-10)
+    np.testing.assert_allclose(got["pred_rel_diff"],
+                               jnp.linalg.norm(y - y_ref) / jnp.linalg.norm(y_ref), rtol=1e-10)
+
+
 def small(name="lsa_icl", **overrides):
   """4 seeds, 1000 steps, 4096 eval prompts; `overrides` as `field=value`."""
   c = config(name)
   c.num_seeds = 4
-  c.eval.num_prompts = 4096
+  c.eval.num_prompts, c.train.batch_size = 4096, 256
   c.train.num_steps, c.train.log_every = 1000, 100
   for k, v in overrides.items():
     section, _, field = k.replace("__", ".").rpartition(".")
@@ -104,18 +131,20 @@ def test_trained_models_reach_the_optimum():
 def test_risk_against_context_length():
   """Two context lengths in one grid: each point's theory is icl_risk of its
   own optimum (computed here independently), and the step follows the
-  curvature of the risk, lr / a(N)."""
+  curvature of the risk, lr / a(N), through the runner's time."""
   c = small(sweep={"task": {"n_context": (2, 8)}}, task__covariance="skewed",
             train__num_steps=200, num_seeds=2, eval__num_prompts=512)
   points, summary = simulate(c)
   rows = summary["risk_vs_n"]["skewed"]
   assert [r["n_context"] for r in rows] == [2, 8]
-  cov = np.asarray(lsa_icl.setting(points[1].config)["cov"])
+  cov = np.asarray(points[1].data["cov"], np.float64)
   np.testing.assert_allclose(rows[1]["risk_opt_theory"],
                              la.icl_risk(la.optimal_preconditioner(cov, 8), cov, 8), rtol=1e-5)
+  decay = optax.cosine_decay_schedule(1.0, c.train.num_steps)  # train.decay = 'cosine'
+  first = sum(float(decay(k)) for k in range(c.train.log_every))
   for p, n in zip(points, (2, 8)):
     assert p.summary["lr"] == pytest.approx(c.train.lr * n / (n + 1 + c.task.d))
-    np.testing.assert_allclose(p.t[1], p.summary["lr"] * c.train.log_every)
+    np.testing.assert_allclose(p.traj.t[:, 1], p.summary["lr"] * first, rtol=1e-5)
 
 
 def flow(lr, batch_size=1024):
@@ -128,8 +157,8 @@ def flow(lr, batch_size=1024):
 def test_aligned_init_tracks_gradient_flow():
   f = flow(0.005)
   # loss: exact risk of the trained Gamma(t); measured 1.2% at this size
-  assert f["loss_max_rel_error"] < 0.03 and f["ug_max_rel_error"] < 0.03, f
-  assert f["loss_r2"] > 0.999 and f["gamma_final_rel_error"] < 0.02, f
+  assert f["loss_gamma.rel_error_max"] < 0.03 and f["ug.rel_error_max"] < 0.03, f
+  assert f["loss_gamma.r2_min"] > 0.999 and f["gamma_final_rel_error"] < 0.02, f
   err_small = f["t_half_measured"]["mean"] / f["t_half_theory"] - 1
   assert abs(err_small) < 0.01, f
   # gradient descent lags the flow by O(lr): on the plateau (u, sqrt(d) g)
@@ -149,40 +178,45 @@ def test_finite_pool_of_prompts_overfits():
   assert pooled["risk_measured"]["mean"] > 1.05 * online["risk_measured"]["mean"], (pooled, online)
 
 
-def test_shared_prompts_are_an_opt_in():
-  """`task.prompts = 'shared'`: every seed's step-k prompts are
-  `training_data(...)(fold_in(shared_key, k))`, the task's own sampler on
-  the task seed's stream (a first step by hand checks it), so from the aligned
+def test_shared_batches_are_an_opt_in():
+  """`train.batches = 'shared'`: every seed's step-k prompts are
+  `training_data(...)(fold_in(shared_batch_key(seed), k))`, the task's own
+  sampler (the first logged step by hand checks it), so from the aligned
   init, which draws nothing, the seeds coincide; with the default
-  `'per_seed'` they do not. Either way a seed's run does not depend on the
-  seeds run beside it."""
-  c = small("lsa_flow", sweep={}, init__u0=0.1, init__g0=0.1, train__lr=0.01,
-            train__num_steps=40, train__log_every=1, train__batch_size=64)
+  `'per_seed'` seed i draws from `fold_in(split(fold_in(PRNGKey(seed), i))[1], k)`
+  and they do not, nor does a seed's run depend on the seeds run beside it."""
+  c = small("lsa_flow", sweep={}, num_seeds=5, init__u0=0.1, init__g0=0.1, train__lr=0.01,
+            train__num_steps=40, train__log_every=4, train__batch_size=64,
+            eval__num_prompts=256)
   n, d, lr = c.task.n_context, c.task.d, 0.01
-  hp = experiments.hparams(lsa_icl, c)
-  keys = engine.seed_keys(0, 5)
-  spread = {}
-  for prompts in lsa_icl.PROMPTS:
-    c.task.prompts = prompts
-    train = lsa_icl.make_train(c)
-    out = engine.run_seeds(train, keys, hp)
-    alone = engine.run_seeds(train, keys[3:4], hp)
-    np.testing.assert_allclose(alone["gamma"][0], out["gamma"][3], rtol=1e-5, atol=1e-7)
-    spread[prompts] = np.ptp(out["u"][:, -1]) / np.abs(out["u"][0, -1])
-  assert spread["shared"] < 1e-6 < 1e-3 < spread["per_seed"], spread
-  w0 = model.init(None, d, name="aligned", u0=0.1, g0=0.1)
   assert lsa_icl.uses_moments(c)  # fresh Gaussian prompts, N >= d + 1: the default path
-  data, loss_fn = lsa_icl.training_data(64, n, hp["cov_sqrt"], 0.0)
-  batch = data(jax.random.fold_in(hp["shared_key"], 0))
-  w1 = jax.tree_util.tree_map(lambda w, g: w - lr * g, w0, jax.grad(loss_fn)(w0, *batch))
-  np.testing.assert_allclose(out["gamma"][:, 1], np.broadcast_to(
-      model.effective_gamma(w1), out["gamma"][:, 1].shape), rtol=1e-5, atol=1e-8)
+  spread, gamma = {}, {}
+  for batches in engine.BATCHES:
+    c.train.batches = batches
+    (p,), _ = simulate(c)
+    gamma[batches], u = p.traj.logged["gamma"], p.traj.logged["u"][:, -1]
+    spread[batches] = np.ptp(u) / np.abs(u[0])
+    key = (engine.shared_batch_key(c.seed) if batches == "shared" else
+           jax.random.split(engine.seed_keys(c.seed, 5)[3])[1])
+    sample, loss_fn = lsa_icl.training_data(64, n, jnp.asarray(p.data["cov_sqrt"]), 0.0)
+    step = jax.jit(lambda w, k: jax.tree_util.tree_map(
+        lambda w, g: w - lr * g, w, jax.grad(loss_fn)(w, *sample(k))))
+    w = model.init(None, d, name="aligned", u0=0.1, g0=0.1)
+    for k in range(c.train.log_every):
+      w = step(w, jax.random.fold_in(key, k))
+    np.testing.assert_allclose(gamma[batches][3, 1], model.effective_gamma(w), rtol=1e-5,
+                               atol=1e-8)
+  assert spread["shared"] < 1e-6 < 1e-3 < spread["per_seed"], spread
+  c.num_seeds, c.train.batches = 2, "per_seed"  # the first two seeds alone
+  (alone,), _ = simulate(c)
+  np.testing.assert_allclose(alone.traj.logged["gamma"], gamma["per_seed"][:2], rtol=1e-5,
+                             atol=1e-7)
 
 
 @pytest.mark.parametrize("field, value", [
     ("init.name", "orthogonal"), ("task.covariance", "diag"), ("task.n_context", 0),
     ("train.lr", -1.0), ("train.num_steps", 2001), ("train.decay", "linear"),
-    ("task.condition_number", 0.5), ("task.pool_size", 100), ("task.prompts", "own"),
+    ("task.condition_number", 0.5), ("task.pool_size", 100), ("train.batches", "own"),
     ("train.lr_scaling", "sqrt"), ("task.inputs", "laplace"), ("task.input_range", 0.0),
     ("task.sampling", "wishart")])
 def test_bad_config(field, value):
@@ -213,8 +247,7 @@ def test_moments_sample_the_token_law(noise_var):
   cs = icl.sqrtm(cov)
   m = icl.sample_moments(jax.random.PRNGKey(1), b, n, cs, noise_var)
   p = icl.sample(jax.random.PRNGKey(2), b, n, cs, noise_var)
-  ctx = np.asarray(jnp.concatenate([p.x, p.y[..., None]], -1), np.float64)
-  e_tok = np.einsum("bni,bnj->bij", ctx, ctx) / n
+  e_tok = np.asarray(icl.to_moments(p).e, np.float64)
   e_mom = np.asarray(m.e, np.float64)
   for a, c in ((e_mom, e_tok), (e_mom**2, e_tok**2),
                (np.asarray(m.y_q, np.float64)[:, None] ** 2, np.asarray(p.y_q)[:, None] ** 2),
@@ -258,23 +291,21 @@ def test_uniform_inputs_need_an_isotropic_covariance():
 
 
 def test_vonoswald2023_direction():
-  # configs/papers/vonoswald2023.py at reduced size: with their uniform inputs
-  # and with Gaussian ones the trained layer is one GD step at the input law's
-  # best rate (full size: prediction difference 1-2%, cosine 0.9999), and on
+  # configs/papers/vonoswald2023.py:smoke (2 seeds, 600 steps at lr 0.01: a
+  # shorter run needs the longer step): with their uniform inputs and with
+  # Gaussian ones the trained layer is one GD step at the input law's best
+  # rate (full size: prediction difference 1-2%, cosine 0.9999), and on
   # uniform inputs it sits at the kurtosis-corrected rate (6.06), not at the
   # Gaussian formula's (5.71, 6% away).
-  c = config("papers/vonoswald2023")
-  c.num_seeds, c.eval.num_prompts = 2, 2048
-  c.train.num_steps, c.train.log_every, c.train.batch_size = 600, 200, 512
-  c.train.lr = 0.01  # a shorter run needs the longer step
-  points, _ = simulate(c)
+  points, _ = simulate(config("papers/vonoswald2023"))
   for p in points:
     s = p.summary
     assert s["converged_seeds"] == 2, s
-    cos, diff = p.out["vs_gd_sens_cos"], p.out["vs_gd_pred_rel_diff"]
+    gd = lsa_icl.compare_to(p.data, p.traj, p.pred["eta"][0] * np.eye(10))
+    cos, diff = gd["sens_cos"], gd["pred_rel_diff"]
     assert np.all(cos > 0.995) and np.all(diff < 0.06), (cos, diff)
   uni = next(p for p in points if p.config.task.inputs == "uniform")
-  gamma = np.asarray(uni.out["gamma"][:, -1], np.float64)
+  gamma = np.asarray(uni.traj.logged["gamma"][:, -1], np.float64)
   # the mean diagonal averages the minibatch noise of the 100 entries down
   eta = np.trace(gamma, axis1=1, axis2=2) / 10
   assert np.all(np.abs(eta - 6.0606) < np.abs(eta - 5.7143) / 3), eta
@@ -287,36 +318,31 @@ def test_aligned_init_needs_merged_form_and_a_constant_rate():
   c = config("lsa_flow", ["train.decay=cosine"])
   with pytest.raises(ValueError, match=r"train\.decay"):
     sweep.plan(c)
-  sweep.plan(config("lsa_icl", ["model.form=separate"]))
+  sweep.plan(config("lsa_icl", ["sweep={}", "model.form=separate"]))
 
 
 def test_zhang2024_direction():
-  # configs/papers/zhang2024.py at reduced size: from their balanced init the
-  # trained Gamma reaches Gamma* with skewed inputs, which is not one GD step
-  # (full size: 1.0% from Gamma*, the minibatch noise at a constant lr).
-  c = config("papers/zhang2024")
-  c.num_seeds, c.eval.num_prompts = 1, 1024
-  c.sweep.task.covariance = ("skewed",)
-  c.train.lr, c.train.num_steps, c.train.log_every, c.train.batch_size = 0.02, 1500, 100, 512
-  (p,), _ = simulate(c)
+  # configs/papers/zhang2024.py:smoke on its skewed point (lr 0.02 to t = 30,
+  # 1 seed): from their balanced init the trained Gamma reaches Gamma* with
+  # skewed inputs, which is not one GD step (full size: 1.0% from Gamma*, the
+  # minibatch noise at a constant lr).
+  (p,), _ = simulate(config("papers/zhang2024", ["sweep.task.covariance=('skewed',)"]))
   assert p.summary["gamma_star_rel_error_theory"] < 1e-3, p.summary
   assert p.summary["gamma_star_rel_error"] < 0.05, p.summary
-  gs = np.asarray(lsa_icl.setting(p.config)["gamma_star"], np.float64)
+  gs = np.asarray(p.pred["gamma_star"][0], np.float64)
   eta = np.trace(gs) / 5
   assert np.linalg.norm(gs - eta * np.eye(5)) > 0.2 * np.linalg.norm(gs)
 
 
 def test_mahankali2023_direction():
-  # configs/papers/mahankali2023.py at reduced size: the trained layer is one
-  # GD step whose rate grows with N as N / (N + 1 + d) (full size: within 0.2%).
-  c = config("papers/mahankali2023")
-  c.num_seeds, c.eval.num_prompts = 2, 1024
-  c.sweep.task.n_context = (5, 40)
-  c.train.num_steps, c.train.log_every = 1000, 500
-  points, _ = simulate(c)
+  # configs/papers/mahankali2023.py:smoke at N = 5 and 40 (2 seeds, 1000
+  # steps): the trained layer is one GD step whose rate grows with N as
+  # N / (N + 1 + d) (full size: within 0.2%).
+  points, _ = simulate(config("papers/mahankali2023", ["sweep.task.n_context=(5,40)"]))
   for p in points:
     n = p.config.task.n_context
-    eta = np.trace(np.asarray(p.out["gamma"][:, -1]), axis1=1, axis2=2) / 5
+    eta = np.trace(np.asarray(p.traj.logged["gamma"][:, -1]), axis1=1, axis2=2) / 5
     # SGD noise with 256 prompts a step, annealed: ~1% per seed
     np.testing.assert_allclose(eta, n / (n + 6), rtol=0.03)
-    assert np.all(p.out["vs_gd_sens_cos"] > 0.99)
+    gd = lsa_icl.compare_to(p.data, p.traj, p.pred["eta"][0] * np.eye(5))
+    assert np.all(gd["sens_cos"] > 0.99), gd
