@@ -55,7 +55,8 @@ def get_config(arg=None):
   config.lsa = ml_collections.ConfigDict(dict(
       d=4, n_context=10, num_prompts=256, init_scale=1.0, lr=0.05))
   # after the prune, every family: train.lr x <family>.lr a step
-  config.train = ml_collections.ConfigDict({"lr": 1.0, "num_steps": 1000, "log_every": 10})
+  config.train = ml_collections.ConfigDict({"lr": 1.0, "num_steps": 1000, "log_every": 10,
+                                            "optimizer": "sgd"})
 
   config.sweep = ml_collections.ConfigDict()
   config.sweep.model = ml_collections.ConfigDict({"family": ("deep_linear", "relu", "lsa")})

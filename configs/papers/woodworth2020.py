@@ -12,15 +12,17 @@ About 20 s on a 2-core CPU. Expected: the learned beta on the predicted
 interpolator (`theory.diagonal_linear.implicit_bias_solution`) at every
 alpha, near the l1 interpolator (which recovers beta*, test error ~0) at
 small alpha and near the l2 one at alpha = 1, the test error rising between.
-Measured numbers: docs/reproductions.md.
+Measured numbers: docs/reproductions.md. `:smoke`: 2 seeds, d = 40, 16
+measurements of a 2-sparse beta*, t = 120, the same grid.
 """
 
 import os
 
 from dynamics import load_config
+from dynamics.config import smoke
 
 
-def get_config():
+def get_config(arg=None):
   config = load_config(os.path.join(os.path.dirname(__file__), "..", "diagonal_linear.py"))
   config.output_dir = "runs/woodworth2020"
   config.task.d = 100
@@ -29,4 +31,5 @@ def get_config():
   config.train.lr = 0.004
   config.train.num_steps = 50000
   config.train.log_every = 1000
-  return config
+  return smoke(arg, config, num_seeds=2, task__d=40, task__num_train=16, task__sparsity=2,
+               train__num_steps=30000, train__log_every=10000)

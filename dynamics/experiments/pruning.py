@@ -78,10 +78,8 @@ def setup(config) -> dict:
   if not cfg.positive(config, "prune.target_gap") < 1:
     cfg.fail("prune.target_gap", f"must lie in (0, 1), got {config.prune.target_gap}.")
   cfg.positive(config, f"{fam}.lr")
-  fields = {"deep_linear": ("d", "width", "depth", "num_samples"),
-            "relu": ("d", "width", "num_samples", "teacher_width"),
-            "lsa": ("d", "n_context", "num_prompts")}[fam]
-  for f in fields:
+  for f in {"deep_linear": ("d", "width", "depth", "num_samples"), "lsa": ("d", "n_context",
+            "num_prompts"), "relu": ("d", "width", "num_samples", "teacher_width")}[fam]:
     cfg.integer(config, f"{fam}.{f}")
   if fam != "relu":
     cfg.nonnegative(config, f"{fam}.init_scale")
@@ -89,8 +87,7 @@ def setup(config) -> dict:
   return {"data": data, "measure": jnp.asarray(MEASURES.index(measure), jnp.int32)}
 
 
-def _sq(tree):
-  return sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(tree))
+_sq = lambda tree: sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(tree))
 
 
 def init(config, key, data) -> dict:
@@ -102,15 +99,12 @@ def init(config, key, data) -> dict:
   params = jax.lax.fori_loop(0, config.prune.step, lambda _, p: jax.tree_util.tree_map(
       lambda a, g: a - lr * g, p, jax.grad(loss_c)(p)), fam_init(k_init))
 
-  def score(m):
-    if m != "random":
-      return lambda: pruning.importance(loss_c, params, m)
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    return lambda: jax.tree_util.tree_unflatten(tree, [
-        jax.random.uniform(k, x.shape, x.dtype)
-        for k, x in zip(jax.random.split(k_rand, len(leaves)), leaves)])
-
-  mask = pruning.prune_mask(jax.lax.switch(data["measure"], [score(m) for m in MEASURES]),
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  uniform = lambda: jax.tree_util.tree_unflatten(tree, [  # 'random'
+      jax.random.uniform(k, x.shape, x.dtype)
+      for k, x in zip(jax.random.split(k_rand, len(leaves)), leaves)])
+  scores = [lambda m=m: pruning.importance(loss_c, params, m) for m in pruning.MEASURES]
+  mask = pruning.prune_mask(jax.lax.switch(data["measure"], scores + [uniform]),
                             config.prune.fraction, scope=config.prune.scope)
   pruned = _mul(params, mask)
   watch = lambda p: (loss_c(p), _sq(jax.grad(loss_c)(p)))
@@ -186,7 +180,8 @@ def claims(points: list[dict]) -> dict:
     reached = any(np.isfinite(v) for v in t.values())
     if "magnitude" in by and reached:
       out["i"].append({**where, "holds": all(t["magnitude"] <= v for v in t.values()),
-                       "beats_random": t["magnitude"] <= t.get("random", np.inf)})
+                       "beats_random": t["magnitude"] <= t.get("random", np.inf),
+                       "time_to_target": t})
     if "loss_preservation" in by:
       dl = {m: s["abs_d_loss"] for m, s in by.items()}
       early = step == first[fam] and "magnitude" in by and reached
@@ -217,16 +212,12 @@ def report(config, results) -> dict:
   to the target against the pruned fraction, per measure."""
   rows = [_point(r) if r.traj.kept.any() else {} for r in results]
   done = [r for r in rows if r]
-  errors = {}
-  for r, res in zip(rows, results):
-    if r:
-      e = errors.setdefault(r["family"], {}).setdefault(str(r["fraction"]), {})
-      for q in ("d_loss", "d_grad_norm"):
-        meas = res.traj.start[q]
-        for o in (1, 2):
-          e.setdefault(f"order{o}_{q}", []).extend(
-              (np.abs(res.traj.start[f"pred{o}_{q}"] - meas) / np.maximum(np.abs(meas), 1e-12)))
   fams = sorted({r["family"] for r in done}, key=FAMILIES.index)
+  rel = lambda s, o, q: np.abs(s[f"pred{o}_{q}"] - s[q]) / np.maximum(np.abs(s[q]), 1e-12)
+  errors = {f: {str(fr): {f"order{o}_{q}": float(np.median(np.concatenate([  # every seed
+      rel(r.traj.start, o, q) for r in results if r.config.model.family == f
+      and r.config.prune.fraction == fr]))) for o in (1, 2) for q in ("d_loss", "d_grad_norm")}
+      for fr in sorted({r["fraction"] for r in done})} for f in fams}
   fig, axes = plots.figure(max(2, len(fams)), 2, size=(4.8, 4.0))
   for ax, q in ((axes[0], "d_loss"), (axes[1], "d_grad_norm")):
     meas = np.concatenate([res.traj.start[q] for res in results])
@@ -254,8 +245,6 @@ def report(config, results) -> dict:
     ax.set(yscale="log", xlabel="fraction pruned", ylabel="median t to target (top: never)",
            title=f"{fam}, pruned at step {step0}")
     ax.legend(fontsize=7)
-  return {"points": rows, "figure": fig, "claims": claims(done),
-          "prediction_errors": {f: {fr: {k: float(np.median(v)) for k, v in e.items()}
-                                    for fr, e in by.items()} for f, by in errors.items()},
+  return {"points": rows, "figure": fig, "claims": claims(done), "prediction_errors": errors,
           "max_pruned_weight_after_training":
               max((r["max_pruned_weight"] for r in done), default=None)}

@@ -10,18 +10,17 @@ from tests.helpers import assert_plan_refuses, config
 
 
 def test_arora2019_direction():
-  # configs/papers/arora2019.py at reduced size (full size: 0.044 against 0.51)
-  c = config("papers/arora2019")
-  c.num_seeds = 2
-  c.sweep.model.depth = (1, 2, 3)
-  c.sweep.task.num_observed = (250,)
-  c.train.num_steps, c.train.log_every = 10000, 500
-  points, s = simulate(c)
-  err = {p.summary["depth"]: p.summary["error"] for p in points}
+  # configs/papers/arora2019.py, 2 seeds, 10000 steps, 300 entries: at 250 the time
+  # depth 3 takes to recover M varies with the seed (16 seeds: median error 0.04,
+  # 2 of 16 above 0.17 at 20000 steps), at 300 it is done by 10000 steps for every seed
+  c = config("papers/arora2019", ["sweep.task.num_observed=(300,)", "train.num_steps=10000",
+                                  "train.log_every=500"])
+  results, s = simulate(c)
+  err = {r.summary["depth"]: r.summary["error"] for r in results}
   assert err[3] < 0.2 * err[2] and err[2] < err[1], err
   # depth 1 only fills the observed entries: the error is the unobserved part
   # of M, sqrt(1 - m / d^2) on average over which entries are observed (+-3%)
-  assert abs(err[1] - np.sqrt(1 - 250 / 900)) < 0.03, err
+  assert abs(err[1] - np.sqrt(1 - 300 / 900)) < 0.03, err
   # the formula against autodiff through the SVD: exact for a balanced
   # factorization under gradient flow; gradient descent unbalances it by
   # O(lr^2) a step and float32 rounds the SVD (~1e-6 relative): measured 4e-4
@@ -29,13 +28,20 @@ def test_arora2019_direction():
 
 
 def test_the_observed_sets_are_nested():
-  c = config("matrix_factorization")
-  t1, m1 = mf.task(c, 100, np.float32)
-  t2, m2 = mf.task(c, 300, np.float32)
-  np.testing.assert_array_equal(t1, t2)
-  assert m1.sum() == 100 and m2.sum() == 300 and np.all(m2 >= m1)
-  np.testing.assert_allclose(np.linalg.svd(np.asarray(t1), compute_uv=False)[:4],
+  a = mf.setup(config("matrix_factorization", ["sweep={}", "task.num_observed=100"]))
+  b = mf.setup(config("matrix_factorization", ["sweep={}", "task.num_observed=300"]))
+  np.testing.assert_array_equal(a["target"], b["target"])
+  assert a["mask"].sum() == 100 and b["mask"].sum() == 300 and np.all(b["mask"] >= a["mask"])
+  np.testing.assert_allclose(np.linalg.svd(np.asarray(a["target"]), compute_uv=False)[:4],
                              [30 / 3 ** 0.5] * 3 + [0], atol=1e-4)
+
+
+def test_observed_entries_share_a_compiled_call():
+  """`task.num_observed` is an int read only in `setup` (the mask): the five
+  numbers of a depth train as one group."""
+  from dynamics import sweep
+  p = sweep.plan(config("matrix_factorization"))
+  assert len(p.groups) == 3 and all(len(g.points) == 5 for g in p.groups)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -1,4 +1,4 @@
-"""The lambda experiment at test size: the network follows two_layer_flow,
+"""The lambda experiment at smoke size: the network follows two_layer_flow,
 and the NTK moves far near lambda = 0 and little at large lambda."""
 
 import pytest
@@ -8,14 +8,12 @@ from tests.helpers import assert_plan_refuses, config
 
 
 def test_flow_and_laziness():
-  c = config("two_layer_linear")
-  c.num_seeds = 2
-  c.sweep.init = {"lam": (0.0, 4.0), "scale": (0.1,)}
-  c.train.num_steps, c.train.log_every = 1000, 100
-  points, s = simulate(c)
-  rich, lazy = sorted((p.summary for p in points), key=lambda r: r["lam"])
-  # O(lr) at lr 0.005: measured 3.0e-2 (lam 0, small init: the longest
-  # plateau) and 5.4e-3 (lam 4) over t = 15, halving with lr
+  results, s = simulate(config("two_layer_linear", ["sweep.init.lam=(0.0,4.0)",
+                                                    "sweep.init.scale=(0.1,)"]))
+  rich, lazy = sorted((r.summary for r in results), key=lambda r: r["lam"])
+  # O(lr) at lr 0.005 over t = 5: the map's worst relative error halves with
+  # lr (3e-2 at lam 0 from a small init, the longest plateau, measured at
+  # t = 15); 5% bounds it with room for the seeds
   assert s["worst_w_rel_error"] < 0.05, s
   assert rich["ntk_drift"] > 10 * lazy["ntk_drift"], (rich, lazy)
   for r in (rich, lazy):
