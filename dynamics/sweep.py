@@ -25,6 +25,7 @@ docs/experiments.md.
 from __future__ import annotations
 
 import itertools
+import re
 import json
 import os
 import shutil
@@ -830,7 +831,8 @@ class _Run:
     io.makedirs(parts)
     results = [None] * len(p.points)
     bar = tqdm(total=len(p.points), desc="analysis", unit="point", delay=2,
-               disable=not self.verbose, dynamic_ncols=True)
+               disable=not self.verbose, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10)
     for gi, g in enumerate(p.groups):
       if self._group_done(gi, g) and not any(
           os.path.exists(self._chunk_path(gi, ci))
@@ -1008,7 +1010,8 @@ def console(p: Plan, summaries: list, grid_summary: dict, width: int = 12) -> st
              "seeds": _seeds_text(s, short=True)}
       numbers = {k: v for k, v in protocol.flat(s).items()
                  if k not in ("num_seeds", "diverged_seeds", "point")
-                 and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                 and isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and not re.search(r"\.\d+\.", k)}  # lists of records: summary.csv
       rows.append({**row, **numbers})
     frame = pd.DataFrame(rows)
     keep = list(frame.columns[:len(rows[0]) - len(numbers)]) if rows else []

@@ -15,10 +15,9 @@ the theory (`theory.deep_linear`, per seed):
     small `init.scale` and wide layers (docs/deep_linear.md);
   * depth >= 3 from a random init, and `'orthogonal'` (`init.scale` times
     random orthogonal layers): none; the measured times are still reported.
-Time is the runner's `t` (`lr x step` for constant sgd). Full-batch runs train
-on the sufficient statistics (`uses_statistics`); `train.batch_size` draws
-minibatches from the step's key. The report: every mode's measured and
-predicted half-learning time; over depth (and init) alone, `N t_half`.
+Full-batch runs train on the sufficient statistics (`uses_statistics`);
+`train.batch_size` draws minibatches from the step's key. The report: every
+mode's half-learning time, measured and predicted; over depth alone, `N t_half`.
 """
 
 from __future__ import annotations
@@ -67,16 +66,14 @@ def setup(config) -> dict:
   if len(s) > k:
     cfg.fail("task.singular_values", f"has {len(s)} modes, more than min(d_in, d_out) = {k}.")
   if init == "aligned" and depth > 1 and width < k:
-    cfg.fail("model.width", f"({width}) must be >= min(task.d_in, task.d_out) = {k} "
-             "for the aligned init.")
+    cfg.fail("model.width", f"({width}) must be >= min(d_in, d_out) = {k} (aligned init).")
   noise_var = cfg.nonnegative(config, "task.noise_var")
   batch = cfg.integer(config, "train.batch_size", minimum=0)
   if batch > n:
     cfg.fail("train.batch_size", f"({batch}) exceeds task.num_samples ({n}); 0: full batch.")
-  if "formulation" in config.train and cfg.one_of(
-      config, "train.formulation", FORMULATIONS) == "statistics" and 0 < batch < n:
-    cfg.fail("train.formulation", "'statistics' needs full-batch training "
-             "(train.batch_size 0); minibatches need the samples.")
+  if "formulation" in config.train and cfg.one_of(config, "train.formulation", FORMULATIONS) \
+      == "statistics" and 0 < batch < n:
+    cfg.fail("train.formulation", "'statistics' needs full batches (train.batch_size 0).")
   return _task(d_in, d_out, n, cfg.float_dtype(config.precision), uses_statistics(config),
                jax.random.PRNGKey(config.task.seed), np.asarray(s), noise_var)
 
@@ -120,8 +117,7 @@ def loss(config, state, data, key):
 
 
 def observe(config, state, data) -> dict:
-  """The loss and the strengths `u: [M]` of the teacher's modes."""
-  m = data["s_teacher"].shape[-1]
+  m = data["s_teacher"].shape[-1]  # the loss and the teacher modes' strengths `u: [M]`
   return {"loss": loss(config, state, data, None), "u": model.mode_strengths(
       state["params"], data["u_modes"][:, :m], data["v_modes"][:, :m])}
 
@@ -134,10 +130,9 @@ def initial_strengths(config, data, start):
                      config.init.u0, 0.0).astype(data["s"].dtype)
   if config.model.depth > 2 or config.init.name == "orthogonal":
     return None
-  # depth 2: effective_u0 describes a growth phase, which needs s > 0; a
-  # direction the teacher leaves untaught (s = 0 up to rounding) starts at
-  # O(scale^2) and only shrinks, so its predicted strength is 0. The
-  # O(scale^4) loss it leaves is not modelled (docs/deep_linear.md).
+  # depth 2: effective_u0 describes a growth phase, which needs s > 0; an untaught
+  # direction (s = 0 to rounding) starts at O(scale^2) and only shrinks: predicted 0,
+  # its O(scale^4) loss not modelled (docs/deep_linear.md).
   grows = (data["s"] > 1e-4 * jnp.max(data["s"])) | (config.model.depth == 1)
   return jnp.where(grows, start["u0_eff"], 0.0)
 
@@ -150,9 +145,8 @@ def theory(config, data, start, t) -> dict:
     return {}
   s, n, m = data["s"], config.model.depth, data["s_teacher"].shape[-1]
   u = theory_dl.mode_strength(t, s, u0, n)
-  # tr Sigma_yy - sum s^2 >= 0 (Sigma_yy - Sigma_yx Sigma_yx^T is PSD for whitened
-  # inputs) is the noise's share. Without noise y = W* x exactly and it is exactly 0;
-  # the task's float32 statistics would round it to a false floor of ~1e-6 instead.
+  # tr Sigma_yy - sum s^2 >= 0 is the noise's share; without noise exactly 0 (float32
+  # statistics would round it to a false floor of ~1e-6).
   irreducible = 0.0 if config.task.noise_var == 0 else jnp.maximum(
       data["sigma_yy_trace"] - jnp.sum(s**2), 0.0)
   return {"u": u[:, :m], "loss": 0.5 * jnp.sum((s - u) ** 2, axis=-1) + 0.5 * irreducible,
@@ -160,8 +154,8 @@ def theory(config, data, start, t) -> dict:
 
 
 def _point(r) -> dict:
-  """Per teacher mode (kept seeds): the measured half-learning time (seed mean,
-  95% CI, std), and the predicted one, its worst seed's error, `u_i(t)`'s errors."""
+  """Per teacher mode (kept seeds): half-learning times measured (seed mean, 95% CI,
+  std) and predicted (its worst seed's error), and `u_i(t)`'s errors."""
   c, traj, pred, s = r.config, r.traj, r.pred, np.asarray(r.data["s_teacher"], np.float64)
   kept = traj.kept  # (a `Result` read from a run directory loads on every access)
   u = np.moveaxis(np.asarray(traj.logged["u"], np.float64)[kept], 1, -1)  # [S, M, L]
@@ -210,7 +204,13 @@ def report(config, results) -> dict:
           for r in results]
   errors = [x for r in rows if np.isfinite(x := r.get("learning_time_rel_error_max", np.nan))]
   out = {"points": rows, "points_with_theory": sum("loss.mean_rel_error" in r for r in rows),
-         "learning_time_rel_error_max": max(errors) if errors else None}
+         "learning_time_rel_error_max": max(errors) if errors else None,
+         "half_learning_times": [  # every mode of every point, one line each
+             {"point": i, **r.fields, "mode": m["mode"], "s": m["s"], "theory":
+              m.get("learning_time_predicted"), "simulation": m["learning_time_measured"],
+              "rel_error": m.get("learning_time_rel_error_max"), "seed_std":
+              m["learning_time_seed_std"]} for i, (r, row) in enumerate(zip(results, rows))
+             for m in row.get("modes", [])]}
   if len({r.config.model.depth for r in results}) > 1 and all(
       set(r.fields) <= {"model.depth", "init.name"} for r in results):
     out["depth_table"] = depth_table(results, rows)
