@@ -9,7 +9,7 @@
 Grid: `model.width` 64 to 4096 x `model.depth` 2 and 3 (one hidden layer
 and two; one compiled call each; `train.lr` and other shape-preserving axes
 stack), 4 seeds each, 64 train and 64 test points on the sphere in d = 8, a
-fixed random ReLU teacher, 400 full-batch GD steps at lr 1. About 2 minutes
+fixed random ReLU teacher, 400 full-batch GD steps at lr 1. About 3 minutes
 on a 2-core CPU, most of it depth 3 at width 4096. Prints per point the NTK
 gap at init (against `theory.ntk.mlp_kernel`), the kernel drift and the
 distance to the linearised network, with their log-log slopes against width
@@ -17,15 +17,20 @@ per depth. `--config.model.activation=tanh` (or erf, gelu, linear) changes
 the activation of the network and of the kernel.
 
 Expect (ntk): the gap falls as width^-1/2, drift and distance at least as
-fast. With mean_field the kernel drift stays O(1): the NTK theory does not
-apply.
-docs/ntk.md has the measured numbers and the figure.
+fast. With mean_field (trained at `lr x m`, its `lr_scale`) the kernel drift
+stays O(1): the NTK theory does not apply. `train.lr_units='critical'`: `train.lr`
+in units of each seed's `2n / lambda_max(Theta_0)`; slopes are reported only
+where the linearisation converges (below that edge, no seed diverged).
+`configs/relu_ntk.py:smoke`: the same grid in seconds (widths 16 to 1024,
+2 seeds, 16 points, 60 steps). docs/ntk.md has the measured numbers and the figure.
 """
 
 import ml_collections
 
+from dynamics.config import smoke
 
-def get_config():
+
+def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.experiment = "dynamics.experiments.relu_ntk"
   config.seed = 0
@@ -61,4 +66,5 @@ def get_config():
   config.sweep = ml_collections.ConfigDict()
   config.sweep.model = ml_collections.ConfigDict({"width": (64, 256, 1024, 4096),
                                                  "depth": (2, 3)})
-  return config
+  return smoke(arg, config, num_seeds=2, task__num_train=16, task__num_test=16,
+               train__num_steps=60, sweep__model__width=(16, 64, 256, 1024))

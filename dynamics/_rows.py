@@ -169,6 +169,17 @@ def shard_rows(rows, plan: RowPlan, num_padded: int | None = None):
   return jax.device_put(rows, sharding)
 
 
+def place(tree, plan: RowPlan):
+  """Rows already padded for `plan`, placed as `shard_rows` places them (a
+  program's outputs may come back replicated; the next call would compile
+  again for another input sharding)."""
+  if len(plan.devices) == 1 and jax.process_count() == 1:
+    return jax.device_put(tree, plan.devices[0])
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(plan.devices), ("rows",)),
+                                        jax.sharding.PartitionSpec("rows"))
+  return jax.device_put(tree, sharding)
+
+
 def call(fn: Rows, rows, shared, plan: RowPlan):
   """`fn` on rows already padded and sharded by `shard_rows`."""
   return fn(rows, shared, groups=len(plan.devices), chunk=plan.chunk)

@@ -1014,7 +1014,7 @@ def console(p: Plan, summaries: list, grid_summary: dict, width: int = 12) -> st
                  and not re.search(r"\.\d+\.", k)}  # lists of records: summary.csv
       rows.append({**row, **numbers})
     frame = pd.DataFrame(rows)
-    keep = list(frame.columns[:len(rows[0]) - len(numbers)]) if rows else []
+    keep = ["point", *p.points[0], "seeds"]
     extra = [c for c in frame.columns if c not in keep]
     shown = frame[keep + extra[:width]]
     lines += shown.to_string(index=False, float_format=lambda x: f"{x:.4g}",

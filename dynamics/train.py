@@ -289,6 +289,8 @@ class Runner:
                                 self._shared(0), start_plan)
       if list(start_plan.devices) != list(adv_plan.devices):
         state = _rows.shard_rows(_rows.to_host(state, num_padded), adv_plan, num_padded)
+      else:  # one input sharding for every segment: advance compiles once
+        state = _rows.place(state, adv_plan)
       first = _rows.to_host(first, n)
       done, logged = 0, []
       if on_segment is not None:

@@ -16,16 +16,19 @@ Expect, as in the paper: the width-10000 curves on top of the limit at init
 and after training; the width-500 curves scattered around it and moved by
 training. `summary.csv` has the numbers (`kernel_gap` at init on the
 training points, `kernel_gap_end` after training on Theta(test, train)).
-Runtime and the measured numbers: docs/ntk.md.
+Runtime and the measured numbers: docs/ntk.md. `:smoke`: widths 64 and
+1024, 30 steps, 16 test angles (seconds).
 """
 
 import os
 
 from dynamics import load_config
+from dynamics.config import smoke
 
 
-def get_config():
-  config = load_config(os.path.join(os.path.dirname(__file__), "..", "relu_ntk.py"))
+def get_config(arg=None):
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "relu_ntk.py"),
+                       arg=arg)
   config.num_seeds = 10
   config.output_dir = "runs/jacot2018_fig1"
   config.model.depth = 4
@@ -40,4 +43,5 @@ def get_config():
   config.train.num_steps = 200
   config.train.log_every = 20
   config.sweep.model = {"width": (500, 10000)}
-  return config
+  return smoke(arg, config, task__num_test=16, train__num_steps=30, train__log_every=10,
+               sweep__model__width=(64, 1024))

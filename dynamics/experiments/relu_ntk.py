@@ -1,44 +1,23 @@
 """Fully connected networks of growing width against their linearisation (NTK).
 
-A grid point is one width and depth (`model.width`, `model.depth`) of
-`dynamics.models.mlp` with `model.activation` and `model.parameterization`;
-its seeds train by full-batch gradient descent on `(1/2n) ||f - y||^2`. Per
-seed `init` keeps the empirical NTK at init on the training points (`theta0`)
-and between test and training points (`theta0_test`). Logged: outputs and
-loss on train and test points, the kernel drift `||Theta_t - Theta_0||_F /
-||Theta_0||_F`, the weight change `||theta_t - theta_0|| / ||theta_0||`
-(`dynamics.metrics`), the gap of `Theta_t(test, train)` to the
-infinite-width `theory.ntk.mlp_kernel` (`setup`'s `k_ana_test`) and
-`ntk_x0 = Theta_t(x_test, x_train[0])`. `theory`: the network linearised on
-the seed's empirical NTK at init (`loss`, `test_loss`, `f_*_lin`) and on the
-analytic one (`f_*_ana`), `theory.ntk.mse_predictor` with the seed's step
-(exact gradient descent on the linear model, no O(lr) gap).
-
-Tasks: `sphere_teacher` (inputs on the sphere, a random ReLU teacher) and
-`circle`: `num_train` inputs at angles `2 pi i / num_train` on the unit circle
-(`x0 = (1, 0)` first), targets `sin(3 gamma)`, `num_test` test inputs evenly
-spaced in angle, so that `ntk_x0` is `Theta(x0, x_gamma)` over the circle
-(Jacot et al. 2018, Fig. 1).
-
-Step: `train.lr` times `lr_scale`: `2n / lambda_max(Theta_0)` of the seed's own
-kernel with `train.lr_units = 'critical'` (the linearisation's largest stable
-step, `theory.ntk.max_learning_rate`); `m` in the `'mean_field'`
-parameterization, whose NTK is `O(1/m)` (the same function-space time; there
-the kernel moves by O(1) and `m Theta` is compared with the limit).
-
-`report`: per point the seed mean and std of the NTK gap at init and at the
-end, the largest drift, the weight change, the largest distance (relative to
-`||y||`) to both linearisations, the loss's peak over its start (the catapult),
-the final losses, and `lr_multiple`, the step in units of `2n /
-lambda_max(Theta_0)`. Across widths, per depth (and value of any other swept
-field) where the linearisation converges, the log-log slopes against width
-(NTK regime: -1/2 or steeper; Jacot et al. 2018, Lee et al. 2019). Figure:
-those against width; for the circle, `Theta(x0, x_gamma)` per seed at init and
-at the end with the limit; for a grid over `train.lr`, Lee et al.'s claim: the
-loss peak and final losses against `lr_multiple`, per width.
+A grid point is one width and depth of `dynamics.models.mlp` (any activation
+and parameterization), its seeds trained by full-batch gradient descent; `init`
+keeps each seed's NTK at init (`theta0`, `theta0_test`: test x train). Logged:
+outputs, losses, the kernel drift `||Theta_t - Theta_0||_F / ||Theta_0||_F`,
+the weight change `||theta_t - theta_0|| / ||theta_0||`, the gap of
+`Theta_t(test, train)` to the infinite-width `theory.ntk.mlp_kernel` and
+`ntk_x0 = Theta_t(x_test, x_train[0])` (Jacot et al. 2018, Fig. 1 on the
+`circle` task: inputs at angles `2 pi i / n`, targets `sin(3 gamma)`).
+`theory`: the linearisations on the seed's NTK at init and on the analytic one.
+The step is `train.lr x lr_scale`: `2n / lambda_max(Theta_0)` of the seed's own
+kernel for `train.lr_units = 'critical'` (the linearisation's edge), `m` for
+'mean_field' (whose NTK is O(1/m); `m Theta` meets the limit). `report`: per
+point the NTK gap at init and end, the largest drift and distances (over
+`||y||`) to both linearisations, the weight change, the loss's peak over its
+start (a catapult), the final losses, `lr_multiple` (the step over `2n /
+lambda_max`); slopes against width where the linearisation converges (NTK:
+-1/2 or steeper). Figure: those; the circle's; over `train.lr`, Lee et al.'s (2019).
 """
-
-from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +29,6 @@ from dynamics.models import mlp
 from dynamics.tasks.sphere_teacher import sphere_teacher
 from theory import ntk
 
-TASKS = ("sphere_teacher", "circle")
-LR_UNITS = ("absolute", "critical")
 FIGURES = ("kernel_gap", "kernel_gap_end", "drift", "dist_train_emp", "dist_test_emp",
            "dist_train_ana", "dist_test_ana")
 
@@ -59,134 +36,115 @@ FIGURES = ("kernel_gap", "kernel_gap_end", "drift", "dist_train_emp", "dist_test
 def setup(config) -> dict:
   """Checks the config; the task and the infinite-width NTK on it."""
   m, t = config.model, config.task
-  cfg.integer(config, "model.width")
-  cfg.integer(config, "model.depth", minimum=2)
+  cfg.integer(config, "model.width"), cfg.integer(config, "model.depth", minimum=2)
   cfg.one_of(config, "model.activation", ntk.ACTIVATIONS)
   cfg.one_of(config, "model.parameterization", mlp.PARAMETERIZATIONS)
   cfg.nonnegative(config, "model.w_std"), cfg.nonnegative(config, "model.b_std")
-  cfg.one_of(config, "task.name", TASKS)
-  cfg.integer(config, "task.seed", minimum=0)
-  if cfg.integer(config, "task.d") != 2 and t.name == "circle":
+  cfg.integer(config, "task.seed", minimum=0), cfg.integer(config, "task.teacher_width")
+  if cfg.one_of(config, "task.name", ("sphere_teacher", "circle")) == "circle" and \
+      cfg.integer(config, "task.d") != 2:
     cfg.fail("task.d", f"must be 2 for the circle task, got {t.d}.")
   n, n_test = cfg.integer(config, "task.num_train"), cfg.integer(config, "task.num_test")
-  cfg.integer(config, "task.teacher_width")
   for field, only in (("optimizer", "sgd"), ("decay", "constant")):  # the linearisation's
     if field in config.train:
       cfg.one_of(config, f"train.{field}", (only,))
-  if cfg.one_of(config, "train.lr_units", LR_UNITS) == "critical" and \
+  if cfg.one_of(config, "train.lr_units", ("absolute", "critical")) == "critical" and \
       m.parameterization == "mean_field":
     cfg.fail("train.lr_units", "'critical' is defined for the 'ntk' and 'standard' "
              "parameterizations (the mean-field kernel is O(1/width)).")
   dtype = cfg.float_dtype(config.precision)
   if t.name == "circle":
-    point = lambda g: jnp.asarray(np.stack([np.cos(g), np.sin(g)], 1), dtype)
-    g, gt = 2 * np.pi * np.arange(n) / n, 2 * np.pi * np.arange(n_test) / n_test
-    x, y, xt, yt = point(g), jnp.asarray(np.sin(3 * g), dtype), point(gt), \
-        jnp.asarray(np.sin(3 * gt), dtype)
+    g = [2 * np.pi * np.arange(k) / k for k in (n, n_test)]
+    x, xt = (jnp.asarray(np.stack([np.cos(a), np.sin(a)], 1), dtype) for a in g)
+    y, yt = (jnp.asarray(np.sin(3 * a), dtype) for a in g)
   else:
     xs, ys = sphere_teacher(jax.random.PRNGKey(t.seed), d=t.d, num_samples=n + n_test,
                             teacher_width=t.teacher_width, dtype=dtype)
     x, y, xt, yt = xs[:n], ys[:n], xs[n:], ys[n:]
-  kernel = ntk.mlp_kernel(m.depth, m.activation, m.w_std, m.b_std,
-                          "standard" if m.parameterization == "standard" else "ntk",
-                          width=m.width)
+  kernel = ntk.mlp_kernel(m.depth, m.activation, m.w_std, m.b_std, "standard" if
+                          m.parameterization == "standard" else "ntk", width=m.width)
   return {"x": x, "y": y, "x_test": xt, "y_test": yt,
           "k_ana": kernel(x)["ntk"], "k_ana_test": kernel(xt, x)["ntk"]}
 
 
 def _scale(config):
-  """`m` for 'mean_field' (whose NTK is O(1/m)), else 1: `scale x Theta` is
-  the kernel compared with the limit."""
+  """`m` for 'mean_field' (NTK O(1/m)), else 1: `scale x Theta` meets the limit."""
   return config.model.width if config.model.parameterization == "mean_field" else 1
 
 
-def _kw(config):
-  m = config.model
-  return dict(activation=m.activation, parameterization=m.parameterization, w_std=m.w_std,
-              b_std=m.b_std)
-
-
-def _params(config, key, data):
-  m = config.model
-  return mlp.init(key, data["x"].shape[1], (m.width,) * (m.depth - 1),
-                  parameterization=m.parameterization, w_std=m.w_std, b_std=m.b_std,
-                  dtype=data["x"].dtype)
+def _net(config, data):
+  """`(init(key), apply(params, x), both(params))`; `both`: the outputs and the
+  NTK against the training points of train and test points in one pass."""
+  m, x = config.model, data["x"]
+  kw = dict(parameterization=m.parameterization, w_std=m.w_std, b_std=m.b_std)
+  apply = lambda p, x_: mlp.apply(p, x_, activation=m.activation, **kw)
+  xs = jnp.concatenate([x, data["x_test"]])
+  return (lambda key: mlp.init(key, x.shape[1], (m.width,) * (m.depth - 1), dtype=x.dtype,
+                               **kw), apply,
+          lambda p: (apply(p, xs), mlp.ntk(p, xs, x, activation=m.activation, **kw)))
 
 
 def init(config, key, data) -> dict:
   """Parameters, the init key (`observe` draws `theta_0` again from it for the
   weight change), the empirical NTK at init and the step's scale."""
-  params, x = _params(config, key, data), data["x"]
-  theta0 = mlp.ntk(params, x, x, **_kw(config))
-  if config.train.lr_units == "critical":  # theory.ntk.max_learning_rate, per seed
-    lr_scale = 2 * x.shape[0] / jnp.linalg.eigvalsh(theta0)[-1]
-  else:
-    lr_scale = jnp.asarray(_scale(config), x.dtype)
-  return {"params": params, "init_key": key, "theta0": theta0,
-          "theta0_test": mlp.ntk(params, data["x_test"], x, **_kw(config)),
+  draw, _, both = _net(config, data)
+  params, n = draw(key), data["x"].shape[0]
+  k = both(params)[1]
+  lr_scale = (2 * n / jnp.linalg.eigvalsh(k[:n])[-1] if config.train.lr_units == "critical"
+              else jnp.asarray(_scale(config), k.dtype))  # max_learning_rate, per seed
+  return {"params": params, "init_key": key, "theta0": k[:n], "theta0_test": k[n:],
           "lr_scale": lr_scale}
 
 
-def _half_mse(f, y):
-  return 0.5 * jnp.mean((f - y) ** 2, -1)
+def _half_mse(f, y): return 0.5 * jnp.mean((f - y) ** 2, -1)  # docs/conventions.md
 
 
 def loss(config, state, data, key):
-  return _half_mse(mlp.apply(state["params"], data["x"], **_kw(config)), data["y"])
+  return _half_mse(_net(config, data)[1](state["params"], data["x"]), data["y"])
 
 
 def observe(config, state, data) -> dict:
-  p, x, xt = state["params"], data["x"], data["x_test"]
-  f, ft = mlp.apply(p, x, **_kw(config)), mlp.apply(p, xt, **_kw(config))
-  k_test = _scale(config) * mlp.ntk(p, xt, x, **_kw(config))
-  k_ana = data["k_ana_test"]
-  return {"loss": _half_mse(f, data["y"]), "test_loss": _half_mse(ft, data["y_test"]),
-          "f_train": f, "f_test": ft,
-          "drift": metrics.kernel_distance(mlp.ntk(p, x, x, **_kw(config)), state["theta0"]),
-          "weight_change": metrics.relative_weight_change(
-              p, _params(config, state["init_key"], data)),
+  p, n, k_ana = state["params"], data["x"].shape[0], data["k_ana_test"]
+  draw, _, both = _net(config, data)
+  f, k = both(p)
+  k_test = _scale(config) * k[n:]
+  return {"loss": _half_mse(f[:n], data["y"]), "test_loss": _half_mse(f[n:], data["y_test"]),
+          "f_train": f[:n], "f_test": f[n:],
+          "drift": metrics.kernel_distance(k[:n], state["theta0"]),
+          "weight_change": metrics.relative_weight_change(p, draw(state["init_key"])),
           "kernel_gap_test": jnp.linalg.norm(k_test - k_ana) / jnp.linalg.norm(k_ana),
           "ntk_x0": k_test[:, 0]}
 
 
 def theory(config, data, start, t) -> dict:
-  """The seed's network linearised on its empirical NTK at init (`loss`,
-  `test_loss`, `f_*_lin`) and on the infinite-width one (`f_*_ana`), from its
-  outputs at init, with its step."""
-  lr, s = config.train.lr * start["lr_scale"], _scale(config)
-
-  def linear(k, k_test):
-    return ntk.mse_predictor(k, data["y"], lr=lr)(t, start["f_train"], k_test, start["f_test"])
-
+  """The seed's network linearised on its NTK at init (`loss`, `test_loss`,
+  `f_*_lin`) and on the infinite-width one (`f_*_ana`), from its outputs at
+  init, with its own step."""
+  lr, s, y = config.train.lr * start["lr_scale"], _scale(config), data["y"]
+  linear = lambda k, k_test: ntk.mse_predictor(k, y, lr=lr)(
+      t, start["f_train"], k_test, start["f_test"])
   f, ft = linear(start["theta0"], start["theta0_test"])
   fa, fta = linear(data["k_ana"] / s, data["k_ana_test"] / s)
-  return {"loss": _half_mse(f, data["y"]), "test_loss": _half_mse(ft, data["y_test"]),
+  return {"loss": _half_mse(f, y), "test_loss": _half_mse(ft, data["y_test"]),
           "f_train_lin": f, "f_test_lin": ft, "f_train_ana": fa, "f_test_ana": fta}
 
 
 def _point(r) -> tuple[dict, dict]:
-  """A point's numbers (seed means over the kept seeds, `_std` beside) and its
-  NTK curves `Theta(x_test, x0)` (for the circle figure)."""
-  traj, pred, data, c = r.traj, r.pred, r.data, r.config
-  kept, s = traj.kept, _scale(c)
-  lam = np.linalg.eigvalsh(np.asarray(traj.start["theta0"], np.float64))[:, -1]
-  y, n = np.asarray(data["y"], np.float64), len(data["y"])
-  multiple = c.train.lr * np.asarray(traj.start["lr_scale"], np.float64) * lam / (2 * n)
-  row = {"lr_multiple": float(np.mean(multiple))}
-  if not kept.any():
-    return row, {}
-  lg = {k: np.asarray(v, np.float64)[kept] for k, v in traj.logged.items()}
-  pr = {k: np.asarray(v, np.float64)[kept] for k, v in pred.items()}
-  k_ana = np.asarray(data["k_ana"], np.float64)
+  """A point's numbers (seed means over the kept seeds, `_std` beside; NaN if
+  none) and its curves `Theta(x_test, x0)` at init and at the end (the circle's)."""
+  traj, pred, data, c, kept = r.traj, r.pred, r.data, r.config, r.traj.kept
+  y, k_ana = np.asarray(data["y"], np.float64), np.asarray(data["k_ana"], np.float64)
+  theta0 = np.asarray(traj.start["theta0"], np.float64)
+  lam = np.linalg.eigvalsh(theta0)[:, -1]  # the step over 2n / lambda_max, per seed:
+  row = {"lr_multiple": float(np.mean(c.train.lr * traj.start["lr_scale"] * lam / len(y) / 2))}
+  lg, pr = ({k: np.asarray(v, np.float64)[kept] for k, v in d.items()} for d in (traj.logged, pred))
   dist = lambda f, g: np.max(np.linalg.norm(f - g, axis=-1), -1) / np.linalg.norm(y)
   per_seed = {
-      "kernel_gap": np.linalg.norm(s * traj.start["theta0"][kept] - k_ana, axis=(1, 2))
+      "kernel_gap": np.linalg.norm(_scale(c) * theta0[kept] - k_ana, axis=(1, 2))
                     / np.linalg.norm(k_ana),
       "kernel_gap_end": lg["kernel_gap_test"][:, -1], "drift": np.max(lg["drift"], 1),
-      "dist_train_emp": dist(lg["f_train"], pr["f_train_lin"]),
-      "dist_test_emp": dist(lg["f_test"], pr["f_test_lin"]),
-      "dist_train_ana": dist(lg["f_train"], pr["f_train_ana"]),
-      "dist_test_ana": dist(lg["f_test"], pr["f_test_ana"]),
+      **{f"dist_{s}_{w}": dist(lg[f"f_{s}"], pr[f"f_{s}_{'lin' if w == 'emp' else w}"])
+         for w in ("emp", "ana") for s in ("train", "test")},
       "weight_change": lg["weight_change"][:, -1],
       # the catapult's signature: the loss rising above its start before it falls
       "loss_peak": np.max(lg["loss"], 1) / lg["loss"][:, 0],
@@ -195,124 +153,98 @@ def _point(r) -> tuple[dict, dict]:
   stats = {k: metrics.seed_stats(v) for k, v in per_seed.items()}
   row.update({k: float(v["mean"]) for k, v in stats.items()})
   row.update({f"{k}_std": float(v["std"]) for k, v in stats.items()})
-  curves = {"init": lg["ntk_x0"][:, 0], "end": lg["ntk_x0"][:, -1],
-            "limit": np.asarray(data["k_ana_test"])[:, 0]}
-  return row, curves
+  return row, {"init": lg["ntk_x0"][:, 0], "end": lg["ntk_x0"][:, -1],
+               "limit": np.asarray(data["k_ana_test"])[:, 0]}
 
 
-def _groups(results, rows, without: str) -> dict:
-  """`{label: [(index, value of `without`), ...]}`: the points equal in every
-  swept field but `without`, labelled by depth (and those other fields)."""
-  out = {}
-  for i, r in enumerate(results):
-    other = ", ".join(f"{f}={v}" for f, v in r.fields.items()
-                      if f not in (without, "model.depth"))
-    label = str(r.config.model.depth) + (f", {other}" if other else "")
-    out.setdefault(label, []).append((i, cfg.get(r.config, without)))
-  return {k: sorted(v, key=lambda p: p[1]) for k, v in out.items()}
+def _group(r) -> str:
+  """A point's depth and every other swept field but width: its line in width."""
+  return ", ".join([str(r.config.model.depth)] + [
+      f"{f}={v}" for f, v in r.fields.items() if f not in ("model.depth", "model.width")])
 
 
 def report(config, results) -> dict:
-  """Per point the numbers; across widths the slopes (where the linearisation
-  converges: every seed kept, `lr_multiple < 1`); the figure (module docstring)."""
+  """Per point the numbers; slopes against width where the linearisation converges."""
   pairs = [_point(r) for r in results]
-  rows, curves = [p[0] for p in pairs], [p[1] for p in pairs]
-  out = {"points": rows}
-  lazy = lambda i: rows[i].get("lr_multiple", 1) < 1 and not results[i].summary.get(
-      "diverged_seeds") and "drift" in rows[i]
-  slopes = {label: {k: metrics.loglog_slope([w for _, w in g], [rows[i][k] for i, _ in g])
-                    for k in FIGURES}
-            for label, g in _groups(results, rows, "model.width").items()
-            if len(g) > 1 and all(lazy(i) for i, _ in g)}
-  if slopes:
-    out["slopes_by_depth"] = slopes
+  rows = [{"width": r.config.model.width, "group": _group(r), **p[0]}
+          for r, p in zip(results, pairs)]
+  hot = {row["group"] for r, row in zip(results, rows)  # past the linearisation's edge
+         if row["lr_multiple"] >= 1 or r.summary.get("diverged_seeds")}
+  groups = {g: [r for r in rows if r["group"] == g] for g in {r["group"] for r in rows} - hot}
+  slopes = {g: {k: metrics.loglog_slope([r["width"] for r in rs], [r[k] for r in rs])
+                for k in FIGURES} for g, rs in sorted(groups.items()) if len(rs) > 1}
+  over_lr = len({r.config.train.lr for r in results}) > 1  # its numbers first (the console)
+  lead = ("lr_multiple", "loss_peak", "final_loss", "lin_final_loss") if over_lr else (
+      *FIGURES, "weight_change")
+  out = {"points": [{**{k: p[0][k] for k in lead}, **p[0]} for p in pairs]}
+  if slopes:  # one group: `slopes`; the NTK regime's prediction: -1/2 (or steeper) for each
+    out.update({"slopes": next(iter(slopes.values()))} if len(slopes) == 1 else
+               {"slopes_by_depth": slopes})
     out["predicted_slope"] = None if config.model.parameterization == "mean_field" else -0.5
-    if len(slopes) == 1:
-      out["slopes"] = next(iter(slopes.values()))
-  lrs = {r.config.train.lr for r in results}
   if config.task.name == "circle":
-    out["figure"] = _circle_figure(config, results, curves)
-  elif len(lrs) > 1:
-    out["figure"], out["trains_up_to"] = _lr_figure(results, rows)
+    out["figure"] = _circle_figure(config, results, [p[1] for p in pairs])
+  elif over_lr:
+    out["figure"], out["trains_up_to"] = _lr_figure(results, [p[0] for p in pairs])
   else:
-    out["figure"] = _width_figure(config, rows, _groups(results, rows, "model.width"), slopes)
+    out["figure"], axes = plots.figure(3)
+    for ax, k in zip(axes, ("kernel_gap", "drift", "dist_test_emp")):
+      ok = [r for r in rows if np.isfinite(r[k])]
+      if ok:  # the seed means against width, one line per depth, and width^-1/2
+        plots.against(ok, x="width", y=k, by="group", loglog=True, ax=ax)
+        w = np.array(sorted({r["width"] for r in ok}), np.float64)
+        ax.plot(w, max(r[k] for r in ok if r["width"] == w[0]) * (w / w[0]) ** -0.5, "k--",
+                lw=1, label="width^-1/2")
+        ax.legend(fontsize=7, title=f"depth, {config.model.parameterization} param.")
   return out
-
-
-def _width_figure(config, rows, groups, slopes):
-  """Gap, drift and distance to the linearisation against width, with width^-1/2."""
-  fig, axes = plots.figure(3)
-  for ax, (k, title) in zip(axes, (("kernel_gap", "NTK gap at init"),
-                                   ("drift", "kernel drift (max over t)"),
-                                   ("dist_test_emp", "||f - f_lin|| / ||y||, test"))):
-    for j, (label, g) in enumerate(groups.items()):
-      ok = [(w, rows[i]) for i, w in g if k in rows[i]]
-      if not ok:
-        continue
-      w = np.array([w for w, _ in ok], np.float64)
-      slope = slopes.get(label, {}).get(k)
-      ax.errorbar(w, [r[k] for _, r in ok], yerr=[r[f"{k}_std"] for _, r in ok], fmt="o-",
-                  color=f"C{j}", label=f"depth {label}" + (f": slope {slope:.2f}"
-                                                           if slope is not None else ""))
-      if j == 0:
-        ax.plot(w, ok[0][1][k] * (w / w[0]) ** -0.5, "k--", lw=1, label="width^-1/2")
-    ax.set(xscale="log", yscale="log", xlabel="width m", title=title)
-    ax.legend(fontsize=7)
-  fig.suptitle(f"{config.model.activation}, {config.model.parameterization} "
-               "parameterization: seed mean +- std", fontsize=10)
-  return fig
 
 
 def _circle_figure(config, results, curves):
   """Jacot et al. (2018) Fig. 1: `Theta(x0, x_gamma)` per seed at init (solid)
-  and at the end (dashed), per width, with the infinite-width kernel."""
+  and at the end (dashed), per width, with the infinite-width kernel (black)."""
   fig, (ax,) = plots.figure(1, size=(6.5, 4.6))
-  n = config.task.num_test
-  gamma = 2 * np.pi * np.arange(n) / n
-  order = sorted(range(len(results)), key=lambda i: results[i].config.model.width)
-  for j, i in enumerate(i for i in order if curves[i]):
+  gamma = 2 * np.pi * np.arange(config.task.num_test) / config.task.num_test
+  order = sorted((r.config.model.width, i) for i, r in enumerate(results) if curves[i])
+  for j, (width, i) in enumerate(order):
     for key, style in (("init", "-"), ("end", "--")):
       for s, curve in enumerate(curves[i][key]):
-        ax.plot(gamma, curve, style, color=f"C{j}", lw=0.7, alpha=0.6, label=(
-            f"width {results[i].config.model.width}, {key}" if s == 0 else None))
-  if any(curves):
-    ax.plot(gamma, next(c for c in curves if c)["limit"], "k-", lw=2, label="infinite width")
-  ax.set(xlabel="angle gamma", ylabel="Theta(x0, (cos gamma, sin gamma))",
-         title=f"depth {config.model.depth} {config.model.activation}, b_std "
-               f"{config.model.b_std}: NTK at init (solid), after training (dashed)")
+        ax.plot(gamma, curve, style, color=f"C{j}", lw=0.7, alpha=0.6,
+                label=f"width {width}, {key}" if s == 0 else None)
+  if order:
+    ax.plot(gamma, curves[order[0][1]]["limit"], "k-", lw=2, label="infinite width")
+  ax.set(xlabel="angle gamma", ylabel="Theta(x0, (cos gamma, sin gamma))", title=f"depth "
+         f"{config.model.depth}: the NTK at init (solid) and after training (dashed)")
   ax.legend(fontsize=7)
   return fig
 
 
 def _lr_figure(results, rows):
-  """Lee et al. (2019): the loss's peak and the final losses against the step
-  in units of `2n / lambda_max(Theta_0)`, per width; the linearisation
-  converges below 1, a catapult (Lewkowycz et al. 2020) can train the network
-  up to about 2. Also, per group, the largest multiple at which every seed of
-  the network (the linearisation) ended below its start."""
+  """Lee et al. (2019): loss peak and final losses against `lr_multiple` per width, and
+  the largest multiple at which the network (every seed kept) and its linearisation
+  end below their start: the linearisation's edge is 1, a catapult's about 2."""
   fig, (ax, ax_f) = plots.figure(2)
-  edges = []
-  for j, (label, g) in enumerate(_groups(results, rows, "train.lr").items()):
-    width = results[g[0][0]].config.model.width
-    ok = sorted((rows[i] for i, _ in g if "loss_peak" in rows[i]),
-                key=lambda r: r["lr_multiple"])
+  edges, groups = [], {}
+  for r, row in zip(results, rows):
+    groups.setdefault((r.config.model.width, r.config.model.depth), []).append(
+        {**row, "kept": not r.summary.get("diverged_seeds")})
+  for j, ((width, depth), rs) in enumerate(groups.items()):
+    ok, style = sorted((r for r in rs if np.isfinite(r["loss_peak"])),
+                       key=lambda r: r["lr_multiple"]), dict(color=f"C{j}")
     x = [r["lr_multiple"] for r in ok]
-    ax.plot(x, [r["loss_peak"] for r in ok], "o-", color=f"C{j}", label=f"depth {label}")
-    ax_f.plot(x, [r["final_loss"] for r in ok], "o-", color=f"C{j}", label=f"depth {label}")
-    ax_f.plot(x, [r["lin_final_loss"] for r in ok], "x--", color=f"C{j}")
-    trained = lambda key, rs: max((r["lr_multiple"] for r in rs if r[key] < r["start_loss"]),
-                                  default=None)
-    whole = [rows[i] for i, _ in g if "loss_peak" in rows[i]
-             and not results[i].summary.get("diverged_seeds")]
-    edges.append({"width": width, "depth": results[g[0][0]].config.model.depth,
-                  "network": trained("final_loss", whole), "linearised": trained(
-                      "lin_final_loss", ok),
+    ax.plot(x, [r["loss_peak"] for r in ok], "o-", label=f"width {width}", **style)
+    ax_f.plot(x, [r["final_loss"] for r in ok], "o-", label=f"width {width}", **style)
+    ax_f.plot(x, [r["lin_final_loss"] for r in ok], "x--", **style)
+    gone = [r["lr_multiple"] for r in rs if not r["kept"]]  # seeds diverged: at the top
+    ax_f.plot(gone, [1e3] * len(gone), "v", ms=9, mfc="none", **style)
+    below = lambda key, every: max((r["lr_multiple"] for r in rs if r[key] < r["start_loss"]
+                                    and (r["kept"] or every)), default=None)
+    edges.append({"width": width, "depth": depth, "network": below("final_loss", False),
+                  "linearised": below("lin_final_loss", True),
                   "loss_peak_max": max((r["loss_peak"] for r in ok), default=None)})
   for a in (ax, ax_f):
-    for edge, text in ((1, "2n/lambda_max (linearised edge)"), (2, "2x")):
-      a.axvline(edge, color="gray", ls=":" if edge == 2 else "--", lw=1, label=text)
+    a.axvline(1, color="gray", ls="--", lw=1, label="2n / lambda_max: linearised edge")
+    a.axvline(2, color="gray", ls=":", lw=1, label="2x")
     a.set(xlabel="lr / (2n / lambda_max(Theta_0))", yscale="log")
     a.legend(fontsize=7)
   ax.set(ylabel="max_t loss / loss at init", title="the catapult: the loss's peak")
-  ax_f.set(ylabel="final train loss", title="final loss, network (o) and linearised (x)")
+  ax_f.set(ylabel="final loss", ylim=(None, 3e3), title="network (o, v: diverged), linear (x)")
   return fig, edges
