@@ -112,6 +112,7 @@ class Group(NamedTuple):
   runner: engine.Runner
   batched: tuple    # swept fields traced in the group's program
   offsets: list     # first row of each point
+  theory: dict      # the group's compiled theory, once built (`_theory`)
 
 
 class Plan(NamedTuple):
@@ -287,7 +288,7 @@ def _group(experiment, idx, configs, data, batched, unread, devices) -> Group:
   if names & consts:
     raise ValueError(f"observe() and init() both name {sorted(names & consts)}: theory "
                      "sees both in `start`; rename one.")
-  return Group(list(idx), n, runner, batched, offsets)
+  return Group(list(idx), n, runner, batched, offsets, {"bind": bind})
 
 
 def _copy_sections(d):
@@ -367,16 +368,45 @@ def _analyze(p: Plan, i: int, rows: dict) -> Result:
   if hasattr(exp, "theory"):
     start = {**traj.start, **{k: v[:, 0] for k, v in traj.logged.items()}}
     try:
-      pred = protocol.per_seed(exp.theory, c, p.data[i], start, traj.t)
+      pred = _theory(p, i, start, traj.t)
     except KeyError as e:
       if e.args != ("params",):
         raise
       start["params"] = initial_params(p, i)  # asked for: init again, in the run's precision
-      pred = protocol.per_seed(exp.theory, c, p.data[i], start, traj.t)
+      pred = _theory(p, i, start, traj.t)
     protocol.check_theory(pred, traj)
   result = Result(i, p.points[i], c, data=p.data[i], traj=traj, pred=pred)
   result.summary = protocol.summarize(result)
   return result
+
+
+def _theory(p: Plan, i: int, start: dict, t) -> dict:
+  """The point's theory: through its group's compiled call (the grid's float
+  fields traced, so one compilation serves every point of the group), or, if
+  the theory cannot trace them (a float used as a Python number, numpy
+  inside), on the point's own config (`experiments.per_seed`)."""
+  g = next(g for g in p.groups if i in g.points)
+  exp, c = p.experiment, p.configs[i]
+  if g.theory.get("fn", True) is not None and g.batched:
+    if "fn" not in g.theory:
+      from dynamics.devices import compiler_options
+      bind = g.theory["bind"]
+      g.theory["fn"] = jax.jit(lambda hp, d, s, tt: jax.vmap(
+          lambda s_, t_: exp.theory(bind({"hp": hp}), d, s_, t_))(s, tt),
+          compiler_options=compiler_options())
+    try:
+      hp = {f: np.float64(cfg.get(c, f)) for f in g.batched}
+      f64 = lambda tree: jax.tree_util.tree_map(
+          lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating)
+          else np.asarray(a), tree)
+      with jax.enable_x64(True):
+        out = g.theory["fn"](hp, f64(p.data[i]), f64(start), np.asarray(t, np.float64))
+      return {k: np.asarray(v, np.float64) for k, v in (out or {}).items()}
+    except KeyError:
+      raise
+    except Exception:  # noqa: BLE001 - not traceable over the group's floats: per point
+      g.theory["fn"] = None
+  return protocol.per_seed(exp.theory, c, p.data[i], start, t)
 
 
 def initial_params(p: Plan, i: int):

@@ -36,7 +36,7 @@ LONGER = {
     "matrix_factorization": ["train.num_steps=20000", "train.log_every=200", "sweep={}"],
 }
 QUADRATIC = ["--config=examples/quadratic/config.py", "--config.num_seeds=64",
-             "--config.train.num_steps=4000000", "--config.train.log_every=20000"]
+             "--config.train.num_steps=2000000", "--config.train.log_every=10000"]
 
 
 def run(args, **kwargs):
@@ -67,27 +67,33 @@ def checkpointed(out) -> float:
   return best
 
 
-def kill_at_half_and_resume(args, tmp_path, sig=signal.SIGKILL):
-  """Runs `args` twice, the second killed with `sig` once a checkpoint at half
-  its steps or more exists; reruns it. Returns (uninterrupted dir, resumed
-  dir, the resumed run's stderr, the killed run's (code, stderr))."""
-  ref, out = tmp_path / "ref", tmp_path / "run"
-  done = run([sys.executable, "scripts/run.py", *args, f"--out={ref}", "--figures=none"],
-             env=cached(tmp_path / "cache"))
-  assert done.returncode == 0, done.stderr[-3000:]
+def stop_at_half(args, out, sig, cache):
+  """Runs `args` into `out` and sends `sig` once a checkpoint at half its steps
+  or more exists. Returns `(exit code, stderr)`."""
   killed = subprocess.Popen([sys.executable, "scripts/run.py", *args, f"--out={out}",
-                             "--figures=none"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--figures=none"], cwd=ROOT, env=cached(cache),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
   while time.time() < deadline and killed.poll() is None and checkpointed(out) < 0.5:
     time.sleep(0.01)
   assert killed.poll() is None, "the run finished before it could be stopped"
   killed.send_signal(sig)
   _, err = killed.communicate(timeout=120)
-  resumed = run([sys.executable, "scripts/run.py", *args, f"--out={out}", "--figures=none"],
-                env=cached(tmp_path / "cache"))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  return ref, out, resumed.stderr, (killed.returncode, err)
+  return killed.returncode, err
+
+
+def resume(args, out, cache):
+  done = run([sys.executable, "scripts/run.py", *args, f"--out={out}", "--figures=none"],
+             env=cached(cache))
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stderr
+
+
+def reference(args, tmp_path):
+  """The uninterrupted run (it fills the compilation cache the others read)."""
+  ref = tmp_path / "ref"
+  resume(args, ref, tmp_path / "cache")
+  return ref
 
 
 def resumed_from(stderr) -> float:
@@ -95,33 +101,36 @@ def resumed_from(stderr) -> float:
   return float(line.rsplit("(", 1)[1].rstrip("%)")) / 100
 
 
-def test_killed_at_half_resumes_past_40_percent(tmp_path):
-  """One chunk, SIGKILL at half its steps: the rerun says it resumes from a
-  checkpoint past 40% and its table equals the uninterrupted run's bit for bit."""
-  ref, out, err, _ = kill_at_half_and_resume(QUADRATIC, tmp_path)
-  assert resumed_from(err) >= 0.4, err
-  pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
+def test_killed_interrupted_or_terminated_at_half_resumes(tmp_path):
+  """One chunk stopped at half its steps by SIGKILL, SIGINT or SIGTERM. SIGINT
+  and SIGTERM end it with one line saying where, and exit 130 or 143. The rerun
+  says it resumes from a checkpoint past 40%, and its table equals the
+  uninterrupted run's bit for bit."""
+  ref = reference(QUADRATIC, tmp_path)
+  for sig, code, name in ((signal.SIGKILL, -9, None), (signal.SIGINT, 130, "SIGINT"),
+                          (signal.SIGTERM, 143, "SIGTERM")):
+    out = tmp_path / f"run_{int(sig)}"
+    got, err = stop_at_half(QUADRATIC, out, sig, tmp_path / "cache")
+    assert got == code, (got, err)
+    if name:
+      lines = [l for l in err.splitlines() if l.strip() and "seed-step" not in l]
+      assert len(lines) == 1, err
+      assert lines[0].startswith(f"interrupted ({name}) during group 1/") and \
+          "rerun the same command to resume" in lines[0], lines
+    assert resumed_from(resume(QUADRATIC, out, tmp_path / "cache")) >= 0.4
+    pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LONGER))
 def test_every_builtin_experiment_resumes_from_inside_its_chunk(name, tmp_path):
   args = [f"--config=configs/{name}.py:smoke"] + [f"--config.{o}" for o in LONGER[name]]
-  ref, out, err, _ = kill_at_half_and_resume(args, tmp_path)
-  assert resumed_from(err) >= 0.4, err
+  ref = reference(args, tmp_path)
+  out = tmp_path / "run"
+  stop_at_half(args, out, signal.SIGKILL, tmp_path / "cache")
+  assert resumed_from(resume(args, out, tmp_path / "cache")) >= 0.4
   pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
   pd.testing.assert_frame_equal(load_summary(str(ref)), load_summary(str(out)))
-
-
-@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"),
-                                             (signal.SIGTERM, 143, "SIGTERM")])
-def test_interrupts_are_one_line_and_resume(tmp_path, sig, code, name):
-  ref, out, _, (got, err) = kill_at_half_and_resume(QUADRATIC, tmp_path, sig)
-  lines = [l for l in err.splitlines() if l.strip() and "seed-step" not in l]
-  assert got == code and len(lines) == 1, err
-  assert lines[0].startswith(f"interrupted ({name}) during group 1/") and \
-      "rerun the same command to resume" in lines[0], lines
-  pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
 
 
 @pytest.mark.parametrize("form", ["file", "module"])
