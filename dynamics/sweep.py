@@ -24,6 +24,7 @@ docs/experiments.md.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import json
@@ -436,7 +437,8 @@ def _report(p: Plan, results: list) -> dict:
 
 def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
               figures: str = "auto", out_name: str = "--out", verbose: bool = True,
-              restart: bool = False, checkpoint_every_s: float = 60.0, devices=None) -> str:
+              restart: bool = False, checkpoint_every_s: float = 60.0,
+              stall_timeout_s: float | None = None, devices=None) -> str:
   """Runs (or resumes) the grid into `out_dir`; writes the table, summaries, figures.
 
   Args:
@@ -454,6 +456,9 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_
       tenth of its steps and at least this often (seconds), each time a save
       costs under a tenth of the time since the last one; 0 saves after every
       segment. A rerun resumes from the last save.
+    stall_timeout_s: if no segment finishes for this long (a hang), print
+      where the run is and every thread's stack and end the process (exit
+      status 3); None (the default here; `scripts/run.py` sets 1800) never.
 
   Returns:
     The absolute path of `out_dir`. Files: docs/sweeps.md.
@@ -463,6 +468,9 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_
     raise ValueError(f"--memory_budget_mb must be > 0, got {memory_budget_mb!r}.")
   if not (isinstance(checkpoint_every_s, (int, float)) and checkpoint_every_s >= 0):
     raise ValueError(f"--checkpoint_every_s must be >= 0, got {checkpoint_every_s!r}.")
+  if stall_timeout_s is not None and not (isinstance(stall_timeout_s, (int, float))
+                                          and stall_timeout_s > 0):
+    raise ValueError(f"--stall_timeout_s must be > 0, got {stall_timeout_s!r}.")
   if figures not in FIGURES:
     raise ValueError(f"--figures must be one of {FIGURES}, got {figures!r}.")
   from dynamics import _rows
@@ -473,7 +481,7 @@ def run_sweep(config, out_dir: str, *, memory_budget_mb: float = DEFAULT_MEMORY_
   p = plan(config, devices=devices)  # every ValueError before anything is written
   with precision(p.configs[0].precision):
     run = _Run(p, config, out_dir, out_name, memory_budget_mb, figures, verbose,
-               checkpoint_every_s)
+               checkpoint_every_s, stall_timeout_s)
     return run.go(restart)
 
 
@@ -489,8 +497,9 @@ class Interrupted(KeyboardInterrupt):
 class _Run:
   """One `run_sweep` call on a run directory."""
 
-  def __init__(self, p, config, out_dir, out_name, budget_mb, figures, verbose, every_s):
-    self.p, self.out, self.name = p, out_dir, out_name
+  def __init__(self, p, config, out_dir, out_name, budget_mb, figures, verbose, every_s,
+               stall_s=None):
+    self.p, self.out, self.name, self.stall_s = p, out_dir, out_name, stall_s
     self.budget, self.figures, self.verbose, self.every_s = budget_mb, figures, verbose, every_s
     self.config_json = _canonical(config)
     self.code = store.code_digest(protocol.source_files(p.experiment))
@@ -725,11 +734,44 @@ class _Run:
                unit="seed-step", unit_scale=True, delay=2, dynamic_ncols=True,
                disable=not (self.verbose and self.writer),
                mininterval=0.1 if sys.stderr.isatty() else 10)
-    with bar:
+    with bar, self._watchdog():
       for gi, ci, a, b in todo:
         self.where = f"group {gi + 1}/{len(p.groups)}, chunk {ci + 1}"
+        self.beat = time.monotonic()
         self._chunk(gi, ci, a, b, bar)
     self.where = "the analysis (every chunk is saved)"
+
+  @contextlib.contextmanager
+  def _watchdog(self):
+    """With `stall_timeout_s`: a thread that, when no segment has finished for
+    that long, prints where the run is and every thread's stack, and ends the
+    process (exit status 3). What is on disk is whole; the same command resumes."""
+    if not self.stall_s:
+      yield
+      return
+    import faulthandler
+    import threading
+    done = threading.Event()
+    self.beat = time.monotonic()
+
+    def watch():
+      while not done.wait(min(1.0, self.stall_s / 4)):
+        quiet = time.monotonic() - self.beat
+        if quiet > self.stall_s:
+          sys.stderr.write(f"\nerror: no progress for {quiet:.0f} s (--stall_timeout_s="
+                           f"{self.stall_s:g}) in {self.where}; every thread's stack follows. "
+                           "What is on disk is whole: rerun the same command to resume.\n")
+          sys.stderr.flush()
+          faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+          sys.stderr.flush()
+          os._exit(3)
+
+    thread = threading.Thread(target=watch, name="dynamics-watchdog", daemon=True)
+    thread.start()
+    try:
+      yield
+    finally:
+      done.set()
 
   def _group_done(self, gi, g) -> bool:
     """Every point of the group has a valid points file (the chunks were
@@ -752,6 +794,7 @@ class _Run:
     every = max(1, runner.schedule.num_logs // 10)  # a save at every tenth of the steps
 
     def on_segment(done, state, first, logged):
+      self.beat = time.monotonic()
       if done == 0:  # the start, before any step
         return
       bar.update((b - a) * runner.seg_logs * steps)

@@ -51,6 +51,10 @@ def main(argv=None) -> int:
                   help="inside a chunk the training state is saved at every tenth of its "
                        "steps and at least this often, while a save costs under a tenth of "
                        "the time between saves (0: after every segment)")
+  ap.add_argument("--stall_timeout_s", type=float, default=1800,
+                  help="when no segment of training finishes for this long (a hang), print "
+                       "where the run is and every thread's stack, and exit (status 3); a "
+                       "rerun resumes")
   ap.add_argument("--figures", default="auto", choices=("auto", "all", "none"),
                   help="auto: the grid's figure, and each point's up to 24 points; all; none")
   ap.add_argument("--restart", action="store_true",
@@ -88,7 +92,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     path = sweep.run_sweep(
         config, out, memory_budget_mb=args.memory_budget_mb,
-        checkpoint_every_s=args.checkpoint_every_s, figures=args.figures, out_name=name,
+        checkpoint_every_s=args.checkpoint_every_s, stall_timeout_s=args.stall_timeout_s,
+        figures=args.figures, out_name=name,
         restart=args.restart)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -133,6 +133,32 @@ def test_every_builtin_experiment_resumes_from_inside_its_chunk(name, tmp_path):
   pd.testing.assert_frame_equal(load_summary(str(ref)), load_summary(str(out)))
 
 
+HANG = '''
+import time
+HANG = True
+
+
+def observe(config, state, data):
+  if HANG:
+    jax.debug.callback(lambda: time.sleep(3600))
+  return {"loss": loss(config, state, data, None), "w": state["params"]}
+'''
+
+
+def test_a_stalled_run_says_where_and_exits(tmp_path):
+  """A run whose training stops making progress (here a host callback that
+  sleeps, as a deadlocked kernel would) is ended by the watchdog: one line
+  saying where it stalled, every thread's stack, exit status 3."""
+  exp = tmp_path / "hang.py"
+  exp.write_text(open(os.path.join(ROOT, "tests", "experiments", "toy.py")).read() + HANG)
+  args = [sys.executable, "scripts/run.py", f"--config={exp}", f"--out={tmp_path / 'run'}",
+          "--stall_timeout_s=3", "--figures=none"]
+  proc = run(args)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "error: no progress for" in proc.stderr and "group 1/1, chunk 1" in proc.stderr
+  assert "Thread" in proc.stderr and "hang.py\", line" in proc.stderr, proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("form", ["file", "module"])
 def test_an_experiment_from_outside_the_package(tmp_path, form):
   """examples/quadratic copied to a temporary directory: its config names the
