@@ -314,3 +314,28 @@ def test_plot_sweep_compares_points_at_the_same_time(tmp_path):
   proc = run([sys.executable, "scripts/plot_sweep.py", f"--dir={out}", "--x=train.lr",
               "--metric=w_0", "--t=1.25"])
   assert proc.returncode == 0 and (out / "w_0_vs_train.lr.png").exists(), proc.stderr[-2000:]
+
+
+HANG_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import dynamics
+from tests.helpers import config
+for name in {names!r}:
+  for _ in range(10):
+    dynamics.simulate(config(name))
+  print(name, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", ["1", "2"])
+def test_every_config_ten_times_without_a_hang(devices):
+  """Every built-in config's smoke variant, 10 times in a row on one and on two
+  CPU devices (batched LAPACK kernels across devices once deadlocked a run):
+  each finishes; a hang is the timeout."""
+  names = [n for n in LONGER if n != "lsa_flow"] + ["lsa_flow"]
+  proc = subprocess.run([sys.executable, "-c", HANG_SCRIPT.format(root=ROOT, names=names)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=3000,
+                        env=dict(os.environ, DYNAMICS_CPU_DEVICES=devices))
+  assert proc.returncode == 0 and proc.stdout.split() == names, proc.stderr[-3000:]
