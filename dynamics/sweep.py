@@ -1178,8 +1178,18 @@ def load_sweep(out_dir: str) -> pd.DataFrame:
 
 def load_summary(out_dir: str) -> pd.DataFrame:
   """One row per grid point: swept fields, `diverged_seeds`, and the summary
-  flattened (`loss.rel_error_max`, the report's per-point numbers)."""
-  return pd.read_csv(_verified(out_dir, "summary.csv"))
+  flattened (`loss.rel_error_max`, the report's per-point numbers); a list
+  (a confidence interval) comes back as a list."""
+  frame = pd.read_csv(_verified(out_dir, "summary.csv"))
+  for col in frame.columns:
+    cells = frame[col].dropna()
+    if frame[col].dtype == object and len(cells) and all(
+        isinstance(v, str) and v.startswith("[") for v in cells):
+      try:
+        frame[col] = [json.loads(v) if isinstance(v, str) else v for v in frame[col]]
+      except ValueError:
+        pass
+  return frame
 
 
 def load_arrays(out_dir: str, point: int = 0) -> dict:

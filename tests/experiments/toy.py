@@ -13,7 +13,7 @@ from dynamics import config as cfg
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
-  config.experiment = "tests.experiments.toy"
+  config.experiment = __file__  # this file is the experiment too
   config.seed, config.num_seeds, config.precision = 0, 3, "float32"
   config.dim = 3
   config.noise = 0.0        # std of a key-driven term added to the gradient
