@@ -55,6 +55,6 @@ def theory(config, data, start, t):
 
 
 def report(config, results):
-  fig, slopes = plots.against(results, x="model.alpha", y="f_test.rel_error_max",
+  fig, slopes = plots.against(results, x="model.alpha", y="f_test.rel_error_mean",
                               by="train.lr", loglog=True)
   return {"figure": fig, "slope_by_lr": slopes}
