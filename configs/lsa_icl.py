@@ -6,7 +6,7 @@
 
 d = 5, noiseless labels, 8 seeds from a small random init, 256 fresh prompts
 per step, SGD annealed to 0 (cosine) over 2000 steps at the step
-`train.lr / a(N)` (0.05 at N = 20; `lsa_icl.step_size`). Grid: context length
+`train.lr / a(N)` (0.05 at N = 20; `lr_scale` of `setup`). Grid: context length
 N in (2, 5, 10, 20, 40) (one compiled call each) x input covariance
 isotropic or skewed (condition number 4, rotated; stacked in one call).
 About 1.5 min on a 2-core CPU, compile included. The aligned init against the

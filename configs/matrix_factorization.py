@@ -5,7 +5,7 @@ number of observed entries (Arora, Cohen, Hu & Luo 2019).
 
 A 30 x 30 matrix of rank 3 (singular values all 30/sqrt(3)), 4 seeds (the
 factors' random orthogonal init, scale 0.1 per factor), full-batch gradient
-descent at half the product's curvature (`matrix_factorization.step_size`)
+descent at half the product's curvature (`lr_scale` of `setup`)
 for 20000 steps. Grid: depth (1, 2, 3) (one compiled call each) x observed
 entries (200, 250, 300, 400, 500) (stacked). Prints per point the
 reconstruction error over all entries and the worst gap between the

@@ -111,6 +111,9 @@ def test_ntk_without_the_jacobian(par, bias):
                  b_std=0.4, bias=bias, dtype=jnp.float64)
     kw = dict(activation="tanh", parameterization=par, w_std=1.3, b_std=0.4)
     f = lambda p_, x_: mlp.apply(p_, x_, **kw)
-    want = ntk.empirical_ntk(f, p, x, x[:4])
+    # the Jacobian's NTK as one jitted program (eagerly, every primitive of the
+    # per-example Jacobians compiles anew)
+    want, want_sym = jax.jit(lambda q: (ntk.empirical_ntk(f, q, x, x[:4]),
+                                        ntk.empirical_ntk(f, q, x)))(p)
     np.testing.assert_allclose(mlp.ntk(p, x, x[:4], **kw), want, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(mlp.ntk(p, x, **kw), ntk.empirical_ntk(f, p, x), rtol=1e-12)
+    np.testing.assert_allclose(mlp.ntk(p, x, **kw), want_sym, rtol=1e-12)

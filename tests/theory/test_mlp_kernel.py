@@ -179,17 +179,28 @@ def finite_kernels(params, x, act, w, b, standard=False):
   return w**2 * last @ last.T / last.shape[1] + b**2, mlp.ntk(params, x, **kw)
 
 
-def monte_carlo(act, widths, seeds, w=1.3, b=0.3, depth=3):
-  """Per width: the analytic kernels, every seed's empirical ones."""
+def exact_kernels(depth, acts, w=1.3, b=0.3):
+  """The analytic kernels on `inputs()` for each activation, in one jitted
+  program (the eager recursion compiles every primitive anew per activation)."""
+  return jax.jit(lambda x: {a: ntk.mlp_kernel(depth, a, w, b)(x) for a in acts})(inputs())
+
+
+def monte_carlo(acts, widths, seeds, w=1.3, b=0.3, depth=3):
+  """Per width and activation: every seed's empirical kernels, `[seeds, 6, 6]`.
+  One program per width for every activation: a seed's network weights are
+  drawn once and used with each activation, so for each activation the seeds
+  are still independent networks."""
   x = inputs()
-  exact = ntk.mlp_kernel(depth, act, w, b)(x)
+  keys = jax.random.split(jax.random.PRNGKey(depth), seeds)
   out = {}
   for n in widths:
-    run = jax.jit(lambda key: finite_kernels(
-        mlp.init(key, 5, (n,) * (depth - 1), w_std=w, b_std=b), x, act, w, b))
-    est = [run(jax.random.PRNGKey(s)) for s in range(seeds)]
-    out[n] = {k: np.stack([e[i] for e in est]) for i, k in enumerate(("nngp", "ntk"))}
-  return exact, out
+    def one(key, n=n):
+      params = mlp.init(key, 5, (n,) * (depth - 1), w_std=w, b_std=b)
+      return {a: finite_kernels(params, x, a, w, b) for a in acts}
+    est = jax.jit(lambda k: jax.lax.map(one, k))(keys)   # one seed at a time
+    out[n] = {a: {k: np.asarray(est[a][i]) for i, k in enumerate(("nngp", "ntk"))}
+              for a in acts}
+  return out
 
 
 def rms_error(runs, ref):
@@ -203,40 +214,52 @@ def z_scores(runs, ref):
   return np.abs(runs.mean(0) - ref) / scale
 
 
-def check_monte_carlo(act, widths, seeds, depth, slope_tol):
-  exact, runs = monte_carlo(act, widths, seeds, depth=depth)
+def check_monte_carlo(act, exact, runs, widths, slope_tol):
   for key in ("nngp", "ntk"):
-    ref = np.asarray(exact[key])
+    ref = np.asarray(exact[act][key])
     # One network's empirical kernel fluctuates as width^-1/2 (a mean of
     # `width` weakly dependent terms), so its mean squared error is
     # a/width + O(1/width^2): the RMS error's log-log slope is -1/2.
-    rms = [rms_error(runs[n][key], ref) for n in widths]
+    rms = [rms_error(runs[n][act][key], ref) for n in widths]
     slope = np.polyfit(np.log(widths), np.log(rms), 1)[0]
     assert abs(slope + 0.5) < slope_tol, (act, key, slope, rms)
     # At the largest width the seeds' mean is within its own standard error
     # of the limit (the O(1/width) bias is well below it there): 4.5 sigma
     # over the 21 distinct entries, a false alarm below 1e-4.
-    assert z_scores(runs[widths[-1]][key], ref).max() < 4.5, (act, key)
+    assert z_scores(runs[widths[-1]][act][key], ref).max() < 4.5, (act, key)
+
+
+WIDTHS = (1024, 4096, 16384)
+
+
+@pytest.fixture(scope="module")
+def depth2_runs():
+  return exact_kernels(2, ACTS), monte_carlo(ACTS, WIDTHS, seeds=32, depth=2)
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_against_monte_carlo(act):
+def test_against_monte_carlo(act, depth2_runs):
   # One hidden layer up to width 2^14, 32 seeds. The per-seed error's
   # coefficient of variation is ~0.5, so each RMS is known to ~10% and the
   # slope over a 16x range to ~0.05: a 3-sigma band of 0.15.
-  check_monte_carlo(act, (1024, 4096, 16384), seeds=32, depth=2, slope_tol=0.15)
+  check_monte_carlo(act, *depth2_runs, WIDTHS, slope_tol=0.15)
+
+
+@pytest.fixture(scope="module")
+def depth3_runs():
+  return exact_kernels(3, ACTS), monte_carlo(ACTS, (4096,), seeds=8, depth=3)[4096]
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_depth3_against_monte_carlo(act):
+def test_depth3_against_monte_carlo(act, depth3_runs):
   # Two hidden layers of width 4096, 8 seeds. The per-seed relative error
   # is ~0.02 here (measured 0.021 +- 0.013 for relu); the seeds' mean adds
   # that / sqrt(8) = 0.007 to an O(1/width) bias measured as ~30/width
   # (0.116 at width 256): 0.015 expected, bounded at 0.03.
-  exact, runs = monte_carlo(act, (4096,), seeds=8, depth=3)
+  exact, runs = depth3_runs
   for key in ("nngp", "ntk"):
-    ref = np.asarray(exact[key])
-    mean = runs[4096][key].mean(0)
+    ref = np.asarray(exact[act][key])
+    mean = runs[act][key].mean(0)
     assert np.linalg.norm(mean - ref) / np.linalg.norm(ref) < 0.03, (act, key)
 
 
@@ -246,7 +269,9 @@ def test_depth3_against_monte_carlo_wide(act):
   # up to width 2^14 (a 1 GB weight matrix per seed), 8 seeds: each RMS
   # known to ~20%, the slope to ~0.1; 3 sigma. The O(1/width) bias is
   # ~0.3 standard errors at 2^14.
-  check_monte_carlo(act, (1024, 4096, 16384), seeds=8, depth=3, slope_tol=0.3)
+  widths = (1024, 4096, 16384)
+  check_monte_carlo(act, exact_kernels(3, [act]), monte_carlo([act], widths, 8, depth=3),
+                    widths, slope_tol=0.3)
 
 
 def test_standard_parameterization_against_monte_carlo():
@@ -284,17 +309,26 @@ def test_empirical_ntk_blocks_and_outputs(out):
     f = lambda p_, x_: mlp.apply(p_, x_, activation="tanh", w_std=1.2, b_std=0.3)
     x1 = np.random.default_rng(1).normal(size=(13, 5))
     x2 = x1[:7] * 0.5
-    want = flat_jacobian_ntk(f, p, x1, x2)
-    np.testing.assert_allclose(ntk.empirical_ntk(f, p, x1, x2), want, rtol=1e-12)
+
+    def every(p):  # one jitted program: eagerly, each primitive compiles anew
+      r = {"want": flat_jacobian_ntk(f, p, x1, x2),
+           "full": ntk.empirical_ntk(f, p, x1, x2),
+           "blocks": ntk.empirical_ntk(f, p, x1, x2, batch_size=4),
+           "sym_blocks": ntk.empirical_ntk(f, p, x1, batch_size=4),
+           "sym": ntk.empirical_ntk(f, p, x1, x1)}
+      if out:
+        r["each"] = sum(ntk.empirical_ntk(lambda p_, x_, k=k: f(p_, x_)[:, k], p, x1, x2)
+                        for k in range(out))
+      return r
+
+    r = jax.jit(every)(p)
+    want = r["want"]
+    np.testing.assert_allclose(r["full"], want, rtol=1e-12)
     # uneven blocks (13 = 4 + 4 + 4 + 1, the last padded; 7 = 4 + 3)
-    np.testing.assert_allclose(ntk.empirical_ntk(f, p, x1, x2, batch_size=4), want,
-                               rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(ntk.empirical_ntk(f, p, x1, batch_size=4),
-                               ntk.empirical_ntk(f, p, x1, x1), rtol=1e-12)
+    np.testing.assert_allclose(r["blocks"], want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(r["sym_blocks"], r["sym"], rtol=1e-12)
     if out:  # traced over the outputs: the sum of each output's own NTK
-      each = sum(ntk.empirical_ntk(lambda p_, x_, k=k: f(p_, x_)[:, k], p, x1, x2)
-                 for k in range(out))
-      np.testing.assert_allclose(each, want, rtol=1e-12)
+      np.testing.assert_allclose(r["each"], want, rtol=1e-12)
 
 
 def test_empirical_ntk_of_a_flax_module():
@@ -311,6 +345,7 @@ def test_empirical_ntk_of_a_flax_module():
     model = MLP()
     variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
                                        model.init(jax.random.PRNGKey(0), x))
-    want = flat_jacobian_ntk(model.apply, variables, x, x[:5])
-    np.testing.assert_allclose(
-        ntk.empirical_ntk(model.apply, variables, x, x[:5], batch_size=2), want, rtol=1e-12)
+    got, want = jax.jit(lambda v: (
+        ntk.empirical_ntk(model.apply, v, x, x[:5], batch_size=2),
+        flat_jacobian_ntk(model.apply, v, x, x[:5])))(variables)
+    np.testing.assert_allclose(got, want, rtol=1e-12)

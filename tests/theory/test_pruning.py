@@ -1,6 +1,8 @@
 """theory.pruning against finite differences along real trajectories, a
 hand-written gradient with a finite-difference HVP, and Taylor orders."""
 
+import functools
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -17,12 +19,21 @@ def x64():  # float64 for every test here, restored after each
     yield
 
 
-def tanh_net(key=0, d=4, m=6, p=12):
-  """A two-layer tanh network with its gradient written out by hand."""
+# Eagerly, every primitive compiles anew for each shape it meets (seconds on 2
+# CPU cores): the data are drawn, and each test's computation runs, as jitted
+# programs.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def tanh_data(key, d, m, p):
   k = jax.random.split(jax.random.PRNGKey(key), 4)
   x = jax.random.normal(k[0], (p, d))
   y = jax.random.normal(k[1], (p,))
   params = {"W": jax.random.normal(k[2], (m, d)) / 2, "v": jax.random.normal(k[3], (m,))}
+  return x, y, params
+
+
+def tanh_net(key=0, d=4, m=6, p=12):
+  """A two-layer tanh network with its gradient written out by hand."""
+  x, y, params = tanh_data(key, d, m, p)
 
   def loss(q):
     return 0.5 * jnp.mean((jnp.tanh(x @ q["W"].T) @ q["v"] - y) ** 2)
@@ -36,73 +47,86 @@ def tanh_net(key=0, d=4, m=6, p=12):
 
 
 def dot(a, b):
-  return sum(float(jnp.vdot(x, y)) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                                   jax.tree_util.tree_leaves(b)))
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                            jax.tree_util.tree_leaves(b)))
 
 
 def lin(a, b, s=1.0):
   return jax.tree_util.tree_map(lambda x, y: x + s * y, a, b)
 
 
-def families():
-  """`(loss_fn, params)` of two model families of the repo (smooth losses)."""
+@functools.partial(jax.jit, static_argnums=0)
+def family_data(which):
   k = jax.random.split(jax.random.PRNGKey(1), 6)
-  x = jax.random.normal(k[0], (20, 4))
-  y = x @ jax.random.normal(k[1], (4, 3))
-  dl = deep_linear.init_random(k[2], [4, 5, 5, 3], 0.8, jnp.float64)
-  dl_loss = lambda q: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(q, x) - y) ** 2, -1))
+  if which == 0:
+    x = jax.random.normal(k[0], (20, 4))
+    y = x @ jax.random.normal(k[1], (4, 3))
+    return (x, y), deep_linear.init_random(k[2], [4, 5, 5, 3], 0.8, jnp.float64)
   pr = icl_regression.sample(k[3], 64, 6, jnp.eye(3))
-  la = linear_attention.init(k[4], 3, scale=1.0, dtype=jnp.float64)
-  la_loss = lambda q: linear_attention.loss(q, *pr)
-  return [(dl_loss, dl), (la_loss, la)]
+  return pr, linear_attention.init(k[4], 3, scale=1.0, dtype=jnp.float64)
 
+
+def families(which):
+  """`(loss_fn, params)` of two model families of the repo (smooth losses)."""
+  data, params = family_data(which)
+  if which == 0:
+    x, y = data
+    return lambda q: 0.5 * jnp.mean(jnp.sum((deep_linear.apply(q, x) - y) ** 2, -1)), params
+  return lambda q: linear_attention.loss(q, *data), params
 
 @pytest.mark.parametrize("family", [0, 1])
 def test_flow_identities_along_a_training_trajectory(family):
-  loss_fn, params = families()[family]
+  loss_fn, params = families(family)
   lr, steps = 1e-6, 12
-  grad = jax.jit(jax.grad(loss_fn))
+  grad = jax.grad(loss_fn)
+  step = jax.jit(lambda q: lin(q, grad(q), -lr))
   traj = [params]
   for _ in range(steps):
-    traj.append(lin(traj[-1], grad(traj[-1]), -lr))
-  norm = lambda q: dot(q, q)
-  gn = lambda q: dot(grad(q), grad(q))
-  flow_rates = jax.jit(lambda q: pruning.flow_rates(loss_fn, q))
+    traj.append(step(traj[-1]))
+  # along the stacked trajectory: ||theta||^2, L, ||g||^2 and the flow's rates
+  measured, rates = jax.jit(jax.vmap(lambda q: (
+      {"norm": dot(q, q), "loss": loss_fn(q), "grad_norm": dot(grad(q), grad(q))},
+      pruning.flow_rates(loss_fn, q))))(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *traj))
+  measured = {k: np.asarray(v) for k, v in measured.items()}
   for k in range(1, steps):
-    rates = flow_rates(traj[k])
-    fd = {"norm": (norm(traj[k + 1]) - norm(traj[k - 1])) / (2 * lr),
-          "loss": (float(loss_fn(traj[k + 1])) - float(loss_fn(traj[k - 1]))) / (2 * lr),
-          "grad_norm": (gn(traj[k + 1]) - gn(traj[k - 1])) / (2 * lr)}
+    fd = {name: (measured[name][k + 1] - measured[name][k - 1]) / (2 * lr) for name in measured}
     for name in fd:
-      rel = abs(fd[name] - float(rates[name])) / abs(float(rates[name]))
-      assert rel < 1e-3, (name, k, fd[name], float(rates[name]))  # GD vs flow: O(lr)
+      rel = abs(fd[name] - float(rates[name][k])) / abs(float(rates[name][k]))
+      assert rel < 1e-3, (name, k, fd[name], float(rates[name][k]))  # GD vs flow: O(lr)
 
 
 def test_importance_against_brute_force():
   loss, grad, params = tanh_net()
-  g = grad(params)
-  np.testing.assert_allclose(jax.grad(loss)(params)["W"], g["W"], rtol=1e-12)  # sanity
   eps = 1e-5
-  hg = jax.tree_util.tree_map(lambda a, b: (a - b) / (2 * eps),
-                              grad(lin(params, g, eps)), grad(lin(params, g, -eps)))
-  expect = {
-      "magnitude": jax.tree_util.tree_map(jnp.abs, params),
-      "loss_preservation": jax.tree_util.tree_map(lambda p, g_: jnp.abs(p * g_), params, g),
-      "gradient_norm": jax.tree_util.tree_map(lambda p, h: p * h, params, hg),
-      "gradient_norm_abs": jax.tree_util.tree_map(lambda p, h: jnp.abs(p * h), params, hg)}
+
+  @jax.jit
+  def run(params):
+    g = grad(params)
+    hg = jax.tree_util.tree_map(lambda a, b: (a - b) / (2 * eps),
+                                grad(lin(params, g, eps)), grad(lin(params, g, -eps)))
+    expect = {
+        "magnitude": jax.tree_util.tree_map(jnp.abs, params),
+        "loss_preservation": jax.tree_util.tree_map(lambda p, g_: jnp.abs(p * g_), params, g),
+        "gradient_norm": jax.tree_util.tree_map(lambda p, h: p * h, params, hg),
+        "gradient_norm_abs": jax.tree_util.tree_map(lambda p, h: jnp.abs(p * h), params, hg)}
+    got = {m: pruning.importance(loss, params, m) for m in expect}
+    return jax.grad(loss)(params), g, expect, got
+
+  autodiff, g, expect, got = run(params)
+  np.testing.assert_allclose(autodiff["W"], g["W"], rtol=1e-12)  # sanity
   for measure, want in expect.items():
-    got = pruning.importance(loss, params, measure)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    for a, b in zip(jax.tree_util.tree_leaves(got[measure]), jax.tree_util.tree_leaves(want)):
       np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10, err_msg=measure)
 
 
 def test_hvp_matches_a_materialised_hessian():
   loss, _, params = tanh_net(key=3)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
-  h = jax.hessian(lambda f: loss(unravel(f)))(flat)  # the test may materialise it
   v = jax.random.normal(jax.random.PRNGKey(9), flat.shape)
-  np.testing.assert_allclose(jax.flatten_util.ravel_pytree(
-      pruning.hvp(loss, params, unravel(v)))[0], h @ v, rtol=1e-10)
+  got, want = jax.jit(lambda f, v: (
+      jax.flatten_util.ravel_pytree(pruning.hvp(loss, unravel(f), unravel(v)))[0],
+      jax.hessian(lambda f: loss(unravel(f)))(f) @ v))(flat, v)  # the test may materialise it
+  np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -112,17 +136,18 @@ def test_predicted_change_error_orders(seed):
   mask = pruning.prune_mask(pruning.importance(loss, params, "magnitude"), 0.4)
   gn = lambda q: dot(jax.grad(loss)(q), jax.grad(loss)(q))
   scales = np.array([0.08, 0.04, 0.02, 0.01])
-  errs = {(k, o): [] for k in ("loss", "grad_norm") for o in (1, 2)}
-  for s in scales:
+
+  @jax.jit
+  @jax.vmap
+  def errors(s):  # every scale and both orders in one program
     start = jax.tree_util.tree_map(lambda p, m: p * m + s * p * (1 - m), params, mask)
     pruned = jax.tree_util.tree_map(lambda p, m: p * m, params, mask)
-    measured = {"loss": float(loss(pruned) - loss(start)), "grad_norm": gn(pruned) - gn(start)}
-    for o in (1, 2):
-      pred = pruning.predicted_change(loss, start, mask, order=o)
-      for k in measured:
-        errs[(k, o)].append(abs(measured[k] - float(pred[k])))
-  for (k, o), e in errs.items():
-    slope = np.polyfit(np.log(scales), np.log(e), 1)[0]
+    measured = {"loss": loss(pruned) - loss(start), "grad_norm": gn(pruned) - gn(start)}
+    pred = {o: pruning.predicted_change(loss, start, mask, order=o) for o in (1, 2)}
+    return {(k, o): jnp.abs(measured[k] - pred[o][k]) for k in measured for o in (1, 2)}
+
+  for (k, o), e in errors(jnp.asarray(scales)).items():
+    slope = np.polyfit(np.log(scales), np.log(np.asarray(e)), 1)[0]
     assert abs(slope - (o + 1)) < 0.25, (k, o, slope, e)
 
 
