@@ -109,7 +109,12 @@ def main(argv=None) -> int:
     what = getattr(e, "where", where)
     print(f"\ninterrupted ({'SIGINT' if code == 130 else 'SIGTERM'}) during {what}; rerun the "
           "same command to resume.", file=sys.stderr)
-    return code
+    # Leave at once: what the run wrote is on disk (every file is renamed into
+    # place whole), and interpreter shutdown with XLA's threads still busy can
+    # abort the process instead of exiting with `code`.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
   if jax.process_index() > 0:
     return 0  # process 0 wrote the run and reports it
   files = ["results.parquet", "summary.csv", "summary.json", "points/"]

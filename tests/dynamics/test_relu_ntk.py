@@ -61,6 +61,7 @@ def test_bad_config(field, value):
   assert_plan_refuses("relu_ntk", field, value)
 
 
+@pytest.mark.slow  # a 2 x 2 grid: four compiled trajectories
 def test_depth_and_activation_axes():
   # depth 3 tanh, two depths in one grid: per-depth slopes, the analytic
   # kernel of that depth and activation (the gap falls as width^-1/2).
