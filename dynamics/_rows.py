@@ -180,6 +180,18 @@ def place(tree, plan: RowPlan):
   return jax.device_put(tree, sharding)
 
 
+def replicate(tree, plan: RowPlan):
+  """Inputs every row shares, placed once on every device of `plan` (a
+  host array or one on another device would be copied again at each call)."""
+  if jax.process_count() > 1:
+    return tree  # each process holds its own copy; jit places it
+  if len(plan.devices) == 1:
+    return jax.device_put(tree, plan.devices[0])
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(plan.devices), ("rows",)),
+                                        jax.sharding.PartitionSpec())
+  return jax.device_put(tree, sharding)
+
+
 def call(fn: Rows, rows, shared, plan: RowPlan):
   """`fn` on rows already padded and sharded by `shard_rows`."""
   return fn(rows, shared, groups=len(plan.devices), chunk=plan.chunk)

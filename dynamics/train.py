@@ -216,10 +216,16 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
   return start, advance
 
 
-def segment_logs(num_logs: int, target: int = 40) -> int:
+MIN_SEGMENT_STEPS = 50  # a segment reloads each chunk's state: fewer, longer segments are faster
+
+
+def segment_logs(num_logs: int, log_every: int = 1, target: int = 40) -> int:
   """Logged steps per segment: a divisor of `num_logs` near `num_logs /
-  target` (every segment then runs one compiled program), at least 1."""
-  want = max(1, num_logs // target)
+  target` (every segment then runs one compiled program), at least 1, and
+  of at least `MIN_SEGMENT_STEPS` steps where the run has them: each
+  segment's call reloads every chunk of rows, which costs 20-25% of a
+  200-step run cut into 20 segments (`docs/performance.md`)."""
+  want = max(1, num_logs // target, -(-MIN_SEGMENT_STEPS // log_every))
   divisors = [d for d in range(1, num_logs + 1) if num_logs % d == 0]
   return min(divisors, key=lambda d: (abs(d - want), d))
 
@@ -236,7 +242,7 @@ class Runner:
                *, devices=None, chunk=None, seg_logs: int | None = None):
     self.schedule = schedule
     self._experiment, self._bind, self._data_of = experiment, bind, data_of
-    self.seg_logs = seg_logs or segment_logs(schedule.num_logs)
+    self.seg_logs = seg_logs or segment_logs(schedule.num_logs, schedule.log_every)
     start, advance = row_program(experiment, bind, data_of, schedule, self.seg_logs)
     self.start_fn, self.advance_fn = _rows.vmap_rows(start), _rows.vmap_rows(advance)
     self.rows, self.shared = rows, dict(shared)
@@ -299,18 +305,42 @@ class Runner:
       done, state, first, logged = resume
       state = _rows.shard_rows(state, adv_plan, num_padded)
     total = self.schedule.num_logs
+    logged = list(logged)
+    shared = _rows.replicate(self.shared, adv_plan)  # placed once, not at every segment
     while done < total:
-      state, (obs, t) = _rows.call(self.advance_fn, state,
-                                   self._shared(done * self.schedule.log_every), adv_plan)
-      logged.append(_rows.to_host((obs, t), n))
+      step0 = jnp.asarray(done * self.schedule.log_every, jnp.int32)
+      state, out = _rows.call(self.advance_fn, state, {**shared, "step0": step0}, adv_plan)
+      # One segment in flight: the host copies the previous segment's
+      # observations (waiting for it, not for the one just dispatched), so
+      # dispatching the next overlaps this one's run.
+      if len(logged) and not isinstance(logged[-1][1], np.ndarray):
+        logged[-1] = _rows.to_host(logged[-1], n)
+      logged.append(out)
       done += self.seg_logs
       if on_segment is not None:
-        on_segment(done, state, first, logged)
+        on_segment(done, state, first, _Pending(logged, n))
+    if logged and not isinstance(logged[-1][1], np.ndarray):
+      logged[-1] = _rows.to_host(logged[-1], n)
     state = _rows.to_host(state, n)
     obs = {k: np.concatenate([o[k] for o, _ in logged], axis=1) for k in first} if logged \
         else {k: v[:, :0] for k, v in first.items()}
     t = np.concatenate([t for _, t in logged], axis=1) if logged else np.zeros((n, 0))
     return first, obs, t, state
+
+
+class _Pending(list):
+  """The logged segments handed to `on_segment`: iterating copies the last,
+  still running, segment to the host first (a checkpoint waits for it)."""
+
+  def __init__(self, logged, num_rows):
+    super().__init__(logged)
+    self._logged, self._n = logged, num_rows
+
+  def __iter__(self):
+    if self._logged and not isinstance(self._logged[-1][1], np.ndarray):
+      self._logged[-1] = _rows.to_host(self._logged[-1], self._n)
+      self[-1] = self._logged[-1]
+    return super().__iter__()
 
 
 def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:

@@ -30,9 +30,11 @@ def concrete(x) -> np.ndarray | None:
     return None
 
 
-def real(name: str, x) -> np.ndarray | None:
+def real(name: str, x, dtype=None) -> np.ndarray | None:
   """Checks that `x` holds real numbers; its values in the working float
-  precision, or None when traced."""
+  precision (or `dtype`, for functions computing in numpy float64), or None
+  when traced."""
+  precision = dtype
   if x is None or isinstance(x, (str, bytes)):
     raise ValueError(f"`{name}` must be a real number or array, got {x!r}.")
   dtype = getattr(x, "dtype", None)
@@ -51,7 +53,7 @@ def real(name: str, x) -> np.ndarray | None:
   v = concrete(x)
   if v is None:
     return None
-  working = np.dtype(jnp.result_type(float))
+  working = np.dtype(jnp.result_type(float) if precision is None else precision)
   with np.errstate(over="ignore"):
     cast = v.astype(working)
   overflow = np.isfinite(v) & ~np.isfinite(cast)
@@ -63,14 +65,14 @@ def real(name: str, x) -> np.ndarray | None:
   return cast
 
 
-def check_finite(name: str, x) -> None:
-  v = real(name, x)
+def check_finite(name: str, x, dtype=None) -> None:
+  v = real(name, x, dtype)
   if v is not None and not np.all(np.isfinite(v)):
     raise ValueError(f"`{name}` must be finite, got {v!r}.")
 
 
-def check_finite_nonnegative(name: str, x, allow_inf: bool = False) -> None:
-  v = real(name, x)
+def check_finite_nonnegative(name: str, x, allow_inf: bool = False, dtype=None) -> None:
+  v = real(name, x, dtype)
   if v is None:
     return
   if np.any(np.isnan(v)) or (not allow_inf and not np.all(np.isfinite(v))):
@@ -79,8 +81,8 @@ def check_finite_nonnegative(name: str, x, allow_inf: bool = False) -> None:
     raise ValueError(f"`{name}` must be non-negative, got {v!r}.")
 
 
-def check_positive(name: str, x) -> None:
-  v = real(name, x)
+def check_positive(name: str, x, dtype=None) -> None:
+  v = real(name, x, dtype)
   if v is None:
     return
   if not np.all(np.isfinite(v)) or np.any(v <= 0):

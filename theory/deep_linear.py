@@ -379,17 +379,20 @@ def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
     "w2w2t": W2 W2^T [T, d_out, d_out], "lam": lam}`; the weights themselves
     are determined only up to an orthogonal `h x h` rotation.
   """
-  _checks.check_finite_nonnegative("t", t)
+  _checks.check_finite_nonnegative("t", t, dtype=np.float64)
   _checks.check_ndim("t", t, (0, 1))
-  _checks.check_positive("tau", tau)
+  _checks.check_positive("tau", tau, dtype=np.float64)
   for name, a in (("w1_0", w1_0), ("w2_0", w2_0), ("sigma_yx", sigma_yx)):
-    _checks.check_finite(name, a)
+    _checks.check_finite(name, a, dtype=np.float64)
     _checks.check_ndim(name, a, (2,))
   w1, w2, syx = (np.asarray(a, np.float64) for a in (w1_0, w2_0, sigma_yx))
   (h, d_in), (d_out, h2) = w1.shape, w2.shape
   if h2 != h or syx.shape != (d_out, d_in):
     raise ValueError(f"shapes must be w1_0 [h, d_in], w2_0 [d_out, h], sigma_yx "
                      f"[d_out, d_in]; got {w1.shape}, {w2.shape}, {syx.shape}.")
+  if h == 0:
+    raise ValueError("`w1_0` [h, d_in] and `w2_0` [d_out, h] need at least one hidden "
+                     "unit (h >= 1).")
   lam = _lambda_balance(w1, w2)
   d = d_in + d_out
   f_mat = np.zeros((d, d))
@@ -428,7 +431,16 @@ def two_layer_ntk(flow: dict, x1: ArrayLike, x2: ArrayLike | None = None) -> np.
   """The NTK of `f(x) = W2 W1 x` along `two_layer_flow`'s solution:
   `Theta(x, x')_{ab} = (x . x') (W2 W2^T)_{ab} + (x^T W1^T W1 x') delta_{ab}`
   (the `W1` and `W2` gradients), `[T, n1, n2, d_out, d_out]`."""
-  _checks.check_finite("x1", x1)
+  _checks.check_finite("x1", x1, dtype=np.float64)
+  _checks.check_ndim("x1", x1, (2,))
+  if x2 is not None:
+    _checks.check_finite("x2", x2, dtype=np.float64)
+    _checks.check_ndim("x2", x2, (2,))
+  d_in = np.shape(flow["w1tw1"])[-1]
+  for name, x in (("x1", x1), ("x2", x2)):
+    if x is not None and np.shape(x)[1] != d_in:
+      raise ValueError(f"`{name}` must be [n, {d_in}] (the flow's input dimension), "
+                       f"got {np.shape(x)}.")
   x1 = np.asarray(x1, np.float64)
   x2 = x1 if x2 is None else np.asarray(x2, np.float64)
   eye = np.eye(flow["w2w2t"].shape[-1])

@@ -31,16 +31,28 @@ from theory import _checks
 
 
 def q_alpha(beta: ArrayLike, alpha: float) -> float:
-  """`Q_alpha(beta) = alpha^2 sum_i q(beta_i / alpha^2)`."""
-  _checks.check_finite("beta", beta)
-  _checks.check_positive("alpha", alpha)
-  z = np.asarray(beta, np.float64) / alpha**2
-  return float(alpha**2 * np.sum(2 - np.sqrt(4 + z**2) + z * np.arcsinh(z / 2)))
+  """`Q_alpha(beta) = alpha^2 sum_i q(beta_i / alpha^2)`, computed as
+  `sum_i beta_i q(z_i) / z_i` with `q(z) / z = arcsinh(z / 2) - z / (2 +
+  sqrt(4 + z^2))` (`2 - sqrt(4 + z^2)` rewritten without its cancellation)
+  and `arcsinh(z / 2) = log|z|` to float64 precision past `|z| = 1e16`, so
+  that neither `alpha^2` nor `z` over- or underflows: relative precision at
+  every `alpha` and `beta`."""
+  _checks.check_finite("beta", beta, dtype=np.float64)
+  _checks.check_positive("alpha", alpha, dtype=np.float64)
+  b, a = np.asarray(beta, np.float64), float(alpha)
+  with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+    log_z = np.log(np.abs(b)) - 2 * np.log(a)
+    big = log_z > np.log(1e16)
+    z = np.where(big, 0.0, b / a / a)
+    ratio = np.where(big, np.sign(b) * (log_z - 1.0),
+                     np.arcsinh(z / 2) - z / (2 + np.hypot(2.0, z)))
+  # past 1e16: arcsinh(z/2) - z/(2 + sqrt(4 + z^2)) = sign(z) (log|z| - 1) + O(log|z| / z^2)
+  return float(np.sum(b * ratio))
 
 
 def _check_xy(x, y):
   for name, a in (("x", x), ("y", y)):
-    _checks.check_finite(name, a)
+    _checks.check_finite(name, a, dtype=np.float64)
   _checks.check_ndim("x", x, (2,))
   _checks.check_ndim("y", y, (1,))
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -71,8 +83,16 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
     `beta: [d]`.
   """
   x, y = _check_xy(x, y)
-  _checks.check_positive("alpha", alpha)
-  a2 = 2 * float(alpha) ** 2
+  _checks.check_positive("alpha", alpha, dtype=np.float64)
+  with np.errstate(over="ignore", under="ignore"):
+    a2 = 2 * np.float64(alpha) ** 2
+  if not np.isfinite(a2):
+    # Q_alpha = ||beta||^2 / (4 alpha^2) (1 + O(||beta||^2 / alpha^4)): past
+    # alpha ~ 1e154 the correction is below 1e-300, the minimiser min-l2.
+    return min_l2_solution(x, y)
+  if a2 == 0:
+    raise ValueError(f"`alpha` = {alpha:g} is too small for float64 (2 alpha^2 underflows); "
+                     "its limit alpha -> 0 is `min_l1_solution`.")
   dual = lambda m: a2 * np.sum(np.cosh(x.T @ m)) - y @ m
   # start from the l2 solution's dual variable, then damped Newton steps
   mu = np.linalg.lstsq(x.T, np.arcsinh(min_l2_solution(x, y) / a2), rcond=None)[0]
@@ -83,7 +103,12 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
     grad = a2 * x @ np.sinh(z) - y
     if np.linalg.norm(grad) <= tol:
       break
-    step = np.linalg.solve(a2 * (x * np.cosh(z)) @ x.T, grad)
+    try:
+      step = np.linalg.solve(a2 * (x * np.cosh(z)) @ x.T, grad)
+    except np.linalg.LinAlgError:
+      raise ValueError(f"`x` is numerically rank deficient (condition number "
+                       f"{np.linalg.cond(x):.3g}): the interpolation constraint "
+                       "x beta = y does not determine the dual variable.") from None
     size, now, norm = 1.0, dual(mu), np.linalg.norm(grad)
     while (dual(mu - size * step) > now - 1e-4 * size * grad @ step
            and not residual(mu - size * step) < norm) and size > 1e-12:

@@ -58,9 +58,18 @@ def _relu_dual(q1, k, q2):
   norm = jnp.sqrt(q1 * q2)
   zero = norm == 0
   cos = jnp.clip(k / jnp.where(zero, 1.0, norm), -1.0, 1.0)
-  theta = jnp.arccos(cos)
-  ee = norm / (2 * jnp.pi) * (jnp.sqrt(1 - cos**2) + (jnp.pi - theta) * cos)
-  return jnp.where(zero, 0.0, ee), jnp.where(zero, 0.0, (jnp.pi - theta) / (2 * jnp.pi))
+  # phi = pi - theta by atan2 (arccos loses it near cos = -1), and
+  # sin theta + (pi - theta) cos theta = sin phi - phi cos phi, which cancels
+  # as phi -> 0: its series phi^3/3 - phi^5/30 + ... below phi = 0.1 (5 terms,
+  # truncation ~phi^13 / 5e8, below float64 rounding), so antipodal inputs
+  # give exactly 0 and nearby ones a positive value.
+  phi = jnp.arctan2(jnp.sqrt(jnp.maximum((1 - cos) * (1 + cos), 0.0)), -cos)
+  p2 = phi * phi
+  series = phi * p2 * (1 / 3 - p2 * (1 / 30 - p2 * (1 / 840 - p2 * (1 / 45360
+                                                                      - p2 / 3991680))))
+  j = jnp.where(phi < 0.1, series, jnp.sin(phi) - phi * jnp.cos(phi))
+  ee = norm / (2 * jnp.pi) * j
+  return jnp.where(zero, 0.0, ee), jnp.where(zero, 0.0, phi / (2 * jnp.pi))
 
 
 def _erf_dual(q1, k, q2):
@@ -136,6 +145,50 @@ def _quadrature_dual(activation: str, order: int, rule: str = "trapezoid"):
   return dual
 
 
+QUADRATURE_TOL = 1e-6       # relative error allowed of an adaptive quadrature layer
+QUADRATURE_MAX_ORDER = 768  # refined up to this many nodes per dimension, then refused
+
+
+def _adaptive_dual(activation: str):
+  """The quadrature dual with an error estimate. The trapezoidal rule's error
+  falls geometrically with the order `m` (`~rho^m`), so the error of `m`
+  nodes is about the square of the relative difference `E` between `m/2` and
+  `m` nodes (the error of `m/2`). With concrete arguments: `m =
+  QUADRATURE_ORDER`, doubled while `E^2 > QUADRATURE_TOL` up to
+  `QUADRATURE_MAX_ORDER`, and a `ValueError` past it. Under `jit` or `vmap`
+  (traced arguments) no estimate can run: `QUADRATURE_ORDER` nodes."""
+  rules = {}
+
+  def rule(m):
+    if m not in rules:
+      rules[m] = _quadrature_dual(activation, m)
+    return rules[m]
+
+  def rel_diff(a, b):
+    scale = max(float(np.max(np.abs(b[0]))), float(np.max(np.abs(b[1]))), 1e-300)
+    return max(float(np.max(np.abs(a[0] - b[0]))), float(np.max(np.abs(a[1] - b[1])))) / scale
+
+  def dual(q1, k, q2):
+    m = QUADRATURE_ORDER
+    out = rule(m)(q1, k, q2)
+    if any(_checks.concrete(a) is None for a in (q1, k, q2)):
+      return out
+    err = rel_diff(rule(m // 2)(q1, k, q2), out) ** 2
+    while err > QUADRATURE_TOL and m < QUADRATURE_MAX_ORDER:
+      m *= 2
+      finer = rule(m)(q1, k, q2)
+      err, out = rel_diff(out, finer) ** 2, finer
+    if err > QUADRATURE_TOL:
+      raise ValueError(
+          f"the {activation} kernel's quadrature does not converge: estimated relative error "
+          f"{err:.2g} with {m} nodes per dimension, above {QUADRATURE_TOL:g} (the "
+          "pre-activations are too large for the rule: reduce `w_std`, or pass `quadrature` "
+          "to accept a fixed rule without an estimate).")
+    return out
+
+  return dual
+
+
 def mlp_kernel(depth: int, activation: str = "relu", w_std: float = 1.0,
                b_std: float = 0.0, parameterization: str = "ntk", *,
                width: int | None = None, quadrature: int | None = None) -> Callable:
@@ -160,8 +213,15 @@ def mlp_kernel(depth: int, activation: str = "relu", w_std: float = 1.0,
   at depth 3, `b_std = 0.3`, inputs with `|x|^2 = d`, below 1e-12 relative
   at `w_std = 1`, 1e-8 at `w_std = 2` and 1e-3 at `w_std = 3` (float64;
   `scripts/kernel_quadrature.py` measures it, tests/theory/test_mlp_kernel.py
-  checks it against the closed forms and a twice finer rule). Pass a higher
-  `quadrature` for large `w_std`. Near-identical inputs: the angle between them is known to
+  checks it against the closed forms and a twice finer rule). Called with
+  concrete arguments, each layer's quadrature estimates its error (the
+  squared relative change from half the nodes) and doubles the nodes while
+  it exceeds `QUADRATURE_TOL`, up to `QUADRATURE_MAX_ORDER`, else refuses
+  (the squared difference assumes the geometric convergence of an analytic
+  activation at moderate `w_std`: at `w_std = 1e4` tanh is a step, converges
+  algebraically, and its 4e-4 error is not flagged); under `jit` it uses
+  `QUADRATURE_ORDER` nodes with no estimate, and `quadrature=N` forces `N`
+  nodes with no estimate. Near-identical inputs: the angle between them is known to
   O(sqrt(eps)) (`arccos` near 1); the diagonal of `kernel_fn(x)` is exact.
 
   `parameterization='standard'` (`W ~ N(0, w_std^2 / n_l)`, `b ~ N(0,
@@ -207,8 +267,9 @@ def mlp_kernel(depth: int, activation: str = "relu", w_std: float = 1.0,
   if quadrature is None and activation in _CLOSED_FORM:
     dual = _CLOSED_FORM[activation]
   else:
-    dual = _quadrature_dual(activation, quadrature or QUADRATURE_ORDER)
-  w2, b2 = float(w_std)**2, float(b_std)**2
+    dual = (_adaptive_dual(activation) if quadrature is None
+            else _quadrature_dual(activation, quadrature))
+  w2, b2 = jnp.square(w_std), jnp.square(b_std)  # traceable: vmap over w_std works
   standard = parameterization == "standard"
 
   def kernel_fn(x1: ArrayLike, x2: ArrayLike | None = None) -> dict:
@@ -234,7 +295,9 @@ def mlp_kernel(depth: int, activation: str = "relu", w_std: float = 1.0,
         e12, dd = dual(q1[:, None], k, q2[None, :])
         if same:  # exactly symmetric, whatever the rounding of the quadrature
           e12, dd = (e12 + e12.T) / 2, (dd + dd.T) / 2
-    return {"nngp": k, "ntk": theta}
+    out = {"nngp": k, "ntk": theta}
+    _checks.check_result("`w_std`, `b_std` and the inputs' norms at this depth", out["ntk"])
+    return out
 
   return kernel_fn
 
@@ -382,7 +445,7 @@ def _symmetric_blocks(block, feats, num: int) -> jax.Array:
 PSD_TOL = 100  # eigenvalues below -PSD_TOL n eps max|lam| mean "not PSD"
 
 
-def _eigh_train(k_train_train):
+def _eigh_train(k_train_train, rcond=None):
   _checks.check_ndim("k_train_train", k_train_train, (2,))
   k = _checks.real("k_train_train", k_train_train)
   n1, n2 = np.shape(k_train_train)
@@ -402,11 +465,12 @@ def _eigh_train(k_train_train):
         f"`k_train_train` must be positive semi-definite: its smallest "
         f"eigenvalue is {float(evals[0]):.3g}, below -{float(tol):.3g} "
         f"({PSD_TOL} n eps max|eigenvalue|).")
-  # Eigenvalues <= 0 (rounding of a PSD kernel) are its null space: they
-  # neither decay nor move the test points (pseudo-inverse). Positive ones
-  # are used as they are, however small, so that a near-null direction
-  # converges at its own rate instead of growing in t.
-  return jnp.maximum(evals, 0.0), evecs
+  # Eigenvalues at or below `rcond max(lam)` are its null space, as in
+  # `lstsq`: eigh determines them only to ~n eps max(lam), so they neither
+  # decay nor move the test points (pseudo-inverse).
+  if rcond is None:
+    rcond = n1 * jnp.finfo(evals.dtype).eps
+  return jnp.where(evals <= rcond * jnp.max(evals), 0.0, evals), evecs
 
 
 def _check_outputs(y_train, f0_train, k_test_train, f0_test, n):
@@ -483,7 +547,7 @@ def _descent_factors(evals, lr, k, n):
 
 
 def mse_predictor(k_train_train: ArrayLike, y_train: ArrayLike, *,
-                  lr: float | None = None) -> Callable:
+                  lr: float | None = None, rcond: float | None = None) -> Callable:
   """The linearised network trained on `(1/2n) sum ||f - y||^2` with kernel `K`.
 
   Gradient flow (`lr=None`), `df/dt = -(1/n) K (f - y)`:
@@ -497,12 +561,11 @@ def mse_predictor(k_train_train: ArrayLike, y_train: ArrayLike, *,
   eigendecomposition `K = V diag(lam) V^T`, done here once for every call of
   `predict_fn`. `(1 - e^{-a}) / lam` is formed as `-expm1(-a) / lam`,
   bounded by `1/lam` at every `t`, so `t` up to 1e15 and `t = inf` (kernel
-  regression) are finite. Eigenvalues `<= 0` (rounding of a PSD kernel) are
-  the null space: `f` keeps its initial value there and test points do not
-  move (pseudo-inverse). Positive eigenvalues are used as computed, however
-  small: an eigenvalue within `n eps max(lam)` of 0 is known only to that
-  precision, and so is the motion along it; the error in `f_train` is at
-  most `~ t eps ||K|| ||f0 - y||` and never more than `2 ||f0 - y||`. A
+  regression) are finite. Eigenvalues at or below `rcond max(lam)` (default
+  `rcond = n eps`, `numpy.linalg.lstsq`'s rule; eigh determines an
+  eigenvalue only to about that) are the null space: `f` keeps its initial
+  value there and test points do not move, so `t = inf` is the minimum-norm
+  (pseudo-inverse) kernel regression. A
   kernel that is not symmetric (`rtol 1e-5`) or has an eigenvalue below
   `-PSD_TOL n eps max|lam|` is refused.
 
@@ -510,6 +573,8 @@ def mse_predictor(k_train_train: ArrayLike, y_train: ArrayLike, *,
     k_train_train: `[n, n]` symmetric PSD kernel.
     y_train: `[n]` or `[n, ...]` targets.
     lr: `None` for gradient flow, or the gradient-descent learning rate.
+    rcond: eigenvalues `<= rcond max(lam)` are null (default `n eps` of the
+      working precision).
 
   Returns:
     `predict_fn(t, f0_train=None, k_test_train=None, f0_test=None) ->
@@ -519,7 +584,9 @@ def mse_predictor(k_train_train: ArrayLike, y_train: ArrayLike, *,
   """
   if lr is not None:
     _checks.check_positive("lr", lr)
-  evals, evecs = _eigh_train(k_train_train)
+  if rcond is not None:
+    _checks.check_finite_nonnegative("rcond", rcond)
+  evals, evecs = _eigh_train(k_train_train, rcond)
   n = evals.shape[0]
   _check_outputs(y_train, None, None, None, n)
 
@@ -635,6 +702,9 @@ def gradient_descent_mse(k_train_train: ArrayLike, y_train: ArrayLike,
   _checks.check_positive("lr", lr)
   _checks.check_finite_nonnegative("steps", steps)
   _checks.check_ndim("steps", steps, (0, 1))
+  v = _checks.concrete(steps)
+  if v is not None and np.any(v != np.round(v)):
+    raise ValueError(f"`steps` must be whole numbers of steps, got {v!r}.")
   predict = mse_predictor(k_train_train, y_train, lr=lr)
   f, ft = predict(jnp.asarray(steps, jnp.result_type(float)) * lr, f0_train,
                   k_test_train, f0_test)

@@ -140,6 +140,16 @@ def chunked(tmp_path, name="run", **kw):
   return c, str(tmp_path / name)
 
 
+@pytest.fixture
+def forty_segments():
+  """`chunked`'s 400 steps in 40 segments of 10 (the default would make 8 of
+  `MIN_SEGMENT_STEPS`): the interrupt points below count them."""
+  from dynamics import train
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(train, "MIN_SEGMENT_STEPS", 1)
+    yield
+
+
 def interrupt_after(monkeypatch, segments: int):
   """KeyboardInterrupt once `segments` segments have run (a kill between two
   segments, in this process: what SIGINT does)."""
@@ -159,7 +169,8 @@ def interrupt_after(monkeypatch, segments: int):
   monkeypatch.setattr(train.Runner, "run", run)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, capsys,
+                                                    forty_segments):
   """Interrupted inside a chunk, the run says where; the same call resumes
   from the checkpoint it saved (said on the console) and its table equals an
   uninterrupted run's bit for bit."""
@@ -199,7 +210,7 @@ def damage(path, offset=200):
 
 
 def test_damaged_swapped_and_foreign_chunks_are_named_and_recomputed(tmp_path, monkeypatch,
-                                                                      capsys):
+                                                                      capsys, forty_segments):
   """Chunk files of an unfinished run: one damaged (a flipped byte), two
   swapped, one copied from another run. The rerun names each, sets it aside
   and recomputes it; the table equals the uninterrupted run's."""

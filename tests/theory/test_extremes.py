@@ -105,12 +105,14 @@ def test_depth_two_from_zero_stays_zero_at_any_time():
 
 # --- linearized kernel predictor --------------------------------------------
 
-def exact_kernel_flow(k, y, t, k_test=None):
+def exact_kernel_flow(k, y, t, k_test=None, rcond=0.0):
   """`y - e^{-t K/n} y` and `K* K^+ (I - e^{-t K/n}) y` in extended precision,
-  from the given (rounded) kernel, its negative rounding eigenvalues set to 0."""
+  from the given (rounded) kernel, its eigenvalues at or below `rcond` times
+  the largest set to 0 (the null space)."""
   n = k.shape[0]
   lam, v = mp.eigsy(mp.matrix(k.tolist()))
-  lam = [max(lam[i], 0) for i in range(n)]
+  top = max(lam[i] for i in range(n))
+  lam = [lam[i] if lam[i] > rcond * top else mp.mpf(0) for i in range(n)]
   ry = v.T * mp.matrix(y.tolist())
   t = mp.inf if np.isinf(t) else mp.mpf(float(t))
   decay = [mp.e**(-t * l / n) if l > 0 else mp.mpf(1) for l in lam]
@@ -127,7 +129,8 @@ def exact_kernel_flow(k, y, t, k_test=None):
 def test_kernel_flow_on_near_null_and_null_eigenvalues(x64):
   """A diagonal kernel is decomposed exactly, so the only error is the
   rounding of exp and expm1: 8 eps relative, at every t up to inf, including
-  eigenvalues 1e-16 (positive, used as they are) and 0 (the null space)."""
+  eigenvalues down to the `n eps` threshold (used as they are) and below it
+  (1e-16 in float64, 1e-8 too in float32: the null space, as lstsq's rcond)."""
   lam = np.array([1.0, 1e-4, 1e-8, 1e-16, 0.0])
   y = np.array([1.0, -2.0, 0.5, 3.0, -1.0])
   k_test = np.array([[0.5, 1e-4, 1e-8, 1e-16, 0.0], [0.0, 0.0, 1e-8, 0.0, 1.0]])
@@ -136,16 +139,18 @@ def test_kernel_flow_on_near_null_and_null_eigenvalues(x64):
     f, ft = ntk.gradient_flow_mse(jnp.diag(lam), y, ts, k_test_train=k_test)
     eps = float(jnp.finfo(jnp.result_type(float)).eps)
   for i, t in enumerate(ts):
-    want, want_t = exact_kernel_flow(np.diag(lam), y, t, k_test)
+    want, want_t = exact_kernel_flow(np.diag(lam), y, t, k_test, rcond=len(lam) * eps)
     np.testing.assert_allclose(f[i], want, rtol=8 * eps, atol=1e-300)
     np.testing.assert_allclose(ft[i], want_t, rtol=8 * eps, atol=1e-300)
 
 
 def test_kernel_flow_issue_example():
   """Test predictions along a 1e-8 eigenvalue converge to K* K^+ y = 1 instead
-  of growing like t (exact: 1 - e^{-t 1e-8 / 2})."""
-  _, ft = ntk.gradient_flow_mse(jnp.diag(jnp.array([1.0, 1e-8])), jnp.array([1.0, 1.0]),
-                                [1e9, 1e15], k_test_train=jnp.array([[0.0, 1e-8]]))
+  of growing like t (exact: 1 - e^{-t 1e-8 / 2}). Float64: in float32 an
+  eigenvalue 1e-8 of the largest is below `n eps` and null."""
+  with jax.enable_x64(True):
+    _, ft = ntk.gradient_flow_mse(jnp.diag(jnp.array([1.0, 1e-8])), jnp.array([1.0, 1.0]),
+                                  [1e9, 1e15], k_test_train=jnp.array([[0.0, 1e-8]]))
   np.testing.assert_allclose(np.ravel(ft), [-np.expm1(-5.0), 1.0], rtol=1e-5)
 
 
