@@ -68,17 +68,28 @@ def bench(*workloads):
       assert r["overhead"] > -1
     else:
       assert r["seed_steps_per_s"] > 0 and r["loop_speedup"] > 0, r
+  return rows
+
+
+def rate_is_work_over_time(r):
+  """A training row's rate is the seed-steps it ran (2 seeds x 20 steps) over
+  its measured run time."""
+  assert r["seed_steps_per_s"] * r["run_s"] == pytest.approx(2 * 20, rel=1e-9), r
 
 
 def test_a_workload_runs_tiny():
   """A workload through the engine's runner, as every row runs (all of them: --runslow)."""
-  bench("deep_linear")
+  row, = bench("deep_linear")
+  rate_is_work_over_time(row)
 
 
 @pytest.mark.slow
 def test_every_workload_runs_tiny():
-  bench("deep_linear", "deep_linear_stats", "deep_linear_small", "relu_train", "lsa_icl",
-        "lsa_icl_shared", "lsa_icl_tokens", "empirical_ntk", "sweep")
+  rows = bench("deep_linear", "deep_linear_stats", "deep_linear_small", "relu_train",
+               "lsa_icl", "lsa_icl_shared", "lsa_icl_tokens", "empirical_ntk", "sweep")
+  for r in rows:
+    if r["workload"] not in ("empirical_ntk", "sweep"):
+      rate_is_work_over_time(r)
 
 
 def test_unknown_workload_is_an_error():
