@@ -252,19 +252,29 @@ def _primitives(jaxpr) -> set:
 PROBE_ROWS = 7919
 
 
+def _row_bytes(v) -> int:
+  """Bytes per row of a jaxpr variable that grows with the rows, else 0."""
+  try:
+    size = int(np.prod(v.aval.shape))
+    nbytes = size * v.aval.dtype.itemsize
+  except (AttributeError, TypeError):
+    return 0
+  return nbytes // PROBE_ROWS if size % PROBE_ROWS == 0 else 0
+
+
 def _growth(jaxpr) -> int:
   """The bytes one row adds to the largest array that grows with the rows,
-  over a jaxpr and those nested in it."""
+  over a jaxpr and those nested in it, or to a loop's carry (every step of a
+  `scan` or `while` reads and rewrites all of it: parameters and optimizer
+  state), whichever is larger."""
   per_row = 0
   for eqn in jaxpr.eqns:
     for v in eqn.outvars:
-      try:
-        size = int(np.prod(v.aval.shape))
-        nbytes = size * v.aval.dtype.itemsize
-      except (AttributeError, TypeError):
-        continue
-      if size % PROBE_ROWS == 0:
-        per_row = max(per_row, nbytes // PROBE_ROWS)
+      per_row = max(per_row, _row_bytes(v))
+    if eqn.primitive.name in ("scan", "while"):
+      carry = eqn.outvars[:eqn.params["num_carry"]] if "num_carry" in eqn.params \
+          else eqn.outvars
+      per_row = max(per_row, sum(_row_bytes(v) for v in carry))
     for sub in _subjaxprs(eqn):
       per_row = max(per_row, _growth(sub))
   return per_row

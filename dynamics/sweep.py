@@ -808,6 +808,8 @@ class _Run:
       since = now - clock["last"]
       due = done >= clock["mark"] * every or since >= self.every_s
       if self.every_s == 0 or (due and since >= 10 * clock["save"]):
+        jax.block_until_ready(state)  # the segments in flight are not the save's cost
+        now = time.perf_counter()
         self._checkpoint(ckpt, gi, ci, a, b, done, state, first, logged)
         clock.update(at=done, save=time.perf_counter() - now, last=time.perf_counter(),
                      mark=done // every + 1)

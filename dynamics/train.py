@@ -12,7 +12,8 @@ where one step is
     g = grad_params loss(config, state, data, fold_in(batch_key, k))
     d = direction(g)                  # sgd: g; momentum: a trace of g; adam: scaled moments
     params <- params - lr_k d         # lr_k = train.lr x lr_scale x decay(k)
-    t <- t + lr_k                     # time as applied (docs/conventions.md)
+    t <- t + lr_k                     # time as applied (docs/conventions.md): lr x k,
+                                      # rounded once, for a constant step
 
 and records the first step whose loss is not finite (`diverged_at`). A run is
 a sequence of `advance` calls (segments) on rows kept padded and sharded on
@@ -200,7 +201,7 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
       d, opt_state = direction_fn.update(g, s.opt_state, s.params)
       lr_k = s.lr if decay is None else s.lr * decay(k).astype(s.lr.dtype)
       params = jax.tree_util.tree_map(lambda p, u: p - u * lr_k.astype(u.dtype), s.params, d)
-      t, c = _kahan(s.t, s.t_carry, lr_k)
+      t, c = (s.t, s.t_carry) if decay is None else _kahan(s.t, s.t_carry, lr_k)
       diverged = jnp.where((s.diverged_at < 0) & ~jnp.isfinite(loss), k.astype(jnp.int32),
                            s.diverged_at)
       return s._replace(params=params, opt_state=opt_state, t=t, t_carry=c,
@@ -209,6 +210,8 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
     def log(s: TrainState, i):
       first = shared["step0"] + i * schedule.log_every
       s, _ = jax.lax.scan(step, s, first + jnp.arange(schedule.log_every))
+      if decay is None:  # a constant step: t = lr x steps, rounded once
+        s = s._replace(t=s.lr * (first + schedule.log_every).astype(s.lr.dtype))
       return s, (watch(config, s.params, consts, data), s.t)
 
     return jax.lax.scan(log, state, jnp.arange(num_logs))
@@ -216,16 +219,18 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
   return start, advance
 
 
-MIN_SEGMENT_STEPS = 50  # a segment reloads each chunk's state: fewer, longer segments are faster
+MIN_SEGMENT_STEPS = 100  # each call costs up to a few ms on a CPU (docs/performance.md)
+SEGMENTS = 20  # segments a long trajectory is cut into: progress and checkpoints at each 5%
 
 
-def segment_logs(num_logs: int, log_every: int = 1, target: int = 40) -> int:
+def segment_logs(num_logs: int, log_every: int = 1, target: int | None = None) -> int:
   """Logged steps per segment: a divisor of `num_logs` near `num_logs /
-  target` (every segment then runs one compiled program), at least 1, and
-  of at least `MIN_SEGMENT_STEPS` steps where the run has them: each
-  segment's call reloads every chunk of rows, which costs 20-25% of a
-  200-step run cut into 20 segments (`docs/performance.md`)."""
-  want = max(1, num_logs // target, -(-MIN_SEGMENT_STEPS // log_every))
+  target` (default `SEGMENTS`; every segment then runs one compiled
+  program), at least 1, and of at least `MIN_SEGMENT_STEPS` steps where the
+  run has them: each segment is one call, which costs up to a few ms on two
+  CPU devices, where the host thread shares the cores with both
+  (`docs/performance.md`)."""
+  want = max(1, num_logs // (target or SEGMENTS), -(-MIN_SEGMENT_STEPS // log_every))
   divisors = [d for d in range(1, num_logs + 1) if num_logs % d == 0]
   return min(divisors, key=lambda d: (abs(d - want), d))
 
@@ -310,17 +315,18 @@ class Runner:
     while done < total:
       step0 = jnp.asarray(done * self.schedule.log_every, jnp.int32)
       state, out = _rows.call(self.advance_fn, state, {**shared, "step0": step0}, adv_plan)
-      # One segment in flight: the host copies the previous segment's
-      # observations (waiting for it, not for the one just dispatched), so
-      # dispatching the next overlaps this one's run.
-      if len(logged) and not isinstance(logged[-1][1], np.ndarray):
-        logged[-1] = _rows.to_host(logged[-1], n)
+      # Two segments in flight: the host waits for the one before the
+      # previous (progress, checkpoints and interrupts then follow the
+      # devices within two segments), so the devices always have the next one
+      # queued. The observations stay on the devices until a checkpoint or
+      # the end copies them.
+      if len(logged) >= 2:
+        jax.block_until_ready(logged[-2][1])
       logged.append(out)
       done += self.seg_logs
       if on_segment is not None:
         on_segment(done, state, first, _Pending(logged, n))
-    if logged and not isinstance(logged[-1][1], np.ndarray):
-      logged[-1] = _rows.to_host(logged[-1], n)
+    logged = list(_Pending(logged, n))
     state = _rows.to_host(state, n)
     obs = {k: np.concatenate([o[k] for o, _ in logged], axis=1) for k in first} if logged \
         else {k: v[:, :0] for k, v in first.items()}
@@ -329,17 +335,18 @@ class Runner:
 
 
 class _Pending(list):
-  """The logged segments handed to `on_segment`: iterating copies the last,
-  still running, segment to the host first (a checkpoint waits for it)."""
+  """The logged segments handed to `on_segment`: iterating copies those still
+  on the devices to the host first (a checkpoint waits for them)."""
 
   def __init__(self, logged, num_rows):
     super().__init__(logged)
     self._logged, self._n = logged, num_rows
 
   def __iter__(self):
-    if self._logged and not isinstance(self._logged[-1][1], np.ndarray):
-      self._logged[-1] = _rows.to_host(self._logged[-1], self._n)
-      self[-1] = self._logged[-1]
+    for i, seg in enumerate(self._logged):
+      if not isinstance(seg[1], np.ndarray):
+        self._logged[i] = _rows.to_host(seg, self._n)
+      self[i] = self._logged[i]
     return super().__iter__()
 
 

@@ -26,17 +26,17 @@ from tests.helpers import ROOT
 # Every built-in config's smoke variant, lengthened so that training (not
 # compiling) takes a few seconds: there is a half to kill it at.
 LONGER = {
-    "deep_linear": ["train.num_steps=20000", "train.log_every=200", "sweep={}"],
-    "relu_ntk": ["train.num_steps=2000", "train.log_every=20", "sweep={}"],
-    "lsa_icl": ["train.num_steps=4000", "train.log_every=40", "sweep={}"],
-    "lsa_flow": ["train.num_steps=4000", "train.log_every=40", "sweep={}"],
-    "pruning": ["train.num_steps=4000", "train.log_every=40", "sweep={}"],
-    "diagonal_linear": ["train.num_steps=200000", "train.log_every=2000", "sweep={}"],
-    "two_layer_linear": ["train.num_steps=100000", "train.log_every=1000", "sweep={}"],
-    "matrix_factorization": ["train.num_steps=20000", "train.log_every=200", "sweep={}"],
+    "deep_linear": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
+    "relu_ntk": ["train.num_steps=8000", "train.log_every=80", "sweep={}"],
+    "lsa_icl": ["train.num_steps=16000", "train.log_every=160", "sweep={}"],
+    "lsa_flow": ["train.num_steps=16000", "train.log_every=160", "sweep={}"],
+    "pruning": ["train.num_steps=48000", "train.log_every=480", "sweep={}"],
+    "diagonal_linear": ["train.num_steps=800000", "train.log_every=8000", "sweep={}"],
+    "two_layer_linear": ["train.num_steps=1200000", "train.log_every=12000", "sweep={}"],
+    "matrix_factorization": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
 }
 QUADRATIC = ["--config=examples/quadratic/config.py", "--config.num_seeds=64",
-             "--config.train.num_steps=2000000", "--config.train.log_every=10000"]
+             "--config.train.num_steps=24000000", "--config.train.log_every=120000"]
 
 
 def run(args, **kwargs):

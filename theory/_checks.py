@@ -30,6 +30,17 @@ def concrete(x) -> np.ndarray | None:
     return None
 
 
+def numpy_only(function: str, **args) -> None:
+  """A one-line `TypeError` when any of `args` is traced: `function` computes
+  in numpy/scipy float64 and cannot run under `jit` or `vmap`."""
+  for name, x in args.items():
+    if any(isinstance(leaf, jax.Array) and concrete(leaf) is None
+           for leaf in jax.tree_util.tree_leaves(x)):
+      raise TypeError(f"`{function}` computes in numpy float64 and is not traceable: "
+                      f"`{name}` is traced (under jit or vmap); call it with concrete arrays "
+                      f"and loop over the values.")
+
+
 def real(name: str, x, dtype=None) -> np.ndarray | None:
   """Checks that `x` holds real numbers; its values in the working float
   precision (or `dtype`, for functions computing in numpy float64), or None

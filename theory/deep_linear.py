@@ -364,7 +364,8 @@ def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
   formula is applied over steps of at most `max|f| ds = 2` (each step restarts
   from the factor of `P`), so that `e^{2Fs}` never grows past `e^4` and
   every `t` keeps float64 precision. Time as in `docs/conventions.md`
-  (`t = lr x steps`). Numpy/scipy in float64; not traceable under `jit`.
+  (`t = lr x steps`). Numpy/scipy in float64; not traceable (a traced argument
+  is a `TypeError`).
 
   Args:
     t: times `[T]`, >= 0 (any order).
@@ -379,6 +380,7 @@ def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
     "w2w2t": W2 W2^T [T, d_out, d_out], "lam": lam}`; the weights themselves
     are determined only up to an orthogonal `h x h` rotation.
   """
+  _checks.numpy_only("two_layer_flow", t=t, w1_0=w1_0, w2_0=w2_0, sigma_yx=sigma_yx, tau=tau)
   _checks.check_finite_nonnegative("t", t, dtype=np.float64)
   _checks.check_ndim("t", t, (0, 1))
   _checks.check_positive("tau", tau, dtype=np.float64)
@@ -430,7 +432,8 @@ def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
 def two_layer_ntk(flow: dict, x1: ArrayLike, x2: ArrayLike | None = None) -> np.ndarray:
   """The NTK of `f(x) = W2 W1 x` along `two_layer_flow`'s solution:
   `Theta(x, x')_{ab} = (x . x') (W2 W2^T)_{ab} + (x^T W1^T W1 x') delta_{ab}`
-  (the `W1` and `W2` gradients), `[T, n1, n2, d_out, d_out]`."""
+  (the `W1` and `W2` gradients), `[T, n1, n2, d_out, d_out]`. Numpy float64; not traceable (a traced argument is a `TypeError`)."""
+  _checks.numpy_only("two_layer_ntk", flow=flow, x1=x1, x2=x2)
   _checks.check_finite("x1", x1, dtype=np.float64)
   _checks.check_ndim("x1", x1, (2,))
   if x2 is not None:

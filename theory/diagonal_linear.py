@@ -36,7 +36,8 @@ def q_alpha(beta: ArrayLike, alpha: float) -> float:
   sqrt(4 + z^2))` (`2 - sqrt(4 + z^2)` rewritten without its cancellation)
   and `arcsinh(z / 2) = log|z|` to float64 precision past `|z| = 1e16`, so
   that neither `alpha^2` nor `z` over- or underflows: relative precision at
-  every `alpha` and `beta`."""
+  every `alpha` and `beta`. Numpy float64; not traceable (a traced argument is a `TypeError`)."""
+  _checks.numpy_only("q_alpha", beta=beta, alpha=alpha)
   _checks.check_finite("beta", beta, dtype=np.float64)
   _checks.check_positive("alpha", alpha, dtype=np.float64)
   b, a = np.asarray(beta, np.float64), float(alpha)
@@ -74,7 +75,7 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
   `||x beta - y|| <= 1e-12 ||y||`; a `ValueError` if it stays above 1e-8.
   A step is accepted when it lowers the dual enough (Armijo) or, near the
   solution where the dual's decrease is below its rounding, when it lowers
-  the residual.
+  the residual. Numpy float64; not traceable (a traced argument is a `TypeError`).
 
   Args:
     x: `[n, d]`, full row rank (`n <= d`); y: `[n]`; alpha: > 0.
@@ -82,6 +83,7 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
   Returns:
     `beta: [d]`.
   """
+  _checks.numpy_only("implicit_bias_solution", x=x, y=y, alpha=alpha)
   x, y = _check_xy(x, y)
   _checks.check_positive("alpha", alpha, dtype=np.float64)
   with np.errstate(over="ignore", under="ignore"):
@@ -124,7 +126,9 @@ def implicit_bias_solution(x: ArrayLike, y: ArrayLike, alpha: float) -> np.ndarr
 
 def min_l1_solution(x: ArrayLike, y: ArrayLike) -> np.ndarray:
   """`argmin ||beta||_1` subject to `x beta = y` (the `alpha -> 0` limit), as
-  the linear program over `beta = p - n`, `p, n >= 0` (scipy's HiGHS)."""
+  the linear program over `beta = p - n`, `p, n >= 0` (scipy's HiGHS).
+  Numpy float64; not traceable (a traced argument is a `TypeError`)."""
+  _checks.numpy_only("min_l1_solution", x=x, y=y)
   x, y = _check_xy(x, y)
   d = x.shape[1]
   res = optimize.linprog(np.ones(2 * d), A_eq=np.hstack([x, -x]), b_eq=y,
@@ -134,6 +138,7 @@ def min_l1_solution(x: ArrayLike, y: ArrayLike) -> np.ndarray:
 
 def min_l2_solution(x: ArrayLike, y: ArrayLike) -> np.ndarray:
   """`argmin ||beta||_2` subject to `x beta = y` (the `alpha -> inf` limit),
-  `x^T (x x^T)^{-1} y`."""
+  `x^T (x x^T)^{-1} y`. Numpy float64; not traceable (a traced argument is a `TypeError`)."""
+  _checks.numpy_only("min_l2_solution", x=x, y=y)
   x, y = _check_xy(x, y)
   return x.T @ np.linalg.solve(x @ x.T, y)

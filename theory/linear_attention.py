@@ -264,7 +264,8 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
   (`cov = None`) use the closed form of the module docstring; a given `cov`
   is solved in its eigenbasis (`G` stays `Q diag(g_j) Q^T`, `d + 1` coupled
   ODEs) with scipy's LSODA and the exact Jacobian at `rtol = 1e-11`, in a
-  time that grows like `log t`. Computed in float64 numpy.
+  time that grows like `log t`. Computed in float64 numpy; not traceable (a
+  traced argument is a `TypeError`).
 
   Args:
     t: times `>= 0`, scalar or 1-D.
@@ -278,6 +279,7 @@ def gradient_flow(t: ArrayLike, d: int, n_context: int, u0: float, g0: float,
     `'gamma'` (`Gamma = u G^T`, `[T, d, d]`) and `'loss'` (`[T]`, `R / 2`);
     for `cov = None` also the scalars `'g'` and `'ug'` (`[T]`).
   """
+  _checks.numpy_only("gradient_flow", t=t, u0=u0, g0=g0, noise_var=noise_var, cov=cov)
   d = _check_int("d", d)
   n = _check_common(n_context, noise_var)
   for name, x in (("u0", u0), ("g0", g0)):

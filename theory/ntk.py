@@ -652,15 +652,16 @@ def linearized(apply_fn: Callable, params0, x_train: ArrayLike, y_train: ArrayLi
   return predict_fn
 
 
-def max_learning_rate(k_train_train: ArrayLike) -> float:
+def max_learning_rate(k_train_train: ArrayLike) -> jax.Array:
   """The largest learning rate at which gradient descent on the linearised
   network converges: `2 n / lam_max(K)` for the loss `(1/2n) sum ||f - y||^2`
   (`docs/conventions.md`). Each step multiplies the residual along the top
   eigenvector by `1 - lr lam_max / n`: below this rate it shrinks, above it
-  grows, and at it oscillates without converging. `inf` for `K = 0`."""
+  grows, and at it oscillates without converging. `inf` for `K = 0`. A
+  0-d array (traceable: vmap it over kernels)."""
   evals, _ = _eigh_train(k_train_train)
-  top = float(evals[-1])
-  return float("inf") if top == 0 else 2 * evals.shape[0] / top
+  top = evals[-1]
+  return jnp.where(top > 0, 2 * evals.shape[0] / jnp.where(top > 0, top, 1), jnp.inf)
 
 
 def gradient_flow_mse(k_train_train: ArrayLike, y_train: ArrayLike,

@@ -142,11 +142,12 @@ def chunked(tmp_path, name="run", **kw):
 
 @pytest.fixture
 def forty_segments():
-  """`chunked`'s 400 steps in 40 segments of 10 (the default would make 8 of
+  """`chunked`'s 400 steps in 40 segments of 10 (the default would make 4 of
   `MIN_SEGMENT_STEPS`): the interrupt points below count them."""
   from dynamics import train
   with pytest.MonkeyPatch.context() as m:
     m.setattr(train, "MIN_SEGMENT_STEPS", 1)
+    m.setattr(train, "SEGMENTS", 40)
     yield
 
 
@@ -186,7 +187,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
   pd.testing.assert_frame_equal(load_sweep(ref), load_sweep(out))
 
 
-def test_resuming_on_other_devices_is_refused(tmp_path, monkeypatch):
+def test_resuming_on_other_devices_is_refused(tmp_path, monkeypatch, forty_segments):
   """An unfinished run resumed on another number of devices would round its
   remaining rows differently: refused in one line naming both settings."""
   c, out = chunked(tmp_path)
@@ -243,7 +244,7 @@ def test_damaged_swapped_and_foreign_chunks_are_named_and_recomputed(tmp_path, m
 
 @pytest.mark.parametrize("name, how", [("run.json", "empty"), ("run.json", "byte"),
                                        ("config.json", "byte"), ("config.json", "truncate")])
-def test_a_damaged_record_is_a_refusal_naming_it(tmp_path, monkeypatch, name, how):
+def test_a_damaged_record_is_a_refusal_naming_it(tmp_path, monkeypatch, name, how, forty_segments):
   """An emptied or damaged run.json or config.json: the rerun refuses in one
   line naming the file (never a new run mixing rows) and changes nothing."""
   c, out = chunked(tmp_path)
