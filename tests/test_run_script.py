@@ -67,11 +67,11 @@ def checkpointed(out) -> float:
   return best
 
 
-def stop_at_half(args, out, sig, cache):
+def stop_at_half(args, out, sig, cache, extra=()):
   """Runs `args` into `out` and sends `sig` once a checkpoint at half its steps
   or more exists. Returns `(exit code, stderr)`."""
   killed = subprocess.Popen([sys.executable, "scripts/run.py", *args, f"--out={out}",
-                             "--figures=none"], cwd=ROOT, env=cached(cache),
+                             "--figures=none", *extra], cwd=ROOT, env=cached(cache),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
   while time.time() < deadline and killed.poll() is None and checkpointed(out) < 0.5:
@@ -110,7 +110,11 @@ def test_killed_interrupted_or_terminated_at_half_resumes(tmp_path):
   for sig, code, name in ((signal.SIGKILL, -9, None), (signal.SIGINT, 130, "SIGINT"),
                           (signal.SIGTERM, 143, "SIGTERM")):
     out = tmp_path / f"run_{int(sig)}"
-    got, err = stop_at_half(QUADRATIC, out, sig, tmp_path / "cache")
+    # a checkpoint after every segment: a run of two seconds on a loaded
+    # machine could otherwise skip from 10% to its end (a save is skipped
+    # while it would cost over a tenth of the time since the last one)
+    got, err = stop_at_half(QUADRATIC, out, sig, tmp_path / "cache",
+                            extra=["--checkpoint_every_s=0"])
     assert got == code, (got, err)
     if name:
       lines = [l for l in err.splitlines() if l.strip() and "seed-step" not in l]
