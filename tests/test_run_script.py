@@ -36,7 +36,7 @@ LONGER = {
     "matrix_factorization": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
 }
 QUADRATIC = ["--config=examples/quadratic/config.py", "--config.num_seeds=64",
-             "--config.train.num_steps=24000000", "--config.train.log_every=120000"]
+             "--config.train.num_steps=48000000", "--config.train.log_every=240000"]
 
 
 def run(args, **kwargs):
@@ -110,9 +110,10 @@ def test_killed_interrupted_or_terminated_at_half_resumes(tmp_path):
   for sig, code, name in ((signal.SIGKILL, -9, None), (signal.SIGINT, 130, "SIGINT"),
                           (signal.SIGTERM, 143, "SIGTERM")):
     out = tmp_path / f"run_{int(sig)}"
-    # a checkpoint after every segment: a run of two seconds on a loaded
-    # machine could otherwise skip from 10% to its end (a save is skipped
-    # while it would cost over a tenth of the time since the last one)
+    # a checkpoint after every segment: a run of seconds on a loaded machine
+    # could otherwise skip from 10% to its end (a save is skipped while it
+    # would cost over a tenth of the time since the last one); 48M steps, so
+    # that the signal comes seconds before the run would end
     got, err = stop_at_half(QUADRATIC, out, sig, tmp_path / "cache",
                             extra=["--checkpoint_every_s=0"])
     assert got == code, (got, err)
