@@ -70,8 +70,11 @@ def checkpointed(out) -> float:
 def stop_at_half(args, out, sig, cache, extra=()):
   """Runs `args` into `out` and sends `sig` once a checkpoint at half its steps
   or more exists. Returns `(exit code, stderr)`."""
+  # SIGINT at its default in the run, as a terminal starts it (a process that
+  # ignores SIGINT passes that on to its children)
   killed = subprocess.Popen([sys.executable, "scripts/run.py", *args, f"--out={out}",
                              "--figures=none", *extra], cwd=ROOT, env=cached(cache),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
   while time.time() < deadline and killed.poll() is None and checkpointed(out) < 0.5:
