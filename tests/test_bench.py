@@ -71,25 +71,23 @@ def bench(*workloads):
   return rows
 
 
-def rate_is_work_over_time(r):
-  """A training row's rate is the seed-steps it ran (2 seeds x 20 steps) over
-  its measured run time."""
-  assert r["seed_steps_per_s"] * r["run_s"] == pytest.approx(2 * 20, rel=1e-9), r
-
-
 def test_a_workload_runs_tiny():
-  """A workload through the engine's runner, as every row runs (all of them: --runslow)."""
+  """A workload through the engine's runner, as every row runs (all of them:
+  --runslow); a training row's rate is the seed-steps it ran (2 seeds x 20
+  steps) over its measured run time."""
   row, = bench("deep_linear")
-  rate_is_work_over_time(row)
+  assert (row["seeds"], row["steps"]) == (2, 20), row
+  assert row["seed_steps_per_s"] * row["run_s"] == pytest.approx(2 * 20, rel=1e-9), row
 
 
 @pytest.mark.slow
 def test_every_workload_runs_tiny():
   rows = bench("deep_linear", "deep_linear_stats", "deep_linear_small", "relu_train",
                "lsa_icl", "lsa_icl_shared", "lsa_icl_tokens", "empirical_ntk", "sweep")
-  for r in rows:
-    if r["workload"] not in ("empirical_ntk", "sweep"):
-      rate_is_work_over_time(r)
+  trained = [r for r in rows if r["workload"] not in ("empirical_ntk", "sweep")]
+  assert len(trained) == 7
+  for r in trained:
+    assert r["seed_steps_per_s"] * r["run_s"] == pytest.approx(2 * 20, rel=1e-9), r
 
 
 def test_unknown_workload_is_an_error():
