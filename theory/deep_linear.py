@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
+import scipy.linalg
 
 from theory import _checks
 
@@ -326,7 +327,74 @@ def predicted_loss(t: ArrayLike, sigma_yx: ArrayLike, u0: ArrayLike,
 
 
 BALANCE_TOL = 1e-6  # relative imbalance ||W2^T W2 - W1 W1^T - lam I|| allowed
-_STEP = 2.0  # the closed form is applied over steps with max|f| dt/tau <= _STEP
+
+
+def _graded_basis(a, f):
+  """An orthonormal basis `omega [h, h]` of the rows of `a [d, h]` taken in
+  decreasing `f` (Gram-Schmidt, twice): column `j` is the part of the row
+  `pivot[j]` (a position in `order`; `d` for columns no row reaches) that the
+  rows before it do not span. A row's remainder below `max(d, h) eps ||a||`
+  (numpy's `matrix_rank` tolerance) counts as spanned."""
+  d, h = a.shape
+  order = np.argsort(-f, kind="stable")
+  tol = max(d, h) * np.finfo(np.float64).eps * max(np.linalg.norm(a, 2), 1e-300)
+  basis, pivot = [], []
+  for pos, i in enumerate(order):
+    if len(basis) == h:
+      break
+    v = a[i].copy()
+    for _ in range(2):
+      for b in basis:
+        v -= (b @ v) * b
+    norm = np.linalg.norm(v)
+    if norm > tol:
+      basis.append(v / norm)
+      pivot.append(pos)
+  if len(basis) < h:  # directions no row reaches
+    rest = np.linalg.qr(np.concatenate([np.array(basis).reshape(-1, h), np.eye(h)]).T)[0]
+    basis += list(rest[:, len(basis):].T)
+    pivot += [d] * (h - len(pivot))
+  return order, np.array(basis).T, np.array(pivot)
+
+
+def _half_sqrt_rest(f, s):
+  """`log sqrt(H) - max(f, 0) s` with `H = (e^{2fs} - 1) / 2f` (`s` at `f =
+  0`), without overflow or cancellation at any `s`."""
+  x = 2 * f * s
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    grow = 0.5 * (np.log(-np.expm1(-x)) - np.log(2 * f))  # f > 0: H = e^{x} (1 - e^{-x}) / 2f
+    rest = 0.5 * np.log(np.expm1(x) / (2 * f))  # f < 0: bounded
+    null = 0.5 * np.log(s) if s > 0 else -np.inf
+  return np.where(f > 0, grow, np.where(f < 0, rest, null))
+
+
+def _flow_factor(s, f, a, order, omega, pivot):
+  """`Y [d, h]` with `P_hat(s) = Y Y^T` (`F`'s eigenbasis): the closed form
+  `E a (I + a^T H a)^{-1} a^T E`, `E = e^{fs}`, `H = (e^{2fs} - 1) / 2f`,
+  written so that nothing overflows at any `s`. In the basis `omega`, `a
+  omega = A` is lower trapezoidal in decreasing `f`; scaling column `j` by
+  `D_j = e^{max(f_pivot(j), 0) s}` gives `Z = E A / D` and `W = sqrt(H) A / D`,
+  whose nonzero entries are bounded (a row never grows faster than its
+  column's pivot), and `P_hat = Z (D^{-2} + W^T W)^{-1} Z^T`, taken by the
+  QR of `[D^{-1}; W]`. The cost does not depend on `s`."""
+  d, h = a.shape
+  big_a = a[order] @ omega  # rows in decreasing f
+  fs = f[order]
+  g = np.maximum(fs, 0.0)  # growth rates
+  g_piv = np.where(pivot < d, g[np.minimum(pivot, d - 1)], 0.0)  # [h]
+  below = np.arange(d)[:, None] >= pivot[None, :]  # row at or after its column's pivot
+  big_a = np.where(below, big_a, 0.0)
+  # exponents as differences of rates times s (no cancellation of two large ones)
+  lz = np.where(fs[:, None] > 0, (fs[:, None] - g_piv) * s, fs[:, None] * s - g_piv * s)
+  lw = (g[:, None] - g_piv) * s + _half_sqrt_rest(fs, s)[:, None]
+  with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+    z = np.where(below, np.exp(lz), 0.0) * big_a
+    w = np.where(below, np.exp(lw), 0.0) * big_a
+  log_d = g_piv * s
+  stacked = np.concatenate([np.diag(np.exp(-log_d)), w], 0)
+  r = np.linalg.qr(stacked, mode="r")
+  y = scipy.linalg.solve_triangular(r, z.T, trans="T", lower=False).T  # Z R^{-1}
+  return y[np.argsort(order)]
 
 
 def _lambda_balance(w1, w2):
@@ -360,10 +428,13 @@ def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
 
   `s = t / tau` (Fukumizu 1998 for lam = 0 and aligned inits; Braun et al.
   2022 for balanced inits; Dominé et al. 2025 for any lam). `F^{-1}(e^{2Fs} -
-  I)` is taken in `F`'s eigenbasis with its limit `2s` on the null space. The
-  formula is applied over steps of at most `max|f| ds = 2` (each step restarts
-  from the factor of `P`), so that `e^{2Fs}` never grows past `e^4` and
-  every `t` keeps float64 precision. Time as in `docs/conventions.md`
+  I)` is taken in `F`'s eigenbasis with its limit `2s` on the null space
+  (eigenvalues within `d eps max|f|` of 0 count as null). Each `t` is one
+  evaluation of the formula, rescaled so that nothing overflows (`_flow_factor`:
+  the growing directions are divided out column by column): the cost does not
+  depend on `t`, and `t = 1e300` gives the fixed point. An init with no
+  component along a direction (to `max(d, h) eps ||Q0||`, numpy's
+  `matrix_rank` tolerance) never grows along it. Time as in `docs/conventions.md`
   (`t = lr x steps`). Numpy/scipy in float64; not traceable (a traced argument
   is a `TypeError`).
 
@@ -401,30 +472,16 @@ def two_layer_flow(t: ArrayLike, w1_0: ArrayLike, w2_0: ArrayLike,
   f_mat[:d_in, d_in:], f_mat[d_in:, :d_in] = syx.T, syx
   f_mat -= lam / 2 * np.diag(np.r_[np.ones(d_in), -np.ones(d_out)])
   f, u = np.linalg.eigh(f_mat)
-
-  def advance(q, ds):  # the closed form over ds from the factor q
-    a = u.T @ q
-    e = np.exp(f * ds)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      half = np.where(f == 0, ds, np.expm1(2 * f * ds) / (2 * f))
-    ea = e[:, None] * a
-    m = np.eye(q.shape[1]) + a.T @ (half[:, None] * a)
-    p_hat = ea @ np.linalg.solve(m, ea.T)
-    return u @ p_hat @ u.T
-
-  def factor(p):  # q with q q^T = p (rank <= h; the formula needs only p)
-    vals, vecs = np.linalg.eigh((p + p.T) / 2)
-    k = min(h, d)
-    return vecs[:, -k:] * np.sqrt(vals[-k:].clip(min=0))
-
+  # eigenvalues below eigh's rounding are null (exactly: e^{2fs} at f ~ 1e-16
+  # would still blow up at s ~ 1e17)
+  f = np.where(np.abs(f) <= d * np.finfo(np.float64).eps * max(np.abs(f).max(), 1e-300), 0.0, f)
+  a = u.T @ np.concatenate([w1.T, w2], 0)  # Q0 in F's eigenbasis, [d, h]
+  order, omega, pivot = _graded_basis(a, f)
   times = np.atleast_1d(np.asarray(t, np.float64)) / float(tau)
-  step = _STEP / max(float(np.max(np.abs(f))), 1e-300)
   out = np.empty((len(times), d, d))
-  s_now, q_now = 0.0, np.concatenate([w1.T, w2], 0)
-  for i in np.argsort(times):
-    while times[i] - s_now > step:
-      q_now, s_now = factor(advance(q_now, step)), s_now + step
-    out[i] = advance(q_now, times[i] - s_now)
+  for i, s in enumerate(times):
+    y = _flow_factor(s, f, a, order, omega, pivot)
+    out[i] = u @ (y @ y.T) @ u.T
   return {"w": out[:, d_in:, :d_in], "w1tw1": out[:, :d_in, :d_in],
           "w2w2t": out[:, d_in:, d_in:], "lam": lam}
 

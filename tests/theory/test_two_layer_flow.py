@@ -154,3 +154,95 @@ def test_gradient_descent_conserves_the_balance_to_order_lr():
   drifts = [drift(lr) for lr in (0.02, 0.01, 0.005)]
   for big, small in zip(drifts, drifts[1:]):
     assert 1.8 < big / small < 2.2, drifts
+
+
+def fixed_point_residual(flow, syx, lam):
+  """`||F P + P F - P^2|| / ||P||^2` of `P = Q Q^T` (the Riccati equation's
+  right-hand side, zero only at a fixed point)."""
+  d_out, d_in = syx.shape
+  f_mat = np.block([[-lam / 2 * np.eye(d_in), syx.T], [syx, lam / 2 * np.eye(d_out)]])
+  p = np.block([[flow["w1tw1"], np.swapaxes(flow["w"], 1, 2)], [flow["w"], flow["w2w2t"]]])
+  rhs = f_mat @ p + p @ f_mat - p @ p
+  return np.linalg.norm(rhs, axis=(1, 2)) / np.linalg.norm(p, axis=(1, 2))**2
+
+
+def wide_balanced_init(h, d_in, d_out, scale=0.3, seed=1):
+  """Balanced (lam = 0) W1 [h, d_in], W2 [d_out, h] with h > d_in, d_out:
+  W1 = A S B^T, W2 = C S A^T with A [h, r], B, C orthonormal columns,
+  r = min(d_in, d_out); then W2^T W2 = A S^2 A^T = W1 W1^T."""
+  rng = np.random.default_rng(seed)
+  r = min(d_in, d_out)
+  a, b, c = (np.linalg.qr(rng.normal(size=(n, r)))[0] for n in (h, d_in, d_out))
+  sv = np.diag(scale * np.linspace(1.0, 2.0, r))
+  return a @ sv @ b.T, c @ sv @ a.T
+
+
+@pytest.mark.parametrize("lam, shape", [(lam, shape) for lam in (-1.0, 0.0, 4.0)
+                                        for shape in ((3, 4, 3), (1, 4, 3))]
+                         + [(0.0, (5, 2, 2))])   # h, d_in, d_out
+def test_any_time_is_one_closed_form(lam, shape, monkeypatch):
+  # The cost does not grow with t: one closed-form evaluation per time,
+  # however long (the earlier form stepped at max|f| dt <= 2 and took 10 s
+  # at t = 1e5). At t -> inf the flow sits at a fixed point of the Riccati
+  # equation and W = W2 W1 is Sigma_yx truncated to its top h modes (whitened
+  # inputs; generic init). Both are float64 identities: residual and error
+  # are rounding, ~1e-15 relative, checked at 1e-12.
+  h, d_in, d_out = shape
+  syx, u, s, v = teacher(d_out, d_in)
+  w1, w2 = (balanced_init(h, d_in, d_out, lam) if h <= d_in
+            else wide_balanced_init(h, d_in, d_out))
+  calls = []
+  real = dl._flow_factor
+  monkeypatch.setattr(dl, "_flow_factor", lambda *a: calls.append(1) or real(*a))
+  times = [1e3, 1e6, 1e12, 1e300]
+  flow = dl.two_layer_flow(times, w1, w2, syx)
+  assert len(calls) == len(times)
+  k = min(h, len(s))
+  target = u[:, :k] @ np.diag(s[:k]) @ v[:, :k].T
+  for key in ("w", "w1tw1", "w2w2t"):
+    assert np.all(np.isfinite(flow[key])), key
+  np.testing.assert_allclose(flow["w"], np.broadcast_to(target, flow["w"].shape), atol=1e-12)
+  assert fixed_point_residual(flow, syx, lam).max() < 1e-12
+
+
+def test_a_mode_the_init_does_not_touch_never_grows():
+  # An init with exactly zero overlap with the top mode (aligned, balanced)
+  # stays at zero there for all t: W -> s_2 u_2 v_2^T + s_3 u_3 v_3^T, not
+  # Sigma_yx. Exact zeros are a rank-deficient a; the rank tolerance must
+  # not let rounding grow into the top mode as e^{2 s_1 t}.
+  syx, u, s, v = teacher(3, 3)
+  a = np.array([0.0, 0.1, 0.2])
+  w1, w2 = np.diag(a) @ v.T, u @ np.diag(a)
+  w = dl.two_layer_flow([1e2, 1e6, 1e300], w1, w2, syx)["w"]
+  want = u[:, 1:] @ np.diag(s[1:]) @ v[:, 1:].T
+  np.testing.assert_allclose(w, np.broadcast_to(want, w.shape), atol=1e-12)
+
+
+def test_modes_at_very_different_rates_against_ode():
+  # Sigma_yx's modes at 2 and 0.02 (100x apart) from a small init: by t = 400
+  # the fast mode has long saturated (its e^{2 f t} ~ e^{1600} overflows any
+  # direct use of the formula) while the slow one is mid-sigmoid. Against
+  # DOP853 at rtol 1e-13 integrated through the whole range; agreement to
+  # 1e-8 relative of ||W|| (the ODE's global error over ~1e4 steps).
+  rng = np.random.default_rng(4)
+  u, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  v, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  syx = u @ np.diag([2.0, 0.02, 0.0]) @ v.T
+  for lam in (0.0, 0.5):
+    w1, w2 = balanced_init(2, 3, 3, lam, scale=0.05, seed=2)
+    t = np.array([1.0, 50.0, 200.0, 400.0])
+    got = dl.two_layer_flow(t, w1, w2, syx)
+    want = ode(t, w1, w2, syx)
+    for key in ("w", "w1tw1", "w2w2t"):
+      np.testing.assert_allclose(got[key], want[key], atol=1e-8 * np.abs(want[key]).max())
+
+
+def test_more_hidden_units_than_dimensions_against_ode():
+  # h = 5 > d_in = d_out = 2: three columns of Q0 that no eigen-direction of
+  # F reaches; against DOP853 (rtol 1e-13) at the first test's tolerance.
+  syx = teacher(2, 2)[0]
+  w1, w2 = wide_balanced_init(5, 2, 2)
+  got, want = dl.two_layer_flow(T, w1, w2, syx), ode(T, w1, w2, syx)
+  for key in ("w", "w1tw1", "w2w2t"):
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-10,
+                               atol=1e-10 * np.abs(want[key]).max())
