@@ -789,7 +789,7 @@ class _Run:
         jax.process_count() == 1 else None
     done0 = resume[0] if resume else 0
     bar.update((b - a) * done0 * steps)
-    clock = {"last": time.perf_counter(), "save": 0.0,
+    clock = {"last": time.perf_counter(), "save": 0.0, "done": done0,
              "mark": done0 // max(1, runner.schedule.num_logs // 10) + 1}
     every = max(1, runner.schedule.num_logs // 10)  # a save at every tenth of the steps
 
@@ -797,7 +797,8 @@ class _Run:
       self.beat = time.monotonic()
       if done == 0:  # the start, before any step
         return
-      bar.update((b - a) * runner.seg_logs * steps)
+      bar.update((b - a) * (done - clock["done"]) * steps)
+      clock["done"] = done
       self.where = (f"group {gi + 1}/{len(self.p.groups)}, chunk {ci + 1}, step "
                     f"{done * steps} of {runner.schedule.num_steps}"
                     + (f" (checkpointed at step {clock['at'] * steps})" if clock.get("at")
@@ -1251,7 +1252,7 @@ def replay(out_dir: str, point: int = 0, seed: int = 0, step: int | None = None)
                        f"{sched.num_steps}), got {step!r}.")
     runner = engine.Runner(p.experiment, g.runner._bind, g.runner._data_of, sched,
                            g.runner.rows, g.runner.shared, devices=g.runner.devices,
-                           seg_logs=1)
+                           seg_logs=1, adaptive=False)
     kept = {}
 
     def grab(done, state, first, logged):

@@ -149,7 +149,10 @@ def _kahan(t, c, x):
 
 def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedule,
                 num_logs: int):
-  """`(start, advance)` row functions (`dynamics._rows` shape `fn(row, shared)`).
+  """`(start, advance, advance_into)` row functions (`dynamics._rows` shape
+  `fn(row, shared)`): `advance` returns its `num_logs` logged steps (planning
+  traces it); `advance_into` writes a traced number of them into whole-run
+  buffers carried between calls (the runner's program).
 
   Args:
     experiment: the module (`init`, `loss`, optional `observe`).
@@ -186,7 +189,8 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
                        -jnp.ones((), jnp.int32), row)
     return state, watch(config, params, consts, data)
 
-  def advance(state: TrainState, shared):
+  def logger(state: TrainState, shared):
+    """`log(s, i)`: logged step `i` of a call starting at `shared['step0']`."""
     config, data = bind(state.row), data_of(state.row, shared)
     consts = state.consts
 
@@ -214,22 +218,44 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
         s = s._replace(t=s.lr * (first + schedule.log_every).astype(s.lr.dtype))
       return s, (watch(config, s.params, consts, data), s.t)
 
-    return jax.lax.scan(log, state, jnp.arange(num_logs))
+    return log
 
-  return start, advance
+  def advance(state: TrainState, shared):
+    return jax.lax.scan(logger(state, shared), state, jnp.arange(num_logs))
+
+  def advance_into(state_logs, shared):
+    """`shared['count']` logged steps from `shared['step0']` (both traced: one
+    program runs a call of any length), each written into the row's
+    whole-run buffers `logs = (observations, t)` `[num_logs_total, ...]`."""
+    state, logs = state_logs
+    log = logger(state, shared)
+    at = shared["step0"] // schedule.log_every
+
+    def body(i, carry):
+      s, buffers = carry
+      s, out = log(s, i)
+      buffers = jax.tree_util.tree_map(
+          lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o.astype(b.dtype), at + i, 0),
+          buffers, out)
+      return s, buffers
+
+    state, logs = jax.lax.fori_loop(0, shared["count"], body, (state, logs))
+    return (state, logs), state.diverged_at  # the last: a marker to wait on
+  return start, advance, advance_into
 
 
 MIN_SEGMENT_STEPS = 100  # each call costs up to a few ms on a CPU (docs/performance.md)
 SEGMENTS = 20  # segments a long trajectory is cut into: progress and checkpoints at each 5%
+SEGMENT_S = 0.5  # seconds a segment runs at least, once the second one has been timed
 
 
 def segment_logs(num_logs: int, log_every: int = 1, target: int | None = None) -> int:
-  """Logged steps per segment: a divisor of `num_logs` near `num_logs /
-  target` (default `SEGMENTS`; every segment then runs one compiled
-  program), at least 1, and of at least `MIN_SEGMENT_STEPS` steps where the
-  run has them: each segment is one call, which costs up to a few ms on two
-  CPU devices, where the host thread shares the cores with both
-  (`docs/performance.md`)."""
+  """Logged steps of a run's first two segments (and of every segment of a
+  run whose segments take over `SEGMENT_S`): a divisor of `num_logs` near
+  `num_logs / target` (default `SEGMENTS`), at least 1, and of at least
+  `MIN_SEGMENT_STEPS` steps where the run has them: each segment is one
+  call, which costs up to a few ms on two CPU devices, where the host thread
+  shares the cores with both (`docs/performance.md`)."""
   want = max(1, num_logs // (target or SEGMENTS), -(-MIN_SEGMENT_STEPS // log_every))
   divisors = [d for d in range(1, num_logs + 1) if num_logs % d == 0]
   return min(divisors, key=lambda d: (abs(d - want), d))
@@ -241,15 +267,28 @@ class Runner:
   `rows`: the row inputs (leading axis; `key` and what `bind` reads);
   `shared`: inputs every row shares (the data). The two programs are traced
   once each for planning (`_rows.profile`) and compiled once on first use.
+
+  Segments: the first two run `seg_logs` logged steps (about 5% of the run);
+  from the second one's time on, a segment runs `seg_logs` or as many as take
+  `SEGMENT_S`, whichever is more (`adaptive=False`: always `seg_logs`). Every
+  segment runs the same compiled program (the count is an argument), which
+  writes into whole-run buffers kept on the devices, so how a run is cut
+  changes nothing in it, bit for bit, and a run of a fraction of a second is
+  a handful of calls. (The buffers are not donated: on a CPU a donating call
+  waits for the one before it, and `deep_linear_small` at 256 seeds ran 25%
+  slower.)
   """
 
   def __init__(self, experiment, bind, data_of, schedule: Schedule, rows, shared,
-               *, devices=None, chunk=None, seg_logs: int | None = None):
+               *, devices=None, chunk=None, seg_logs: int | None = None,
+               adaptive: bool = True):
     self.schedule = schedule
     self._experiment, self._bind, self._data_of = experiment, bind, data_of
     self.seg_logs = seg_logs or segment_logs(schedule.num_logs, schedule.log_every)
-    start, advance = row_program(experiment, bind, data_of, schedule, self.seg_logs)
+    self.adaptive = adaptive
+    start, advance, into = row_program(experiment, bind, data_of, schedule, self.seg_logs)
     self.start_fn, self.advance_fn = _rows.vmap_rows(start), _rows.vmap_rows(advance)
+    self.into_fn = _rows.vmap_rows(into)
     self.rows, self.shared = rows, dict(shared)
     self.num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
     self.devices, self.chunk = devices, chunk
@@ -257,8 +296,11 @@ class Runner:
     self.start_profile = _rows.profile(self.start_fn, rows, self._shared(0))
     self.state_shape = self.start_profile.out[0]  # per row
     self.first_shape = self.start_profile.out[1]
+    # planning reads the fixed-length segment (its largest arrays are a
+    # segment's, not the whole-run buffers, which each step touches once)
     self.advance_profile = _rows.profile(self.advance_fn, self.state_shape, self._shared(0))
     self.chunkable = chunkable
+    self.calls = 0  # segments of the last run
 
   def params0(self, a: int, b: int):
     """The initial `params` of rows `a:b` (numpy): `init` again, compiled
@@ -285,13 +327,31 @@ class Runner:
       start = _rows.RowPlan(start.devices, adv.chunk)
     return start, adv, _rows.padded(num_rows, adv)
 
+  def _buffers(self, num_padded: int, logged=None, done: int = 0):
+    """Whole-run `(observations, t)` buffers `[rows, num_logs, ...]` on the
+    host: zeros, with the first `done` logged steps from `logged` (a
+    checkpoint's list of `(observations, t)`)."""
+    total = self.schedule.num_logs
+    obs = {k: np.zeros((num_padded, total) + v.shape[1:], v.dtype)
+           for k, v in self.first_shape.items()}
+    t = np.zeros((num_padded, total), self.state_shape.t.dtype)
+    if done:
+      logged = list(logged)
+      n = logged[0][1].shape[0]
+      for k in obs:
+        obs[k][:n, :done] = np.concatenate([o[k] for o, _ in logged], axis=1)[:, :done]
+      t[:n, :done] = np.concatenate([tt for _, tt in logged], axis=1)[:, :done]
+    return obs, t
+
   def run(self, a: int, b: int, *, resume=None, on_segment=None):
     """Rows `a:b` from step 0, or from `resume = (done_logs, state, first,
     logged)` (a checkpoint's content). `on_segment(done_logs, state, first,
-    logged)` is called after the start (0) and every segment (progress, checkpoints; `state` on
-    the devices, padded). Returns `(first, logged, t, state)` on the host:
-    step-0 observations `[R, ...]`, the logged observations `[R, L-1, ...]`,
-    their times `[R, L-1]` and the final state (padded rows dropped)."""
+    logged)` is called after the start (0) and every segment (progress,
+    checkpoints; `state` on the devices, padded; `logged`, iterated, copies
+    the logged steps so far to the host, before the next segment reuses the
+    buffers). Returns `(first, logged, t, state)` on the host: step-0
+    observations `[R, ...]`, the logged observations `[R, L-1, ...]`, their
+    times `[R, L-1]` and the final state (padded rows dropped)."""
     n = b - a
     start_plan, adv_plan, num_padded = self.plan(n)
     rows = jax.tree_util.tree_map(lambda x: x[a:b], self.rows)
@@ -303,51 +363,59 @@ class Runner:
       else:  # one input sharding for every segment: advance compiles once
         state = _rows.place(state, adv_plan)
       first = _rows.to_host(first, n)
-      done, logged = 0, []
-      if on_segment is not None:
-        on_segment(0, state, first, logged)
+      done, logs = 0, self._buffers(num_padded)
     else:
       done, state, first, logged = resume
       state = _rows.shard_rows(state, adv_plan, num_padded)
-    total = self.schedule.num_logs
-    logged = list(logged)
+      logs = self._buffers(num_padded, logged, done)
+    logs = _rows.shard_rows(logs, adv_plan, num_padded)
+    if on_segment is not None and resume is None:
+      on_segment(0, state, first, _Logged(logs, 0, n))
+    total, every = self.schedule.num_logs, self.schedule.log_every
     shared = _rows.replicate(self.shared, adv_plan)  # placed once, not at every segment
+    markers, per_log, self.calls = [], None, 0
     while done < total:
-      step0 = jnp.asarray(done * self.schedule.log_every, jnp.int32)
-      state, out = _rows.call(self.advance_fn, state, {**shared, "step0": step0}, adv_plan)
+      count = self.seg_logs
+      if self.adaptive and per_log is not None:
+        count = max(count, int(SEGMENT_S / max(per_log, 1e-12)))
+      count = min(count, total - done)
+      began = time.perf_counter()
+      (state, logs), marker = _rows.call(
+          self.into_fn, (state, logs),
+          {**shared, "step0": np.int32(done * every), "count": np.int32(count)}, adv_plan)
+      self.calls += 1
+      if self.adaptive and self.calls <= 2:  # the first compiles; the second is timed
+        jax.block_until_ready(marker)
+        if self.calls == 2:
+          per_log = (time.perf_counter() - began) / count
       # Two segments in flight: the host waits for the one before the
       # previous (progress, checkpoints and interrupts then follow the
       # devices within two segments), so the devices always have the next one
-      # queued. The observations stay on the devices until a checkpoint or
-      # the end copies them.
-      if len(logged) >= 2:
-        jax.block_until_ready(logged[-2][1])
-      logged.append(out)
-      done += self.seg_logs
+      # queued.
+      markers.append(marker)
+      if len(markers) > 2:
+        jax.block_until_ready(markers.pop(0))
+      done += count
       if on_segment is not None:
-        on_segment(done, state, first, _Pending(logged, n))
-    logged = list(_Pending(logged, n))
+        on_segment(done, state, first, _Logged(logs, done, n))
     state = _rows.to_host(state, n)
-    obs = {k: np.concatenate([o[k] for o, _ in logged], axis=1) for k in first} if logged \
-        else {k: v[:, :0] for k, v in first.items()}
-    t = np.concatenate([t for _, t in logged], axis=1) if logged else np.zeros((n, 0))
+    obs, t = _rows.to_host(logs, n)
     return first, obs, t, state
 
 
-class _Pending(list):
-  """The logged segments handed to `on_segment`: iterating copies those still
-  on the devices to the host first (a checkpoint waits for them)."""
+class _Logged:
+  """The logged steps so far, handed to `on_segment`: iterating copies them
+  from the devices (one `(observations, t)` pair)."""
 
-  def __init__(self, logged, num_rows):
-    super().__init__(logged)
-    self._logged, self._n = logged, num_rows
+  def __init__(self, logs, done, num_rows):
+    self._logs, self._done, self._n, self._host = logs, done, num_rows, None
 
   def __iter__(self):
-    for i, seg in enumerate(self._logged):
-      if not isinstance(seg[1], np.ndarray):
-        self._logged[i] = _rows.to_host(seg, self._n)
-      self[i] = self._logged[i]
-    return super().__iter__()
+    if self._host is None:
+      obs, t = _rows.to_host(self._logs, self._n)
+      self._host = ({k: np.array(v[:, :self._done]) for k, v in obs.items()},
+                    np.array(t[:, :self._done]))
+    yield self._host
 
 
 def seed_keys(seed: int, num_seeds: int, start: int = 0) -> jax.Array:

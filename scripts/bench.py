@@ -195,8 +195,8 @@ def run_row(workload: str, seeds: int, steps: int, repeats: int, peak: float) ->
   first, _ = _timed(lambda: runner.run(0, seeds))  # compiles the start and the scan
   run_s = float(np.median([_timed(lambda: runner.run(0, seeds))[0] for _ in range(repeats)]))
   _, adv, _ = runner.plan(seeds)
-  row.update(devices=len(adv.devices), chunk=adv.chunk, segments=schedule.num_logs //
-             runner.seg_logs, compile_s=first - run_s)
+  row.update(devices=len(adv.devices), chunk=adv.chunk, segments=runner.calls,
+             compile_s=first - run_s)
   rate = seeds * steps / run_s
   row.update(run_s=run_s, seed_steps_per_s=rate, gflops=flops * rate / 1e9,
              peak_fraction=flops * rate / 1e9 / peak,

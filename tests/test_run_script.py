@@ -27,11 +27,11 @@ from tests.helpers import ROOT
 # compiling) takes a few seconds: there is a half to kill it at.
 LONGER = {
     "deep_linear": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
-    "relu_ntk": ["train.num_steps=8000", "train.log_every=80", "sweep={}"],
+    "relu_ntk": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
     "lsa_icl": ["train.num_steps=16000", "train.log_every=160", "sweep={}"],
     "lsa_flow": ["train.num_steps=16000", "train.log_every=160", "sweep={}"],
     "pruning": ["train.num_steps=48000", "train.log_every=480", "sweep={}"],
-    "diagonal_linear": ["train.num_steps=800000", "train.log_every=8000", "sweep={}"],
+    "diagonal_linear": ["train.num_steps=8000000", "train.log_every=80000", "sweep={}"],
     "two_layer_linear": ["train.num_steps=1200000", "train.log_every=12000", "sweep={}"],
     "matrix_factorization": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
 }
@@ -135,7 +135,10 @@ def test_every_builtin_experiment_resumes_from_inside_its_chunk(name, tmp_path):
   args = [f"--config=configs/{name}.py:smoke"] + [f"--config.{o}" for o in LONGER[name]]
   ref = reference(args, tmp_path)
   out = tmp_path / "run"
-  stop_at_half(args, out, signal.SIGKILL, tmp_path / "cache")
+  # a checkpoint after every segment: these runs take seconds, and segments of
+  # half a second (`train.SEGMENT_S`) would otherwise skip saves that cost over
+  # a tenth of the time since the last one
+  stop_at_half(args, out, signal.SIGKILL, tmp_path / "cache", extra=["--checkpoint_every_s=0"])
   assert resumed_from(resume(args, out, tmp_path / "cache")) >= 0.4
   pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
   pd.testing.assert_frame_equal(load_summary(str(ref)), load_summary(str(out)))

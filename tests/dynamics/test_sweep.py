@@ -143,11 +143,13 @@ def chunked(tmp_path, name="run", **kw):
 @pytest.fixture
 def forty_segments():
   """`chunked`'s 400 steps in 40 segments of 10 (the default would make 4 of
-  `MIN_SEGMENT_STEPS`): the interrupt points below count them."""
+  `MIN_SEGMENT_STEPS`, or fewer as long as `SEGMENT_S`): the interrupt points
+  below count them."""
   from dynamics import train
   with pytest.MonkeyPatch.context() as m:
     m.setattr(train, "MIN_SEGMENT_STEPS", 1)
     m.setattr(train, "SEGMENTS", 40)
+    m.setattr(train, "SEGMENT_S", 0.0)
     yield
 
 

@@ -100,21 +100,24 @@ def test_divergence_is_recorded_and_masked():
     assert np.all(np.isfinite(r.traj.logged["loss"][s, ~after]))
 
 
-def test_segments_and_chunks_do_not_change_a_row():
-  """One trajectory cut into segments of 1, 2 or all logged steps is the same
-  bit for bit (every segment runs one compiled program); rows in chunks of 1
-  or 2 equal one vmap to rounding."""
+def test_segments_and_chunks_do_not_change_a_row(monkeypatch):
+  """One trajectory cut into segments of 1, 2 or all logged steps, or as the
+  runner cuts it by time (two timed segments, then the rest at once), is the
+  same bit for bit (every segment runs one compiled program); rows in chunks
+  of 1 or 2 equal one vmap to rounding."""
   c = toy.get_config()
   c.train.num_steps, c.train.log_every, c.num_seeds = 40, 5, 5
   from dynamics import sweep
   p = sweep.plan(c)
   g = p.groups[0]
   outs = []
-  for seg in (1, 2, 8):
+  monkeypatch.setattr(engine, "SEGMENT_S", 1e6)  # after two segments, the rest in one
+  for seg, adaptive, calls in ((1, False, 8), (2, False, 4), (8, False, 1), (1, True, 3)):
     runner = engine.Runner(p.experiment, lambda row: c, lambda row, sh: sh["data"],
                            engine.Schedule.of(c), g.runner.rows,
-                           {"data": p.data[0]}, seg_logs=seg)
+                           {"data": p.data[0]}, seg_logs=seg, adaptive=adaptive)
     outs.append(runner.run(0, 5))
+    assert runner.calls == calls
   for other in outs[1:]:
     for a, b in zip(jax.tree_util.tree_leaves(outs[0][:3]), jax.tree_util.tree_leaves(other[:3])):
       np.testing.assert_array_equal(a, b)
