@@ -5,7 +5,8 @@
 Width 64, small random init, teacher singular values (3, 2, 1, 0.5), 64
 seeds, 4000 full-batch GD steps (t = lr x steps), over the grid
 depth (1, 2) x lr (0.005, 0.01) x init scale (0.02, 0.05): 8 points, two
-compiled calls (one per depth). About 15 s on a 2-core CPU, compile included.
+compiled calls (one per depth). Runtime, peak memory and disk:
+docs/reproductions.md.
 One point: `--config.sweep="{}"` (the base config: depth 2, lr 0.005, scale
 0.05). Other axes: `--config.sweep.model.width="(32,128)"`.
 

@@ -8,7 +8,8 @@ Grid: `model.alpha` from 0.001 to 1 (shape-preserving: one compiled call),
 for 40000 steps (t = 200). Prints per alpha the learned `beta`'s distance to
 the predicted interpolator (`theory.diagonal_linear.implicit_bias_solution`),
 to the min-l1 and min-l2 interpolators, and its test error; `figure.png` is
-the phase diagram. Runtime and the measured numbers: docs/lazy_rich.md.
+the phase diagram. The measured numbers: docs/lazy_rich.md;
+runtime, peak memory and disk: docs/reproductions.md.
 
 Expect: the learned beta within a few percent of the prediction at every
 alpha (O(lr) and the finite time), near the l1 interpolator (which recovers

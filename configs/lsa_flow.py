@@ -5,7 +5,8 @@
 d = 5, N = 20, isotropic inputs, W_KQ = g0 [[I, 0], [0, 0]], W_PV = u0 e e^T
 with u0 = g0 = 1e-3, 2 seeds, 2048 fresh prompts per step, plain SGD for
 1000 steps, over the learning rates 0.005, 0.01, 0.02 (one compiled call).
-About 15-30 s on a 2-core CPU. The experiment is dynamics/experiments/lsa_icl.py
+Runtime, peak memory and disk:
+docs/reproductions.md. The experiment is dynamics/experiments/lsa_icl.py
 (`init.name = 'aligned'`).
 
 Expect: at lr 0.005 the loss and u g within ~2% of gradient_flow, the rest

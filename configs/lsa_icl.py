@@ -9,7 +9,8 @@ per step, SGD annealed to 0 (cosine) over 2000 steps at the step
 `train.lr / a(N)` (0.05 at N = 20; `lr_scale` of `setup`). Grid: context length
 N in (2, 5, 10, 20, 40) (one compiled call each) x input covariance
 isotropic or skewed (condition number 4, rotated; stacked in one call).
-About 1.5 min on a 2-core CPU, compile included. The aligned init against the
+Runtime, peak memory and disk:
+docs/reproductions.md. The aligned init against the
 exact gradient flow is configs/lsa_flow.py.
 
 Expect: isotropic, every seed within 0.1% of the risk of

@@ -12,8 +12,8 @@ each trained by full-batch gradient descent. Each is pruned at init and after
 20%, 50% or 80% of the weights (global ranking, lowest scores removed), 8
 seeds each, then trained on for 1000 steps with the mask held, beside the
 same seed trained dense. The grid: `model.family` x `prune.step` (one compiled call each) x
-`prune.measure` x `prune.fraction` (stacked), 90 points. About 2 min on a
-2-core CPU.
+`prune.measure` x `prune.fraction` (stacked), 90 points. Runtime, peak memory and disk:
+docs/reproductions.md.
 
 Prints the Taylor prediction errors at the prune, the median time to reach
 90% of the way the dense run goes, and a verdict on each of Lubana & Dick's claims

@@ -9,8 +9,8 @@
 Grid: `model.width` 64 to 4096 x `model.depth` 2 and 3 (one hidden layer
 and two; one compiled call each; `train.lr` and other shape-preserving axes
 stack), 4 seeds each, 64 train and 64 test points on the sphere in d = 8, a
-fixed random ReLU teacher, 400 full-batch GD steps at lr 1. About 3 minutes
-on a 2-core CPU, most of it depth 3 at width 4096. Prints per point the NTK
+fixed random ReLU teacher, 400 full-batch GD steps at lr 1. Runtime, peak memory and disk:
+docs/reproductions.md. Prints per point the NTK
 gap at init (against `theory.ntk.mlp_kernel`), the kernel drift and the
 distance to the linearised network, with their log-log slopes against width
 per depth. `--config.model.activation=tanh` (or erf, gelu, linear) changes

@@ -8,7 +8,8 @@ Grid: `init.lam` in (-4, -1, -0.25, 0, 0.25, 1, 4) x `init.scale` in (0.1, 0.5)
 teacher singular values (3, 2, 1), full-batch gradient descent at lr 0.005 for
 3000 steps (t = 15). Prints per point the map's largest error against
 `theory.deep_linear.two_layer_flow` and the NTK's final drift; `figure.png`
-draws the drift against lambda. Runtime and numbers: docs/lazy_rich.md.
+draws the drift against lambda. The numbers: docs/lazy_rich.md;
+runtime, peak memory and disk: docs/reproductions.md.
 
 Expect: the map within O(lr) (about 1%) of the flow at every point; the NTK
 moving by O(1) near lambda = 0 from a small init (rich) and by little at

@@ -11,7 +11,8 @@ fewer observed entries (their Fig. 2, at reduced size).
 configs/matrix_factorization.py: a 30 x 30 matrix of rank 3 (171 degrees of
 freedom), depth 1, 2, 3, 200 to 500 observed entries, 4 seeds, balanced
 orthogonal init of scale 0.1 per factor, full-batch gradient descent.
-About 15 s on a 2-core CPU. Expected: (a) the singular values' actual
+Runtime, peak memory and disk:
+docs/reproductions.md. Expected: (a) the singular values' actual
 velocity (autodiff through the SVD, at every logged step of every run)
 within ~1e-3 of the formula, relative to its largest value; (b) at 250 to
 300 entries depth 3 recovers M (error below 5%) where depth 2 does not

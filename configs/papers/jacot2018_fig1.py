@@ -16,7 +16,8 @@ Expect, as in the paper: the width-10000 curves on top of the limit at init
 and after training; the width-500 curves scattered around it and moved by
 training. `summary.csv` has the numbers (`kernel_gap` at init on the
 training points, `kernel_gap_end` after training on Theta(test, train)).
-Runtime and the measured numbers: docs/ntk.md. `:smoke`: widths 64 and
+The measured numbers: docs/ntk.md; runtime,
+peak memory (about 10 GB) and disk: docs/reproductions.md. `:smoke`: widths 64 and
 1024, 30 steps, 16 test angles (seconds).
 """
 

@@ -15,7 +15,8 @@ steps at learning rates 0.5, 0.95, 1.05, 1.5, 2 and 2.5 times each seed's own
 and of its linearisation; across the grid (`trains_up_to`) per width the
 largest multiple at which the network and the linearisation end below their
 start; `figure.png`: peaks and final losses against the multiple, the
-linearisation's edge (1) and 2x drawn. About 30 s on a 2-core CPU. Expected:
+linearisation's edge (1) and 2x drawn. Runtime, peak memory and disk:
+docs/reproductions.md. Expected:
 the linearisation converges at 0.5 and 0.95 and blows up from 1.05; the
 network does not follow it there: between the two it rises and comes back
 down (the catapult of Lewkowycz et al. 2020) rather than diverging.

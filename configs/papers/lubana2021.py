@@ -9,8 +9,8 @@ pruning that raises `||g||^2` (GraSP) can produce poor models.
 Our experiment configs/pruning.py as it stands: a deep linear network, a
 two-layer ReLU network and linear self-attention, pruned at init and after 50
 steps by every measure of `theory.pruning` and by random scores, removing 20%,
-50% or 80% of the weights, 8 seeds, trained on beside the dense run. About
-40 s on a 2-core CPU. Expected verdicts (printed, per setting): (i) holds in
+50% or 80% of the weights, 8 seeds, trained on beside the dense run. Runtime, peak memory and disk:
+docs/reproductions.md. Expected verdicts (printed, per setting): (i) holds in
 1 of 12 settings (magnitude beats random in 8); (ii) in 10 of 18; (iii)
 GraSP raises `||g||^2` in 17 of 18 and ends worse than the others in 6 of
 18. docs/pruning.md explains each; the table: docs/reproductions.md.

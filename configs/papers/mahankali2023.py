@@ -8,7 +8,8 @@ the context length N.
 
 d = 5, noiseless, N in (5, 10, 20, 40), 8 seeds from a small random init,
 256 fresh prompts a step, SGD annealed to 0 over 2000 steps (configs/
-lsa_icl.py's training). About 40 s on a 2-core CPU. Expected: every seed's
+lsa_icl.py's training). Runtime, peak memory and disk:
+docs/reproductions.md. Expected: every seed's
 `Gamma` within ~1% of `optimal_gd_lr I` (0.455, 0.625, 0.769, 0.870) and its
 predictions within ~2% of that GD step, sensitivity cosine 0.9999.
 Measured numbers: docs/reproductions.md. `:smoke`: the same N, 2 seeds, 1000

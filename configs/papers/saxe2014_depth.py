@@ -13,7 +13,8 @@ every teacher mode at strength 1, where `theory.deep_linear` is exact),
 'orthogonal' (random orthogonal layers, scale 1) and 'random' (Gaussian,
 `N(0, 1/fan_in)`: norm-preserving in expectation). Reported: every mode's
 depth-normalised half-learning time `N t_half` (steps at lr ~ 1/N), in the
-printed table and the figure's right panel. About 2.5 min on a 2-core CPU.
+printed table and the figure's right panel. Runtime, peak memory and disk:
+docs/reproductions.md.
 Expected: aligned flat in depth and on the theory; the scaled Gaussian's
 weakest mode several times slower at depth 8 and 16 than at depth 1.
 `:smoke`: the same grid, 4 seeds to t = 5 (every half-learning time but the

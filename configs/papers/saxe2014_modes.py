@@ -5,8 +5,8 @@ sigmoid of their Eq. for a two-layer linear network.
     python scripts/run.py --config=configs/papers/saxe2014_modes.py
 
 Depth 2, width 64, a small random init (scale 0.05), teacher singular values
-(4, 2, 1, 0.5), 64 seeds, lr 0.005 to t = 30; one grid point. About 6 s on
-a 2-core CPU. Expected: `t_half = log(s/u0 - 1) / (2s)` from each seed's
+(4, 2, 1, 0.5), 64 seeds, lr 0.005 to t = 30; one grid point. Runtime, peak memory and disk:
+docs/reproductions.md. Expected: `t_half = log(s/u0 - 1) / (2s)` from each seed's
 effective `u0`, within 4% per seed; `s t_half` is not constant but falls
 from about 3.3 (s = 4) to 2.3 (s = 0.5) with that logarithm, so the times
 run 1 : 1.8 : 3.2 : 5.5 rather than 1 : 2 : 4 : 8. `:smoke`: 8 seeds of

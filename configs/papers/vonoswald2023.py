@@ -17,7 +17,8 @@ optimum's weights are 3.6x larger, so the step that suits `Gamma` is too
 long for the factors.) The GD step it is compared with uses the best single
 learning rate for the input law (`theory.linear_attention.optimal_gd_lr`
 with the inputs' kurtosis; 6.06 for theirs, 0.476 for Gaussian inputs),
-where they tuned GD's rate by training it. About 1.5 min on a 2-core CPU.
+where they tuned GD's rate by training it. Runtime, peak memory and disk:
+docs/reproductions.md.
 Expected: prediction difference to that GD step of a few percent and
 sensitivity cosine above 0.999 for every seed, with both input laws.
 Measured numbers: docs/reproductions.md. `:smoke`: both input laws, 2 seeds,

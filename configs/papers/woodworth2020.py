@@ -8,7 +8,8 @@ one (kernel, alpha -> inf), and with it the test error on sparse regression.
 Their sparse-regression setting at reduced scale: d = 100, n = 40 Gaussian
 measurements of a 5-sparse beta* (entries +-1), noiseless, 8 seeds (each its
 own problem), alpha from 1e-3 to 1, gradient descent at lr 0.004 to t = 200.
-About 20 s on a 2-core CPU. Expected: the learned beta on the predicted
+Runtime, peak memory and disk:
+docs/reproductions.md. Expected: the learned beta on the predicted
 interpolator (`theory.diagonal_linear.implicit_bias_solution`) at every
 alpha, near the l1 interpolator (which recovers beta*, test error ~0) at
 small alpha and near the l2 one at alpha = 1, the test error rising between.

@@ -10,8 +10,8 @@ with `Theta Theta^T = I / sqrt(d)`, is our aligned init with `u0 = s` and
 `g0 = s / sqrt(d)` (balanced: `u0^2 = d g0^2`); s = 1e-3. d = 5, N = 20,
 noiseless, 2048 fresh prompts a step, plain SGD at lr 0.01 to t = 40, 2 seeds,
 isotropic and skewed inputs (condition number 4, rotated). `theory.
-linear_attention.gradient_flow` gives the whole path. About 1 min on a 2-core
-CPU. Expected: the trained Gamma at the end within ~1% of Gamma* (the
+linear_attention.gradient_flow` gives the whole path. Runtime, peak memory and disk:
+docs/reproductions.md. Expected: the trained Gamma at the end within ~1% of Gamma* (the
 minibatch noise), the flow itself within 1e-3 of it, with both covariances;
 the loss along `gradient_flow` to a few percent (gradient descent's O(lr) lag).
 Measured numbers: docs/reproductions.md. `:smoke`: both covariances, 1 seed,

@@ -4,7 +4,7 @@ A grid point is one context length `task.n_context` and input law. `setup`
 draws from `PRNGKey(task.seed)` the covariance, fixed eval prompts (as the
 moments the layer reads) and, for `task.pool_size > 0`, a pool of training
 prompts the seeds share (minibatches without replacement); else every step
-draws fresh prompts (`training_data`; `train.batches = 'shared'`: the same for
+draws fresh prompts (`loss`; `train.batches = 'shared'`: the same for
 every seed). Logged: the loss on the eval prompts, the exact half-risk of
 `Gamma = u G^T + g_y c^T` (`loss_gamma`), `Gamma`, `u`, `g`, `u g`, `residual`,
 the weights. Theory (`theory.linear_attention`): random init, the endpoint
@@ -92,16 +92,6 @@ def uses_moments(config) -> bool:
   return t.inputs == "gaussian" and t.n_context >= t.d + 1 and not t.pool_size
 
 
-def training_data(batch, n_context, cov_sqrt, noise_var, *, inputs="gaussian", moments=True):
-  """`(data(key) -> prompts, loss_fn)` for fresh prompts: moments
-  (`model.loss_moments`) or tokens (`model.loss`); also `scripts/bench.py`'s."""
-  if moments:
-    return (lambda k: tuple(task.sample_moments(k, batch, n_context, cov_sqrt, noise_var)),
-            model.loss_moments)
-  return (lambda k: tuple(task.sample(k, batch, n_context, cov_sqrt, noise_var, inputs)),
-          model.loss)
-
-
 def init(config, key, data) -> dict:
   m, i = config.model, config.init
   return {"params": model.init(key, config.task.d, form=m.form, name=i.name, scale=m.init_scale,
@@ -116,9 +106,10 @@ def loss(config, state, data, key):
     if key is not None and b < (n := m["y_q"].shape[0]):
       m = jax.tree_util.tree_map(lambda a: a[jax.random.choice(key, n, (b,), replace=False)], m)
     return model.loss_moments(p, m["e"], m["x_q"], m["y_q"])
-  sample, loss_fn = training_data(b, t.n_context, data["cov_sqrt"], t.noise_var,
-                                  inputs=t.inputs, moments=uses_moments(config))
-  return loss_fn(p, *sample(key))
+  if uses_moments(config):  # fresh prompts as their moments, or as tokens
+    return model.loss_moments(p, *task.sample_moments(key, b, t.n_context, data["cov_sqrt"],
+                                                      t.noise_var))
+  return model.loss(p, *task.sample(key, b, t.n_context, data["cov_sqrt"], t.noise_var, t.inputs))
 
 
 def observe(config, state, data) -> dict:
@@ -136,7 +127,7 @@ def observe(config, state, data) -> dict:
 
 def theory(config, data, start, t) -> dict:
   """`Gamma*`, the best GD rate and their risks; for the aligned init also
-  `gradient_flow` at the seed's times (`gamma_end`: its last `Gamma`)."""
+  `gradient_flow` at the seed's times (`gamma_flow`, `gamma_end` its last)."""
   (d, n, nv), cov = (config.task[k] for k in ("d", "n_context", "noise_var")), data["cov"]
   gs = theory_la.optimal_preconditioner(cov, n, nv, kurtosis=data["kurtosis"])
   eta = theory_la.optimal_gd_lr(d, n, nv, cov=cov, kurtosis=data["kurtosis"])
@@ -148,7 +139,7 @@ def theory(config, data, start, t) -> dict:
       None if config.task.covariance == "isotropic" else np.asarray(cov)))
   return {**out, "loss": th["loss"], "loss_gamma": th["loss"], "u": th["u"],
           "g": th["G"].trace(0, 1, 2) / d, "ug": th["gamma"].trace(0, 1, 2) / d,
-          "gamma_end": th["gamma"][-1]}
+          "gamma_end": th["gamma"][-1], "gamma_flow": th["gamma"]}
 
 
 def compare_to(data, traj, gamma) -> dict:
@@ -201,25 +192,26 @@ def _point(r) -> dict:
 
 
 def report(config, results) -> dict:
-  """Per point the endpoint or the flow; across the grid the risk against N
-  per input law (random init) and the flow lag against lr (aligned init)."""
-  rows = [_point(r) for r in results]
-  risk_vs_n, lag, first = {}, [], {}
+  """Per point the endpoint or the flow; across the grid risk against N, Gamma* along t."""
+  rows = [_point(r) for r in results]  # gradient descent's t_half lag: measured, lr sqrt(d)/2
+  lag_of = lambda r, s: (s["t_half_measured"]["mean"] / s["t_half_theory"] - 1,
+                         s["lr"] * r.config.task.d**0.5 / 2)
+  risk_vs_n, lag, first, flows = {}, [], {}, []
   for r, s in zip(results, rows):
     if "risk_median" in s:
       first.setdefault(s["covariance"], r)
       risk_vs_n.setdefault(s["covariance"], []).append(
-          {k: s[k] for k in ("n_context", "risk_median", "risk_opt_theory",
+          {k: s[k] for k in ("n_context", "risk_median", "risk_opt_theory", "vs_gd",
                              "risk_opt_same_prompts", "risk_gd_theory", "converged_seeds")}
           | {"seeds": r.summary["num_seeds"] - r.summary["diverged_seeds"],
              "risk_per_seed": s["risk_per_seed"]})
     elif "t_half_theory" in s:
+      flows.append((r, s))
       lag.append({"lr": s["lr"], "covariance": s["covariance"],
-                  "t_half_rel_error": s["t_half_measured"]["mean"] / s["t_half_theory"] - 1,
-                  "predicted": float(s["lr"] * np.sqrt(r.config.task.d) / 2)})
+                  **dict(zip(("t_half_rel_error", "predicted"), lag_of(r, s)))})
   for v in (*risk_vs_n.values(), lag):  # by N, the lag by lr
     v.sort(key=lambda x: x.get("n_context", x.get("lr")))
-  fig, axes = plots.figure(max(len(risk_vs_n) + bool(lag), 1))
+  fig, axes = plots.figure(max(len(risk_vs_n) + bool(flows), 1))
   for ax, (label, pts) in zip(axes, risk_vs_n.items()):
     c, data = first[label].config, first[label].data
     ns = np.array([p["n_context"] for p in pts])
@@ -236,15 +228,23 @@ def report(config, results) -> dict:
       ax.plot(np.full(len(p["risk_per_seed"]), p["n_context"]), p["risk_per_seed"], "o",
               mfc="none", color="C0", ms=5, zorder=3,
               label="trained LSA, per seed" if i == 0 else None)
+    ax.text(0.98, 0.98, "trained vs one GD step:\n" + "\n".join(f"N = {p['n_context']}: "
+        f"outputs {100 * p['vs_gd']['pred_rel_diff']['mean']:.2g}% apart, cosine "
+        f"{p['vs_gd']['sens_cos']['mean']:.4f}" for p in pts), transform=ax.transAxes,
+        ha="right", va="top", fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel="context length N", ylabel="risk",
            title=f"risk vs N ({label} inputs)")
-    ax.legend(fontsize=8)
-  if lag:
-    ax, lr = axes[len(risk_vs_n)], np.array([x["lr"] for x in lag])
-    ax.plot(lr, [100 * x["t_half_rel_error"] for x in lag], "o-", label="measured")
-    ax.plot(lr, [100 * x["predicted"] for x in lag], "k--", label="lr sqrt(d) / 2")
-    ax.set(xlabel="learning rate", ylabel="t_half(GD) / t_half(flow) - 1 (%)",
-           title="aligned init: gradient descent lags the flow by O(lr)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
+  for i, (r, s) in enumerate(flows):  # the distance to Gamma* along training and the flow
+    ax, gs, lag_i = axes[len(risk_vs_n)], np.asarray(r.pred["gamma_star"])[0], lag_of(r, s)
+    dist = lambda g: np.linalg.norm(g - gs, axis=(-2, -1)) / np.linalg.norm(gs)
+    g = dist(np.asarray(r.traj.logged["gamma"], np.float64))
+    ax.plot(r.traj.t[0], g.T, f"C{i}-", label=[f"trained, {s['covariance']}, lr {s['lr']:.3g}"
+            f" (t_half lag {100 * lag_i[0]:.2g}%; lr sqrt(d)/2: {100 * lag_i[1]:.2g}%)"]
+            + ["_"] * (len(g) - 1))
+    ax.plot(r.traj.t[0], dist(np.asarray(r.pred["gamma_flow"])[0]), f"C{i}:", lw=2, label="flow")
+    ax.set(yscale="log", ylim=(1e-8, 1e5), xlabel="t = lr x steps",
+           ylabel="||Gamma - Gamma*|| / ||Gamma*||", title="aligned init: distance to Gamma*")
+    ax.legend(fontsize=7, loc="upper right")
   fig.suptitle("linear self-attention vs theory.linear_attention", fontsize=10)
   return {"points": rows, "figure": fig, "risk_vs_n": risk_vs_n, "flow_lag": lag}

@@ -1,4 +1,4 @@
-"""A tanh MLP against its linearization, over width x lr (about 30 s).
+"""A tanh MLP against its linearization, over width x lr.
 
     python scripts/run.py --config=examples/tanh_ntk/config.py --out=runs/tanh_ntk
 

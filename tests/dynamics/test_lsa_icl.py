@@ -220,7 +220,7 @@ def test_finite_pool_of_prompts_overfits():
 
 def test_shared_batches_are_an_opt_in():
   """`train.batches = 'shared'`: every seed's step-k prompts are
-  `training_data(...)(fold_in(shared_batch_key(seed), k))`, the task's own
+  `sample_moments(fold_in(shared_batch_key(seed), k), ...)`, the task's own
   sampler (the first logged step by hand checks it), so from the aligned
   init, which draws nothing, the seeds coincide; with the default
   `'per_seed'` seed i draws from `fold_in(split(fold_in(PRNGKey(seed), i))[1], k)`
@@ -241,7 +241,9 @@ def test_shared_batches_are_an_opt_in():
   np.testing.assert_allclose(beside["gamma"][:2], logged["gamma"][3:], rtol=1e-5, atol=1e-7)
   spread = {b: np.ptp(u[b]) / np.abs(u[b][0]) for b in engine.BATCHES}
   assert spread["shared"] < 1e-6 < 1e-3 < spread["per_seed"], spread
-  sample, loss_fn = lsa_icl.training_data(64, n, jnp.asarray(p.data["cov_sqrt"]), 0.0)
+  cov_sqrt = jnp.asarray(p.data["cov_sqrt"])
+  sample = lambda k: tuple(icl.sample_moments(k, 64, n, cov_sqrt, 0.0))
+  loss_fn = model.loss_moments
   step = jax.jit(lambda w, k: jax.tree_util.tree_map(  # the engine's compiler options
       lambda w, g: w - lr * g, w, jax.grad(loss_fn)(w, *sample(k))),
                  compiler_options=compiler_options())
