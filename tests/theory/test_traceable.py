@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from theory import deep_linear, diagonal_linear, linear_attention, ntk, pruning
+from theory import deep_linear, diagonal_linear, linear_attention, ntk, online_sgd, pruning
 
 RTOL, ATOL = 1e-5, 1e-6
-MODULES = (deep_linear, diagonal_linear, linear_attention, ntk, pruning)
+MODULES = (deep_linear, diagonal_linear, linear_attention, ntk, online_sgd, pruning)
 
 X = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
 Y = jnp.sin(X[:, 0])
@@ -62,6 +62,8 @@ CASES = {
     "max_learning_rate": (lambda v: ntk.max_learning_rate(v * K), [0.5, 2.0]),
     "mlp_kernel": (lambda v: ntk.mlp_kernel(3, "erf", v, 0.1)(X), [0.5, 1.5]),
     "mse_predictor": (lambda v: ntk.mse_predictor(v * K, Y)(T)[0], [0.5, 2.0]),
+    "committee_error": (lambda v: online_sgd.committee_error(v * jnp.eye(2), 0.3 * jnp.eye(2),
+                                                             jnp.eye(2)), [0.5, 2.0]),
     "relu_empirical_ntk": (lambda v: ntk.relu_empirical_ntk(RELU, X, X, v), [0.5, 2.0]),
     "relu_nngp": (lambda v: ntk.relu_nngp(X, X, 1.0, v), [0.0, 1.0]),
     "relu_ntk": (lambda v: ntk.relu_ntk(X, X, v, 0.1), [0.5, 2.0]),

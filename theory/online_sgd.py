@@ -1,0 +1,106 @@
+"""Online SGD in the teacher-student setup: soft committee machines.
+
+A student `sigma(x) = sum_i v_i g(w_i . x / sqrt(N))` with `K` hidden units
+learns from a teacher `tau(x) = sum_n v*_n g(w*_n . x / sqrt(N))` with `M`,
+on Gaussian inputs `x ~ N(0, I_N)` (Saad & Solla 1995; Biehl & Schwarze 1995;
+Goldt et al. 2019). The fields `lambda_i = w_i . x / sqrt(N)` and `nu_n =
+w*_n . x / sqrt(N)` are jointly Gaussian with covariances given by the order
+parameters (docs/conventions.md)
+
+    Q = W W^T / N  [K, K],   R = W W*^T / N  [K, M],   T = W* W*^T / N  [M, M],
+
+so every average over inputs is an average over Gaussian fields with
+covariance `[[Q, R], [R^T, T]]`. Activations: `'erf'` is `g(x) = erf(x /
+sqrt(2))` (Saad & Solla's choice), `'relu'` and `'linear'`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from theory import _checks
+
+ACTIVATIONS = ("erf", "relu", "linear")
+
+
+def _pair_mean(activation: str, c_ab, c_aa, c_bb):
+  """`E[g(a) g(b)]` for zero-mean Gaussian `(a, b)` with variances `c_aa`,
+  `c_bb` and covariance `c_ab` (broadcast): erf `(2/pi) arcsin(c_ab /
+  sqrt((1 + c_aa)(1 + c_bb)))`; relu `sqrt(c_aa c_bb) (sin th + (pi - th) cos
+  th) / (2 pi)` with `cos th` the correlation; linear `c_ab`."""
+  if activation == "erf":
+    return 2 / jnp.pi * jnp.arcsin(c_ab / jnp.sqrt((1 + c_aa) * (1 + c_bb)))
+  if activation == "relu":
+    scale = jnp.sqrt(c_aa * c_bb)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    cos = jnp.clip(c_ab / safe, -1.0, 1.0)
+    sin = jnp.sqrt(jnp.maximum(1 - cos**2, 0.0))
+    theta = jnp.arctan2(sin, cos)  # stable at cos = +-1
+    return jnp.where(scale > 0, scale * (sin + (jnp.pi - theta) * cos) / (2 * jnp.pi), 0.0)
+  return c_ab
+
+
+def _check_order_parameters(q, r, t, v, v_teacher, activation):
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"`activation` must be one of {ACTIVATIONS}, got {activation!r}.")
+  for name, a, nd in (("q", q, 2), ("r", r, 2), ("t", t, 2)):
+    _checks.check_finite(name, a)
+    _checks.check_ndim(name, a, (nd,))
+  (k, k2), (m, m2), (kr, mr) = np.shape(q), np.shape(t), np.shape(r)
+  if k != k2 or m != m2 or (kr, mr) != (k, m):
+    raise ValueError(f"shapes must be q [K, K], r [K, M], t [M, M]; got {np.shape(q)}, "
+                     f"{np.shape(r)}, {np.shape(t)}.")
+  for name, a, n in (("v", v, k), ("v_teacher", v_teacher, m)):
+    if a is not None:
+      _checks.check_finite(name, a)
+      if np.shape(a) != (n,):
+        raise ValueError(f"`{name}` must have shape ({n},), got {np.shape(a)}.")
+  values = [_checks.concrete(a) for a in (q, r, t)]
+  if any(x is None for x in values):
+    return  # traced: shapes and dtypes only
+  qv, rv, tv = (np.asarray(x, np.float64) for x in values)
+  for names, c in (("`q`", qv), ("`t`", tv), ("`q`, `r`, `t` (jointly)",
+                                             np.block([[qv, rv], [rv.T, tv]]))):
+    scale = max(np.abs(c).max(), 1e-300)
+    if np.abs(c - c.T).max() > 1e-6 * scale:
+      raise ValueError(f"{names} must be symmetric: a covariance of the fields.")
+    low = np.linalg.eigvalsh((c + c.T) / 2).min()
+    if low < -1e-6 * scale:
+      raise ValueError(f"{names} must be positive semi-definite (a covariance of the "
+                       f"fields): smallest eigenvalue {low:.3g}.")
+
+
+def committee_error(q: ArrayLike, r: ArrayLike, t: ArrayLike, v: ArrayLike | None = None,
+                    v_teacher: ArrayLike | None = None, activation: str = "erf"):
+  """The generalisation error `eps = 1/2 E_x (sigma(x) - tau(x))^2` of a soft
+  committee machine, exactly, from its order parameters:
+
+      eps = 1/2 [sum_ij v_i v_j E g(l_i) g(l_j) + sum_nm v*_n v*_m E g(n_n) g(n_m)
+                 - 2 sum_in v_i v*_n E g(l_i) g(n_n)],
+
+  each pair average in closed form (`_pair_mean`; for erf Saad & Solla's
+  arcsin form). Conventions: docs/conventions.md (order parameters).
+  jit- and vmap-able over every numeric argument; value checks (symmetry,
+  positive semi-definiteness of `[[q, r], [r^T, t]]`) run on concrete values.
+
+  Args:
+    q: `[K, K]` student overlaps `W W^T / N`.
+    r: `[K, M]` student-teacher overlaps `W W*^T / N`.
+    t: `[M, M]` teacher overlaps `W* W*^T / N`.
+    v, v_teacher: second-layer weights `[K]`, `[M]` (default ones).
+    activation: one of `ACTIVATIONS`.
+
+  Returns:
+    `eps`, a scalar.
+  """
+  _check_order_parameters(q, r, t, v, v_teacher, activation)
+  q, r, t = (jnp.asarray(a, jnp.result_type(float)) for a in (q, r, t))
+  v = jnp.ones(q.shape[0], q.dtype) if v is None else jnp.asarray(v, q.dtype)
+  vt = jnp.ones(t.shape[0], q.dtype) if v_teacher is None else jnp.asarray(v_teacher, q.dtype)
+  dq, dt = jnp.diagonal(q), jnp.diagonal(t)
+  ss = _pair_mean(activation, q, dq[:, None], dq[None, :])
+  tt = _pair_mean(activation, t, dt[:, None], dt[None, :])
+  st = _pair_mean(activation, r, dq[:, None], dt[None, :])
+  return 0.5 * (v @ ss @ v + vt @ tt @ vt - 2 * v @ st @ vt)
