@@ -104,3 +104,75 @@ def committee_error(q: ArrayLike, r: ArrayLike, t: ArrayLike, v: ArrayLike | Non
   tt = _pair_mean(activation, t, dt[:, None], dt[None, :])
   st = _pair_mean(activation, r, dq[:, None], dt[None, :])
   return 0.5 * (v @ ss @ v + vt @ tt @ vt - 2 * v @ st @ vt)
+
+
+def _erf_i3(c, a, b, d):
+  """`E[g'(l_a) l_b g(l_d)]` for `g = erf(x / sqrt(2))`, fields with covariance
+  `c` (Saad & Solla 1995): `(2/pi) (C_bd (1 + C_aa) - C_ab C_ad) / ((1 + C_aa)
+  sqrt((1 + C_aa)(1 + C_dd) - C_ad^2))`."""
+  caa, cdd, cad, cab, cbd = c[a, a], c[d, d], c[a, d], c[a, b], c[b, d]
+  lam3 = (1 + caa) * (1 + cdd) - cad**2
+  return 2 / jnp.pi * (cbd * (1 + caa) - cab * cad) / ((1 + caa) * jnp.sqrt(lam3))
+
+
+def _erf_i4(c, a, b, e, f):
+  """`E[g'(l_a) g'(l_b) g(l_e) g(l_f)]` for `g = erf(x / sqrt(2))` (Saad &
+  Solla 1995): `(4 / pi^2) arcsin(L0 / sqrt(L1 L2)) / sqrt(L4)`."""
+  caa, cbb, cab = c[a, a], c[b, b], c[a, b]
+  cae, caf, cbe, cbf, cee, cff, cef = c[a, e], c[a, f], c[b, e], c[b, f], c[e, e], c[f, f], \
+      c[e, f]
+  lam4 = (1 + caa) * (1 + cbb) - cab**2
+  lam0 = lam4 * cef - cbe * cbf * (1 + caa) - cae * caf * (1 + cbb) + cab * cae * cbf \
+      + cab * caf * cbe
+  lam1 = lam4 * (1 + cee) - cbe**2 * (1 + caa) - cae**2 * (1 + cbb) + 2 * cab * cae * cbe
+  lam2 = lam4 * (1 + cff) - cbf**2 * (1 + caa) - caf**2 * (1 + cbb) + 2 * cab * caf * cbf
+  return 4 / jnp.pi**2 / jnp.sqrt(lam4) * jnp.arcsin(lam0 / jnp.sqrt(lam1 * lam2))
+
+
+def committee_drift(q: ArrayLike, r: ArrayLike, t: ArrayLike, *, lr, v: ArrayLike | None = None,
+                    v_teacher: ArrayLike | None = None, activation: str = "erf",
+                    train_second_layer: bool = False) -> dict:
+  """The right-hand side of the order-parameter ODEs of online SGD (Saad &
+  Solla 1995; Goldt et al. 2019 for the second layer), in `alpha = steps / N`.
+
+  One step on a fresh `x` is `w_i <- w_i - lr dL/dw_i`, `L = 1/2 (sigma -
+  tau)^2`, i.e. `w_i += lr delta_i x / sqrt(N)` with `delta_i = v_i g'(l_i)
+  (tau - sigma)`; with `train_second_layer`, `v_i += (lr / N) (tau - sigma)
+  g(l_i)` (Goldt et al.'s 1/N scaling of the second layer's rate). Then
+
+      dQ_ik/dalpha = lr E[delta_i l_k + delta_k l_i] + lr^2 E[delta_i delta_k],
+      dR_in/dalpha = lr E[delta_i nu_n],      dv_i/dalpha = lr E[(tau - sigma) g(l_i)],
+
+  the `lr^2` term from `|x|^2 / N -> 1`. Averages in closed form for
+  `activation='erf'` (Saad & Solla's `I2`, `I3`, `I4`). Conventions:
+  docs/conventions.md. jit- and vmap-able over every numeric argument.
+
+  Returns:
+    `{"dq": [K, K], "dr": [K, M], "dv": [K]}` (`dv` zeros unless
+    `train_second_layer`).
+  """
+  _check_order_parameters(q, r, t, v, v_teacher, activation)
+  if activation != "erf":
+    raise ValueError(f"`activation` must be 'erf' for committee_drift (the closed forms "
+                     f"used), got {activation!r}.")
+  _checks.check_positive("lr", lr)
+  q, r, t = (jnp.asarray(a, jnp.result_type(float)) for a in (q, r, t))
+  k, m = q.shape[0], t.shape[0]
+  v = jnp.ones(k, q.dtype) if v is None else jnp.asarray(v, q.dtype)
+  vt = jnp.ones(m, q.dtype) if v_teacher is None else jnp.asarray(v_teacher, q.dtype)
+  c = jnp.block([[q, r], [r.T, t]])  # fields: students 0..K-1, teachers K..K+M-1
+  coef = jnp.concatenate([-v, vt])  # tau - sigma = coef . g(fields)
+  idx = jnp.arange(k + m)
+  stu = jnp.arange(k)
+  # E[g'(l_i) f_b (tau - sigma)] for every student i and field b
+  i3 = jnp.einsum("ibd,d->ib", _erf_i3(c, stu[:, None, None], idx[None, :, None],
+                                       idx[None, None, :]), coef)
+  d_lam = v[:, None] * i3  # E[delta_i f_b]
+  i4 = _erf_i4(c, stu[:, None, None, None], stu[None, :, None, None],
+               idx[None, None, :, None], idx[None, None, None, :])
+  dd = v[:, None] * v[None, :] * jnp.einsum("ikef,e,f->ik", i4, coef, coef)
+  dq = lr * (d_lam[:, :k] + d_lam[:, :k].T) + lr**2 * dd
+  dr = lr * d_lam[:, k:]
+  pair = _pair_mean("erf", c[:k], jnp.diagonal(q)[:, None], jnp.diagonal(c)[None, :])
+  dv = lr * pair @ coef if train_second_layer else jnp.zeros(k, q.dtype)
+  return {"dq": dq, "dr": dr, "dv": dv}

@@ -100,3 +100,45 @@ def test_saad_solla_symmetric_plateau_error():
 def test_bad_order_parameters_are_named(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: online_sgd.committee_drift(np.eye(2), np.zeros((2, 2)), np.eye(2), lr=0.0),
+     "`lr` must be positive"),
+    (lambda: online_sgd.committee_drift(np.eye(2), np.zeros((2, 2)), np.eye(2), lr=0.1,
+                                        activation="relu"), "'erf' for committee_drift"),
+    (lambda: online_sgd.committee_drift(-np.eye(2), np.zeros((2, 2)), np.eye(2), lr=0.1),
+     "`q` must be positive semi-definite"),
+])
+def test_bad_drift_arguments_are_named(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+@pytest.mark.parametrize("k, m, second", [(2, 2, False), (3, 2, True), (1, 3, True)])
+def test_drift_against_monte_carlo_over_the_fields(k, m, second):
+  # The drift's averages E[delta_i l_k], E[delta_i delta_k], E[delta_i nu_n],
+  # E[(tau - sigma) g(l_i)] by Monte Carlo over fields drawn from
+  # [[Q, R], [R^T, T]] (4e5 draws), each entry within 5 of its standard errors
+  # (propagated: lr and lr^2 times the standard errors of the two averages).
+  from scipy.special import erf
+  q, r, t = order_parameters(k, m, k + m + 3, seed=3 * k + m)
+  rng = np.random.default_rng(1)
+  v, vt, lr = rng.uniform(0.5, 1.5, k), rng.uniform(0.5, 1.5, m), 0.7
+  z = rng.multivariate_normal(np.zeros(k + m), np.block([[q, r], [r.T, t]]), size=SAMPLES,
+                              method="cholesky")
+  lam, nu = z[:, :k], z[:, k:]
+  g = lambda x: erf(x / np.sqrt(2))
+  err = g(nu) @ vt - g(lam) @ v  # tau - sigma
+  delta = v * np.sqrt(2 / np.pi) * np.exp(-lam**2 / 2) * err[:, None]
+  first = delta[:, :, None] * lam[:, None, :]  # delta_i l_k
+  samples = {"dq": lr * (first + first.transpose(0, 2, 1))
+                   + lr**2 * delta[:, :, None] * delta[:, None, :],
+             "dr": lr * delta[:, :, None] * nu[:, None, :],
+             "dv": lr * err[:, None] * g(lam) if second else np.zeros((SAMPLES, k))}
+  with jax.enable_x64(True):
+    got = online_sgd.committee_drift(q, r, t, lr=lr, v=v, v_teacher=vt,
+                                     train_second_layer=second)
+  for key, s in samples.items():
+    mean, se = s.mean(0), s.std(0) / np.sqrt(SAMPLES)
+    assert np.all(np.abs(np.asarray(got[key]) - mean) <= 5 * se + 1e-12), (key, got[key], mean, se)

@@ -64,6 +64,8 @@ CASES = {
     "mse_predictor": (lambda v: ntk.mse_predictor(v * K, Y)(T)[0], [0.5, 2.0]),
     "committee_error": (lambda v: online_sgd.committee_error(v * jnp.eye(2), 0.3 * jnp.eye(2),
                                                              jnp.eye(2)), [0.5, 2.0]),
+    "committee_drift": (lambda v: online_sgd.committee_drift(jnp.eye(2), 0.3 * jnp.eye(2),
+                                                             jnp.eye(2), lr=v), [0.1, 1.0]),
     "relu_empirical_ntk": (lambda v: ntk.relu_empirical_ntk(RELU, X, X, v), [0.5, 2.0]),
     "relu_nngp": (lambda v: ntk.relu_nngp(X, X, 1.0, v), [0.0, 1.0]),
     "relu_ntk": (lambda v: ntk.relu_ntk(X, X, v, 0.1), [0.5, 2.0]),
