@@ -16,6 +16,7 @@ sqrt(2))` (Saad & Solla's choice), `'relu'` and `'linear'`.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
@@ -176,3 +177,55 @@ def committee_drift(q: ArrayLike, r: ArrayLike, t: ArrayLike, *, lr, v: ArrayLik
   pair = _pair_mean("erf", c[:k], jnp.diagonal(q)[:, None], jnp.diagonal(c)[None, :])
   dv = lr * pair @ coef if train_second_layer else jnp.zeros(k, q.dtype)
   return {"dq": dq, "dr": dr, "dv": dv}
+
+
+def committee_flow(q0: ArrayLike, r0: ArrayLike, t: ArrayLike, alpha: ArrayLike, *, lr,
+                   v0: ArrayLike | None = None, v_teacher: ArrayLike | None = None,
+                   train_second_layer: bool = False, dalpha: float = 0.01) -> dict:
+  """The order parameters along online SGD's ODEs (`committee_drift`, erf) from
+  `(q0, r0, v0)`, at the times `alpha` (examples / N, increasing, from 0), by
+  classical Runge-Kutta with steps of at most `dalpha` (global error
+  `O(dalpha^4)`). jit- and vmap-able over `lr` and the initial order
+  parameters; `alpha` and `dalpha` must be concrete (they set the number of
+  steps).
+
+  Returns:
+    `{"q": [A, K, K], "r": [A, K, M], "v": [A, K], "error": [A]}`.
+  """
+  _check_order_parameters(q0, r0, t, v0, v_teacher, "erf")
+  _checks.check_positive("lr", lr)
+  a = _checks.concrete(alpha)
+  if a is None:
+    raise ValueError("`alpha` must be concrete (it sets the number of integration steps).")
+  a = np.atleast_1d(np.asarray(a, np.float64))
+  if a.ndim != 1 or not np.all(np.isfinite(a)) or np.any(a < 0) or np.any(np.diff(a) < 0):
+    raise ValueError(f"`alpha` must be finite, >= 0 and increasing, got {alpha!r}.")
+  if not (isinstance(dalpha, (int, float)) and dalpha > 0):
+    raise ValueError(f"`dalpha` must be a positive number, got {dalpha!r}.")
+  dtype = jnp.result_type(float)
+  q0, r0, t = (jnp.asarray(x, dtype) for x in (q0, r0, t))
+  v0 = jnp.ones(q0.shape[0], dtype) if v0 is None else jnp.asarray(v0, dtype)
+  gaps = np.diff(np.concatenate([[0.0], a]))
+  sub = max(1, int(np.ceil(gaps.max() / dalpha))) if len(a) else 1
+
+  def rhs(y):
+    d = committee_drift(y[0], y[1], t, lr=lr, v=y[2], v_teacher=v_teacher,
+                        train_second_layer=train_second_layer)
+    return d["dq"], d["dr"], d["dv"]
+
+  def rk4(y, h):
+    add = lambda y, k, c: tuple(a + c * b for a, b in zip(y, k))
+    k1 = rhs(y)
+    k2 = rhs(add(y, k1, h / 2))
+    k3 = rhs(add(y, k2, h / 2))
+    k4 = rhs(add(y, k3, h))
+    return tuple(a + h / 6 * (b1 + 2 * b2 + 2 * b3 + b4)
+                 for a, b1, b2, b3, b4 in zip(y, k1, k2, k3, k4))
+
+  def interval(y, gap):
+    y = jax.lax.fori_loop(0, sub, lambda _, y: rk4(y, gap / sub), y)
+    return y, y
+
+  _, (q, r, v) = jax.lax.scan(interval, (q0, r0, v0), jnp.asarray(gaps, dtype))
+  error = jax.vmap(lambda q, r, v: committee_error(q, r, t, v, v_teacher))(q, r, v)
+  return {"q": q, "r": r, "v": v, "error": error}

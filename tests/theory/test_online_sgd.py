@@ -142,3 +142,57 @@ def test_drift_against_monte_carlo_over_the_fields(k, m, second):
   for key, s in samples.items():
     mean, se = s.mean(0), s.std(0) / np.sqrt(SAMPLES)
     assert np.all(np.abs(np.asarray(got[key]) - mean) <= 5 * se + 1e-12), (key, got[key], mean, se)
+
+
+def test_flow_against_an_ode_solver():
+  # committee_flow's fixed-step RK4 (dalpha 0.01: global error ~1e-8 here)
+  # against scipy's DOP853 at rtol 1e-11 on the same right-hand side, both
+  # layers trained; 1e-6 absolute on O(1) order parameters.
+  from scipy.integrate import solve_ivp
+  q0, r0, t = order_parameters(3, 2, 9, seed=5)
+  v0, lr = np.array([0.8, 1.1, 0.9]), 0.5
+  alpha = np.array([0.0, 0.5, 2.0, 6.0])
+  with jax.enable_x64(True):
+    got = online_sgd.committee_flow(q0, r0, t, alpha, lr=lr, v0=v0, train_second_layer=True)
+
+    def rhs(_, y):
+      q, r, v = y[:9].reshape(3, 3), y[9:15].reshape(3, 2), y[15:]
+      d = online_sgd.committee_drift((q + q.T) / 2, r, t, lr=lr, v=v, train_second_layer=True)
+      return np.concatenate([np.ravel(d["dq"]), np.ravel(d["dr"]), np.ravel(d["dv"])])
+
+    sol = solve_ivp(rhs, (0, alpha[-1]), np.concatenate([q0.ravel(), r0.ravel(), v0]),
+                    t_eval=alpha, method="DOP853", rtol=1e-11, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(got["q"]).reshape(4, -1), sol.y[:9].T, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got["r"]).reshape(4, -1), sol.y[9:15].T, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got["v"]), sol.y[15:].T, atol=1e-6)
+
+
+def test_flow_against_online_sgd_of_networks():
+  # Online SGD of actual erf committees (K = M = 2, first layer, lr 0.5) in
+  # N = 1000 dimensions, 8 seeds, one fresh Gaussian input a step, to alpha =
+  # 3 (3000 steps), from a student half-aligned with the teacher (no plateau).
+  # The seed mean of Q, R and the error must sit on the flow from the seeds'
+  # mean initial order parameters within 4 standard errors of that mean
+  # (fluctuations O(1/sqrt(N)) per seed) plus 3/N (the ODE's O(1/N) bias).
+  from scipy.special import erf
+  n, seeds, lr, steps = 1000, 8, 0.5, 3000
+  rng = np.random.default_rng(11)
+  w_star = rng.normal(size=(2, n))
+  w = 0.5 * w_star[None] + 0.8 * rng.normal(size=(seeds, 2, n))
+  g = lambda x: erf(x / np.sqrt(2))
+  order = lambda w: (w @ w.transpose(0, 2, 1) / n, w @ w_star.T / n)
+  q0, r0 = order(w)
+  t = w_star @ w_star.T / n
+  for _ in range(steps):
+    x = rng.normal(size=(seeds, n))
+    lam, nu = np.einsum("skn,sn->sk", w, x) / np.sqrt(n), x @ w_star.T / np.sqrt(n)
+    err = g(nu).sum(1) - g(lam).sum(1)
+    delta = np.sqrt(2 / np.pi) * np.exp(-lam**2 / 2) * err[:, None]
+    w += lr * delta[:, :, None] * x[:, None, :] / np.sqrt(n)
+  q, r = order(w)
+  with jax.enable_x64(True):
+    flow = online_sgd.committee_flow(q0.mean(0), r0.mean(0), t, [steps / n], lr=lr)
+    eps = np.array([float(online_sgd.committee_error(a, b, t)) for a, b in zip(q, r)])
+  for sim, theory in ((q, flow["q"][-1]), (r, flow["r"][-1]), (eps, flow["error"][-1])):
+    gap = np.abs(sim.mean(0) - np.asarray(theory))
+    assert np.all(gap <= 4 * sim.std(0) / np.sqrt(seeds) + 3 / n), (gap, sim.std(0))
