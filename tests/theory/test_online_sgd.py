@@ -3,6 +3,7 @@ Gaussian fields, and against the input average of actual N-dimensional
 networks; bad order parameters refused by name."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -119,13 +120,14 @@ def test_bad_drift_arguments_are_named(call, match):
 def test_drift_against_monte_carlo_over_the_fields(k, m, second):
   # The drift's averages E[delta_i l_k], E[delta_i delta_k], E[delta_i nu_n],
   # E[(tau - sigma) g(l_i)] by Monte Carlo over fields drawn from
-  # [[Q, R], [R^T, T]] (4e5 draws), each entry within 5 of its standard errors
+  # [[Q, R], [R^T, T]] (2e5 draws), each entry within 5 of its standard errors
   # (propagated: lr and lr^2 times the standard errors of the two averages).
   from scipy.special import erf
   q, r, t = order_parameters(k, m, k + m + 3, seed=3 * k + m)
   rng = np.random.default_rng(1)
   v, vt, lr = rng.uniform(0.5, 1.5, k), rng.uniform(0.5, 1.5, m), 0.7
-  z = rng.multivariate_normal(np.zeros(k + m), np.block([[q, r], [r.T, t]]), size=SAMPLES,
+  n = SAMPLES // 2  # the lr^2 term alone is 200-300 standard errors at this size
+  z = rng.multivariate_normal(np.zeros(k + m), np.block([[q, r], [r.T, t]]), size=n,
                               method="cholesky")
   lam, nu = z[:, :k], z[:, k:]
   g = lambda x: erf(x / np.sqrt(2))
@@ -135,12 +137,12 @@ def test_drift_against_monte_carlo_over_the_fields(k, m, second):
   samples = {"dq": lr * (first + first.transpose(0, 2, 1))
                    + lr**2 * delta[:, :, None] * delta[:, None, :],
              "dr": lr * delta[:, :, None] * nu[:, None, :],
-             "dv": lr * err[:, None] * g(lam) if second else np.zeros((SAMPLES, k))}
+             "dv": lr * err[:, None] * g(lam) if second else np.zeros((n, k))}
   with jax.enable_x64(True):
-    got = online_sgd.committee_drift(q, r, t, lr=lr, v=v, v_teacher=vt,
-                                     train_second_layer=second)
+    got = jax.jit(lambda *a: online_sgd.committee_drift(*a, lr=lr, v=v, v_teacher=vt,
+                                                        train_second_layer=second))(q, r, t)
   for key, s in samples.items():
-    mean, se = s.mean(0), s.std(0) / np.sqrt(SAMPLES)
+    mean, se = s.mean(0), s.std(0) / np.sqrt(n)
     assert np.all(np.abs(np.asarray(got[key]) - mean) <= 5 * se + 1e-12), (key, got[key], mean, se)
 
 
@@ -155,10 +157,13 @@ def test_flow_against_an_ode_solver():
   with jax.enable_x64(True):
     got = online_sgd.committee_flow(q0, r0, t, alpha, lr=lr, v0=v0, train_second_layer=True)
 
-    def rhs(_, y):
+    @jax.jit
+    def drift(y):
       q, r, v = y[:9].reshape(3, 3), y[9:15].reshape(3, 2), y[15:]
       d = online_sgd.committee_drift((q + q.T) / 2, r, t, lr=lr, v=v, train_second_layer=True)
-      return np.concatenate([np.ravel(d["dq"]), np.ravel(d["dr"]), np.ravel(d["dv"])])
+      return jnp.concatenate([jnp.ravel(d["dq"]), jnp.ravel(d["dr"]), jnp.ravel(d["dv"])])
+
+    rhs = lambda _, y: np.asarray(drift(y))
 
     sol = solve_ivp(rhs, (0, alpha[-1]), np.concatenate([q0.ravel(), r0.ravel(), v0]),
                     t_eval=alpha, method="DOP853", rtol=1e-11, atol=1e-12)
