@@ -186,7 +186,7 @@ def _point(r) -> dict:
           "risk_opt_theory": float(pr["risk_opt"][0]), "risk_opt_same_prompts": opt["risk_mc"],
           "risk_gd_theory": float(pr["risk_gd"][0]), "excess_risk_rel": _stats(excess),
           "gamma_rel_error": _stats(err), "residual": _stats(lg["residual"][:, -1]),
-          "optimal_gd_lr": float(pr["eta"][0]),
+          "optimal_gd_lr": float(pr["eta"][0]), "trace_gamma_over_d": _stats(lg["ug"][:, -1]),
           **{name: {k: _stats(v[k][kept]) for k in ("pred_rel_diff", "sens_cos")}
              for name, v in (("vs_gd", gd), ("vs_opt", opt))}}
 
