@@ -202,7 +202,7 @@ def to_host(tree, num_rows: int):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     tree = multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree_util.tree_map(lambda a: np.array(np.asarray(a)[:num_rows]), tree)
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:num_rows], tree)
 
 
 def run_rows(fn: Rows, rows, shared=None, *, devices: list | None = None,

@@ -265,8 +265,9 @@ class Runner:
   """Runs the rows of one compiled group: start, then segments of `advance`.
 
   `rows`: the row inputs (leading axis; `key` and what `bind` reads);
-  `shared`: inputs every row shares (the data). The two programs are traced
-  once each for planning (`_rows.profile`) and compiled once on first use.
+  `shared`: inputs every row shares (the data). The start and a fixed-length
+  segment are traced once each for planning (`_rows.profile`); the start and
+  the segment of any length (`advance_into`) are compiled once on first use.
 
   Segments: the first two run `seg_logs` logged steps (about 5% of the run);
   from the second one's time on, a segment runs `seg_logs` or as many as take
@@ -413,8 +414,7 @@ class _Logged:
   def __iter__(self):
     if self._host is None:
       obs, t = _rows.to_host(self._logs, self._n)
-      self._host = ({k: np.array(v[:, :self._done]) for k, v in obs.items()},
-                    np.array(t[:, :self._done]))
+      self._host = ({k: v[:, :self._done] for k, v in obs.items()}, t[:, :self._done])
     yield self._host
 
 
