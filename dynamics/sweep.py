@@ -87,11 +87,63 @@ def axes(config) -> list[tuple[str, tuple]]:
   return out
 
 
+def zipped(config, ax=None) -> list[tuple[str, ...]]:
+  """`config.sweep_zip`: groups of axes that move together (`zip`) instead of
+  forming their product, e.g. `(("task.n", "train.num_steps"),)` runs each
+  width for its own number of steps. Checked against the axes: ValueError
+  naming the field for a name that is not an axis, a name in two groups, or
+  axes of unequal lengths in one group. Without axes (`--config.sweep={}`)
+  there is nothing to zip and it is ignored."""
+  groups = config.get("sweep_zip")
+  ax = axes(config) if ax is None else ax
+  if not groups or not ax:
+    return []
+  if isinstance(groups, (tuple, list)) and groups and all(isinstance(g, str) for g in groups):
+    groups = (groups,)  # one group written flat
+  lengths = dict((f, len(v)) for f, v in ax)
+  seen, out = set(), []
+  for g in groups:
+    if isinstance(g, str) or not isinstance(g, (tuple, list)) or len(g) < 2 or \
+        not all(isinstance(f, str) for f in g):
+      raise ValueError(f"`sweep_zip` must be groups of two or more axis names, "
+                       f"e.g. ((\"task.n\", \"train.num_steps\"),); got {g!r}.")
+    for f in g:
+      if f not in lengths:
+        raise ValueError(f"`sweep_zip` names `{f}`, which is not an axis of config.sweep."
+                         + cfg.suggest(f, set(lengths)))
+      if f in seen:
+        raise ValueError(f"`sweep_zip` names `{f}` in two groups.")
+      seen.add(f)
+    if len({lengths[f] for f in g}) > 1:
+      raise ValueError("`sweep_zip` zips axes of unequal lengths: " + ", ".join(
+          f"sweep.{f} ({lengths[f]} values)" for f in g) + ".")
+    out.append(tuple(g))
+  return out
+
+
 def grid(config) -> list[dict]:
-  """The grid points, `[{field: value}, ...]`, in row-major order of the axes."""
+  """The grid points, `[{field: value}, ...]`: the product of the axes, in
+  row-major order, axes zipped by `config.sweep_zip` moving together (at the
+  place of the first of them)."""
   ax = axes(config)
-  return [dict(zip([f for f, _ in ax], combo))
-          for combo in itertools.product(*[v for _, v in ax])]
+  groups = zipped(config, ax)
+  lead = {g[0]: g for g in groups}
+  inner = {f for g in groups for f in g[1:]}
+  values = dict(ax)
+  factors = []  # [(fields, [values per step])]
+  for f, v in ax:
+    if f in inner:
+      continue
+    fields = lead.get(f, (f,))
+    factors.append((fields, list(zip(*[values[x] for x in fields]))))
+  order = [f for f, _ in ax]
+  points = []
+  for combo in itertools.product(*[v for _, v in factors]):
+    point = {}
+    for (fields, _), vals in zip(factors, combo):
+      point.update(zip(fields, vals))
+    points.append({f: point[f] for f in order})
+  return points
 
 
 def point_config(config, point: dict):
@@ -1299,8 +1351,9 @@ def _read_list(path) -> list:
 
 def _base(config):
   c = ml_collections.ConfigDict(config.to_dict())
-  if "sweep" in c:
-    del c["sweep"]
+  for name in ("sweep", "sweep_zip"):
+    if name in c:
+      del c[name]
   return c
 
 

@@ -16,6 +16,8 @@ sqrt(2))` (Saad & Solla's choice), `'relu'` and `'linear'`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,21 +134,24 @@ def _erf_i4(c, a, b, e, f):
 
 def committee_drift(q: ArrayLike, r: ArrayLike, t: ArrayLike, *, lr, v: ArrayLike | None = None,
                     v_teacher: ArrayLike | None = None, activation: str = "erf",
-                    train_second_layer: bool = False) -> dict:
+                    noise: ArrayLike = 0.0, train_second_layer: bool = False) -> dict:
   """The right-hand side of the order-parameter ODEs of online SGD (Saad &
   Solla 1995; Goldt et al. 2019 for the second layer), in `alpha = steps / N`.
 
-  One step on a fresh `x` is `w_i <- w_i - lr dL/dw_i`, `L = 1/2 (sigma -
-  tau)^2`, i.e. `w_i += lr delta_i x / sqrt(N)` with `delta_i = v_i g'(l_i)
-  (tau - sigma)`; with `train_second_layer`, `v_i += (lr / N) (tau - sigma)
-  g(l_i)` (Goldt et al.'s 1/N scaling of the second layer's rate). Then
+  One step on a fresh `x` with label `y = tau(x) + xi`, `xi ~ N(0, noise)`, is
+  `w_i <- w_i - lr dL/dw_i`, `L = 1/2 (sigma - y)^2`, i.e. `w_i += lr delta_i x
+  / sqrt(N)` with `delta_i = v_i g'(l_i) (y - sigma)`; with
+  `train_second_layer`, `v_i += (lr / N) (y - sigma) g(l_i)` (Goldt et al.'s
+  1/N scaling of the second layer's rate). Then
 
       dQ_ik/dalpha = lr E[delta_i l_k + delta_k l_i] + lr^2 E[delta_i delta_k],
-      dR_in/dalpha = lr E[delta_i nu_n],      dv_i/dalpha = lr E[(tau - sigma) g(l_i)],
+      dR_in/dalpha = lr E[delta_i nu_n],      dv_i/dalpha = lr E[(y - sigma) g(l_i)],
 
-  the `lr^2` term from `|x|^2 / N -> 1`. Averages in closed form for
+  the `lr^2` term from `|x|^2 / N -> 1`; the noise enters only there, as
+  `noise v_i v_k E[g'(l_i) g'(l_k)]`. Averages in closed form for
   `activation='erf'` (Saad & Solla's `I2`, `I3`, `I4`). Conventions:
-  docs/conventions.md. jit- and vmap-able over every numeric argument.
+  docs/conventions.md. jit- and vmap-able over every numeric argument
+  (`noise` included).
 
   Returns:
     `{"dq": [K, K], "dr": [K, M], "dv": [K]}` (`dv` zeros unless
@@ -157,6 +162,7 @@ def committee_drift(q: ArrayLike, r: ArrayLike, t: ArrayLike, *, lr, v: ArrayLik
     raise ValueError(f"`activation` must be 'erf' for committee_drift (the closed forms "
                      f"used), got {activation!r}.")
   _checks.check_positive("lr", lr)
+  _checks.check_finite_nonnegative("noise", noise)
   q, r, t = (jnp.asarray(a, jnp.result_type(float)) for a in (q, r, t))
   k, m = q.shape[0], t.shape[0]
   v = jnp.ones(k, q.dtype) if v is None else jnp.asarray(v, q.dtype)
@@ -171,7 +177,9 @@ def committee_drift(q: ArrayLike, r: ArrayLike, t: ArrayLike, *, lr, v: ArrayLik
   d_lam = v[:, None] * i3  # E[delta_i f_b]
   i4 = _erf_i4(c, stu[:, None, None, None], stu[None, :, None, None],
                idx[None, None, :, None], idx[None, None, None, :])
-  dd = v[:, None] * v[None, :] * jnp.einsum("ikef,e,f->ik", i4, coef, coef)
+  dq_ = jnp.diagonal(q)
+  i2 = 2 / jnp.pi / jnp.sqrt((1 + dq_[:, None]) * (1 + dq_[None, :]) - q**2)  # E g'(l_i) g'(l_k)
+  dd = v[:, None] * v[None, :] * (jnp.einsum("ikef,e,f->ik", i4, coef, coef) + noise * i2)
   dq = lr * (d_lam[:, :k] + d_lam[:, :k].T) + lr**2 * dd
   dr = lr * d_lam[:, k:]
   pair = _pair_mean("erf", c[:k], jnp.diagonal(q)[:, None], jnp.diagonal(c)[None, :])
@@ -181,19 +189,22 @@ def committee_drift(q: ArrayLike, r: ArrayLike, t: ArrayLike, *, lr, v: ArrayLik
 
 def committee_flow(q0: ArrayLike, r0: ArrayLike, t: ArrayLike, alpha: ArrayLike, *, lr,
                    v0: ArrayLike | None = None, v_teacher: ArrayLike | None = None,
-                   train_second_layer: bool = False, dalpha: float = 0.01) -> dict:
+                   noise: ArrayLike = 0.0, train_second_layer: bool = False,
+                   dalpha: float = 0.01) -> dict:
   """The order parameters along online SGD's ODEs (`committee_drift`, erf) from
   `(q0, r0, v0)`, at the times `alpha` (examples / N, increasing, from 0), by
   classical Runge-Kutta with steps of at most `dalpha` (global error
-  `O(dalpha^4)`). jit- and vmap-able over `lr` and the initial order
-  parameters; `alpha` and `dalpha` must be concrete (they set the number of
-  steps).
+  `O(dalpha^4)`). jit- and vmap-able over `lr`, `noise` and the initial
+  order parameters; `alpha` and `dalpha` must be concrete (they set the
+  number of steps). `error` is against the clean teacher (`committee_error`);
+  against noisy labels add `noise / 2`.
 
   Returns:
     `{"q": [A, K, K], "r": [A, K, M], "v": [A, K], "error": [A]}`.
   """
   _check_order_parameters(q0, r0, t, v0, v_teacher, "erf")
   _checks.check_positive("lr", lr)
+  _checks.check_finite_nonnegative("noise", noise)
   a = _checks.concrete(alpha)
   if a is None:
     raise ValueError("`alpha` must be concrete (it sets the number of integration steps).")
@@ -209,7 +220,7 @@ def committee_flow(q0: ArrayLike, r0: ArrayLike, t: ArrayLike, alpha: ArrayLike,
   sub = max(1, int(np.ceil(gaps.max() / dalpha))) if len(a) else 1
 
   def rhs(y):
-    d = committee_drift(y[0], y[1], t, lr=lr, v=y[2], v_teacher=v_teacher,
+    d = committee_drift(y[0], y[1], t, lr=lr, v=y[2], v_teacher=v_teacher, noise=noise,
                         train_second_layer=train_second_layer)
     return d["dq"], d["dr"], d["dv"]
 
@@ -229,3 +240,137 @@ def committee_flow(q0: ArrayLike, r0: ArrayLike, t: ArrayLike, alpha: ArrayLike,
   _, (q, r, v) = jax.lax.scan(interval, (q0, r0, v0), jnp.asarray(gaps, dtype))
   error = jax.vmap(lambda q, r, v: committee_error(q, r, t, v, v_teacher))(q, r, v)
   return {"q": q, "r": r, "v": v, "error": error}
+
+
+def _symmetric(k, m, q, c, r, xp=np):
+  """`(Q, R)` of the symmetric subspace: `Q_ii = q`, `Q_ik = c`, `R_in = r`."""
+  return (c * xp.ones((k, k)) + (q - c) * xp.eye(k), r * xp.ones((k, m)))
+
+
+def _first_order(q, r, t):
+  """The `lr -> 0` drift per unit `lr`: `committee_drift` is `lr A + lr^2 B`,
+  so `A = 2 d(1) - d(2) / 2`, exactly up to rounding."""
+  d1, d2 = (committee_drift(q, r, t, lr=lr) for lr in (1.0, 2.0))
+  return {key: 2 * d1[key] - d2[key] / 2 for key in ("dq", "dr")}
+
+
+def plateau(k: int, m: int | None = None, activation: str = "erf", *, lr: float = 0.0) -> dict:
+  """The symmetric fixed point of online SGD's flow (Saad & Solla 1995): the
+  plateau of a student with `k` hidden units learning a teacher with `m` (default
+  `k`) from a small init, for `T = I`, `v = v* = 1` (second layer fixed), every
+  student unit equally correlated with every teacher unit: `Q_ii = q`, `Q_ik =
+  c` (i != k), `R_in = r`. Conventions: docs/conventions.md.
+
+  For `lr -> 0` (`lr=0`, the default) and `k == m` it has a closed form:
+
+      q = c = 1 / (2K - 1),   r = 1 / sqrt(K (2K - 1)),
+      error = (K / pi) (pi / 6 - K arcsin(1 / (2K))),
+
+  (for `g = erf(x / sqrt(2))`: then `q / (1 + q) = r / sqrt(2 (1 + q)) = 1 / (2K)`).
+  Otherwise (`k != m`, or `lr > 0`, where the `lr^2` term of
+  `committee_drift` moves the fixed point) the flow restricted to the
+  symmetric subspace (which it leaves invariant, and where the plateau
+  attracts) is integrated from a small init to its fixed point, then polished
+  by a root finder. Plain Python: `k`, `m` and `lr` are not traced.
+
+  Returns:
+    `{"q", "c", "r", "error", "escape_rate"}` as floats (`c` is NaN for `k =
+    1`). `escape_rate` is the largest real part of the eigenvalues of the
+    drift's Jacobian there (over `Q`'s upper triangle and `R`; per unit alpha
+    at `lr`, per unit `lr x alpha` at `lr = 0`): a deviation from the
+    symmetric subspace grows like `exp(escape_rate alpha)`, so a student
+    starting `O(1/sqrt(N))` from it leaves the plateau after `ln N / (2
+    escape_rate)` plus a constant.
+  """
+  k = _checks.check_int("k", k)
+  m = k if m is None else _checks.check_int("m", m)
+  if activation != "erf":
+    raise ValueError(f"`activation` must be 'erf' for plateau (committee_drift's closed "
+                     f"forms), got {activation!r}.")
+  if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)) \
+      or not np.isfinite(lr) or lr < 0:
+    raise ValueError(f"`lr` must be a finite number >= 0, got {lr!r}.")
+  t = np.eye(m)
+  if k == m and lr == 0:
+    q = 1.0 / (2 * k - 1)
+    r = 1.0 / np.sqrt(k * (2 * k - 1))
+    error = k / np.pi * (np.pi / 6 - k * np.arcsin(1.0 / (2 * k)))
+    qm, rm = _symmetric(k, m, q, q, r)
+    return {"q": q, "c": q if k > 1 else float("nan"), "r": float(r), "error": float(error),
+            "escape_rate": _growth(qm, rm, t, 0.0)}
+  from scipy.integrate import solve_ivp
+  from scipy.optimize import root
+
+  with jax.enable_x64(True):
+    @jax.jit
+    def rhs(y):
+      qm, rm = _symmetric(k, m, y[0], y[1], y[2], jnp)
+      d = _first_order(qm, rm, t) if lr == 0 else committee_drift(qm, rm, t, lr=lr)
+      d = d if lr == 0 else {key: val / lr for key, val in d.items()}  # time lr x alpha
+      off = d["dq"][0, 1] if k > 1 else 0.0
+      return jnp.stack([d["dq"][0, 0], off, d["dr"][0, 0]])
+
+    f = lambda y: np.asarray(rhs(jnp.asarray(y)), np.float64)
+    y0 = np.array([1e-2, 1e-3 if k > 1 else 0.0, 1e-3])
+    sol = solve_ivp(lambda _, y: f(y), (0.0, 1e4), y0, method="LSODA",
+                    rtol=1e-10, atol=1e-12)
+    fixed = root(f, sol.y[:, -1], tol=1e-14)
+    y = fixed.x
+    if not (np.all(np.isfinite(y)) and np.abs(f(y)).max() < 1e-12):
+      raise ValueError(f"no symmetric fixed point found for k={k}, m={m}, lr={lr!r} (the "
+                       "symmetric flow does not settle: the learning rate may be too large).")
+    qm, rm = _symmetric(k, m, *y)
+    error = float(committee_error(qm, rm, t))
+  return {"q": float(y[0]), "c": float(y[1]) if k > 1 else float("nan"), "r": float(y[2]),
+          "error": error, "escape_rate": _growth(qm, rm, t, lr)}
+
+
+@functools.lru_cache(maxsize=None)
+def _jacobian(k: int, m: int, first_order: bool):
+  """The drift's Jacobian over `Q`'s upper triangle and `R`, jitted per shape."""
+  iu = np.triu_indices(k)
+
+  def vec_rhs(y, t, lr):
+    qm = jnp.zeros((k, k), y.dtype).at[iu].set(y[:len(iu[0])])
+    qm = qm + qm.T - jnp.diag(jnp.diag(qm))
+    rm = y[len(iu[0]):].reshape(k, m)
+    d = _first_order(qm, rm, t) if first_order else committee_drift(qm, rm, t, lr=lr)
+    return jnp.concatenate([d["dq"][iu], d["dr"].ravel()])
+  return jax.jit(jax.jacfwd(vec_rhs)), iu
+
+
+def _growth(q, r, t, lr):
+  """The largest real part of the eigenvalues of the drift's Jacobian over
+  `Q`'s upper triangle and `R` at `(q, r)` (float64; `lr = 0`: the first-order
+  drift per unit `lr`)."""
+  jac, iu = _jacobian(q.shape[0], r.shape[1], lr == 0)
+  with jax.enable_x64(True):
+    y = jnp.concatenate([jnp.asarray(q, jnp.float64)[iu], jnp.asarray(r, jnp.float64).ravel()])
+    j = jac(y, jnp.asarray(t, jnp.float64), jnp.float64(lr if lr > 0 else 1.0))
+    return float(np.linalg.eigvals(np.asarray(j)).real.max())
+
+
+def critical_lr(k: int, activation: str = "erf") -> float:
+  """The learning rate past which online SGD cannot converge to its teacher:
+  the largest `lr` at which the teacher's solution `Q = R = T = I` (`K = M =
+  k`, `v = v* = 1`, second layer fixed) is a stable fixed point of
+  `committee_drift`'s flow. Past it the `lr^2` term, positive
+  semi-definite, outweighs the `lr` term along some direction: the flow goes
+  to another fixed point with a nonzero error or grows without bound (Saad &
+  Solla 1995's maximal learning rate). Found where the largest real part of
+  the drift's Jacobian at the solution (`jax.jacfwd`, over `Q`'s upper
+  triangle and `R`) crosses zero, by Brent's method. Plain Python (`k` sets
+  shapes). Conventions: docs/conventions.md.
+  """
+  k = _checks.check_int("k", k)
+  if activation != "erf":
+    raise ValueError(f"`activation` must be 'erf' for critical_lr, got {activation!r}.")
+  from scipy.optimize import brentq
+  eye = np.eye(k)
+  growth = lambda lr: _growth(eye, eye, eye, lr)
+  grid = np.geomspace(0.01, 100.0, 41)
+  signs = np.array([growth(lr) for lr in grid]) >= 0
+  if not signs.any():
+    raise ValueError(f"the solution stays stable up to lr = 100 for k={k}.")
+  i = int(np.argmax(signs))
+  return float(brentq(growth, grid[i - 1], grid[i], xtol=1e-12))

@@ -381,3 +381,37 @@ def test_replay_is_the_table_bit_for_bit(tmp_path):
   assert got["rows"] < 16 and got["seconds"] > 0
   with pytest.raises(ValueError, match="`step`"):
     sweep.replay(out, point=1, seed=5, step=7)
+
+
+def test_zipped_axes_move_together():
+  """`sweep_zip` ties axes: `dim` and `train.num_steps` pair up, `train.lr`
+  multiplies them; each point runs its own number of steps and equals that
+  point run alone."""
+  c = toy_config(sweep__train__lr=(0.05, 0.1), sweep__dim=(2, 3),
+                 sweep__train__num_steps=(10, 20))
+  c.sweep_zip = (("dim", "train.num_steps"),)
+  points = sweep.grid(c)
+  assert points == [{"train.lr": lr, "train.num_steps": s, "dim": d}  # axes in name order
+                    for d, s in ((2, 10), (3, 20)) for lr in (0.05, 0.1)]
+  results, _ = simulate(c)
+  for r in results:
+    assert r.traj.step[-1] == r.config.train.num_steps == {2: 10, 3: 20}[r.config.dim]
+    alone, _ = simulate(toy_config(train__lr=r.config.train.lr, dim=r.config.dim,
+                                   train__num_steps=r.config.train.num_steps))
+    np.testing.assert_allclose(r.traj.logged["w"], alone[0].traj.logged["w"], rtol=1e-6)
+  c.sweep = {}  # one point: nothing to zip
+  assert sweep.grid(c) == [{}]
+
+
+@pytest.mark.parametrize("zip_, match", [
+    ((("dim", "train.lrr"),), "`sweep_zip` names `train.lrr`"),
+    ((("dim", "train.lr"),), r"unequal lengths: sweep\.dim \(2 values\), sweep\.train\.lr"),
+    ((("dim",),), "groups of two or more"),
+    ((("dim", "train.num_steps"), ("dim", "train.lr")), "`dim` in two groups")])
+def test_bad_zips_fail_and_write_nothing(tmp_path, zip_, match):
+  c = toy_config(sweep__train__lr=(0.05, 0.1, 0.2), sweep__dim=(2, 3),
+                 sweep__train__num_steps=(10, 20))
+  c.sweep_zip = zip_
+  with pytest.raises(ValueError, match=match):
+    run_sweep(c, str(tmp_path / "out"), verbose=False)
+  assert not os.path.exists(tmp_path / "out")

@@ -116,8 +116,9 @@ def test_bad_drift_arguments_are_named(call, match):
     call()
 
 
-@pytest.mark.parametrize("k, m, second", [(2, 2, False), (3, 2, True), (1, 3, True)])
-def test_drift_against_monte_carlo_over_the_fields(k, m, second):
+@pytest.mark.parametrize("k, m, second, noise", [(2, 2, False, 0.0), (3, 2, True, 0.0),
+                                                 (1, 3, True, 0.0), (2, 2, False, 0.3)])
+def test_drift_against_monte_carlo_over_the_fields(k, m, second, noise):
   # The drift's averages E[delta_i l_k], E[delta_i delta_k], E[delta_i nu_n],
   # E[(tau - sigma) g(l_i)] by Monte Carlo over fields drawn from
   # [[Q, R], [R^T, T]] (2e5 draws), each entry within 5 of its standard errors
@@ -131,7 +132,7 @@ def test_drift_against_monte_carlo_over_the_fields(k, m, second):
                               method="cholesky")
   lam, nu = z[:, :k], z[:, k:]
   g = lambda x: erf(x / np.sqrt(2))
-  err = g(nu) @ vt - g(lam) @ v  # tau - sigma
+  err = g(nu) @ vt - g(lam) @ v + np.sqrt(noise) * rng.normal(size=n)  # y - sigma
   delta = v * np.sqrt(2 / np.pi) * np.exp(-lam**2 / 2) * err[:, None]
   first = delta[:, :, None] * lam[:, None, :]  # delta_i l_k
   samples = {"dq": lr * (first + first.transpose(0, 2, 1))
@@ -139,8 +140,8 @@ def test_drift_against_monte_carlo_over_the_fields(k, m, second):
              "dr": lr * delta[:, :, None] * nu[:, None, :],
              "dv": lr * err[:, None] * g(lam) if second else np.zeros((n, k))}
   with jax.enable_x64(True):
-    got = jax.jit(lambda *a: online_sgd.committee_drift(*a, lr=lr, v=v, v_teacher=vt,
-                                                        train_second_layer=second))(q, r, t)
+    got = jax.jit(lambda *a: online_sgd.committee_drift(
+        *a, lr=lr, v=v, v_teacher=vt, noise=noise, train_second_layer=second))(q, r, t)
   for key, s in samples.items():
     mean, se = s.mean(0), s.std(0) / np.sqrt(n)
     assert np.all(np.abs(np.asarray(got[key]) - mean) <= 5 * se + 1e-12), (key, got[key], mean, se)
@@ -201,3 +202,92 @@ def test_flow_against_online_sgd_of_networks():
   for sim, theory in ((q, flow["q"][-1]), (r, flow["r"][-1]), (eps, flow["error"][-1])):
     gap = np.abs(sim.mean(0) - np.asarray(theory))
     assert np.all(gap <= 4 * sim.std(0) / np.sqrt(seeds) + 3 / n), (gap, sim.std(0))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_plateau_closed_form_is_a_fixed_point_of_the_drift(k):
+  # Saad & Solla's closed form (q = c = 1/(2K-1), r = 1/sqrt(K(2K-1)), derived
+  # by hand) against committee_drift's own closed forms (checked by Monte Carlo
+  # above): the drift is lr A + lr^2 B, and its first-order part A = 2 d(1) -
+  # d(2)/2 must vanish there, to rounding of O(1) terms (1e-14). Its error
+  # against committee_error at those order parameters, to rounding.
+  p = online_sgd.plateau(k)
+  assert p["q"] == pytest.approx(1 / (2 * k - 1), rel=1e-15)
+  q = np.full((k, k), p["q"])
+  r = np.full((k, k), p["r"])
+  with jax.enable_x64(True):
+    d1, d2 = (online_sgd.committee_drift(q, r, np.eye(k), lr=lr) for lr in (1.0, 2.0))
+    first = {key: 2 * np.asarray(d1[key]) - np.asarray(d2[key]) / 2 for key in ("dq", "dr")}
+    assert np.abs(first["dq"]).max() < 1e-14 and np.abs(first["dr"]).max() < 1e-14, first
+    assert p["error"] == pytest.approx(float(online_sgd.committee_error(q, r, np.eye(k))),
+                                       rel=1e-12, abs=1e-15)
+  # and a point off it is not a fixed point (the check can fail)
+  with jax.enable_x64(True):
+    d1, d2 = (online_sgd.committee_drift(q * 1.01, r, np.eye(k), lr=lr) for lr in (1.0, 2.0))
+  assert np.abs(2 * np.asarray(d1["dr"]) - np.asarray(d2["dr"]) / 2).max() > 1e-5
+
+
+@pytest.mark.parametrize("k, m, lr", [(2, 2, 1.0), (3, 2, 0.0), (2, 3, 0.5)])
+def test_plateau_at_finite_lr_and_its_escape_rate(k, m, lr):
+  # The symmetric fixed point found by the root finder is where committee_flow
+  # from it stays (to 1e-9 over alpha 5: a fixed point), and a deviation off
+  # the symmetric subspace grows like exp(escape_rate alpha): measured from the
+  # flow between alpha 100 and 200 after a 1e-10 antisymmetric kick (still
+  # linear: 1e-10 e^(0.08 x 200) ~ 1e-3), to 2%: the kick also excites
+  # decaying modes (the slowest decays like exp(-0.009 alpha) at lr 1), which
+  # by alpha 100 are down ~1000x relative to the growing one.
+  p = online_sgd.plateau(k, m, lr=lr)
+  q = np.full((k, k), p["c"] if k > 1 else 0.0) + (p["q"] - (p["c"] if k > 1 else 0.0)) * np.eye(k)
+  r = np.full((k, m), p["r"])
+  with jax.enable_x64(True):
+    if lr > 0:
+      still = online_sgd.committee_flow(q, r, np.eye(m), [5.0], lr=lr)
+      assert np.abs(np.asarray(still["q"][-1]) - q).max() < 1e-9
+      assert np.abs(np.asarray(still["r"][-1]) - r).max() < 1e-9
+    kick = np.zeros((k, m))
+    kick[0, 0], kick[-1, 0] = 1e-10, -1e-10
+    unit = 1.0 if lr > 0 else 1e3  # lr = 0: time in lr x alpha, run at lr 1e-3
+    flow = online_sgd.committee_flow(q, r + kick, np.eye(m), [100.0 * unit, 200.0 * unit],
+                                     lr=lr if lr > 0 else 1e-3, dalpha=0.05 * unit)
+  dev = np.abs(np.asarray(flow["r"])[:, 0, 0] - np.asarray(flow["r"])[:, -1, 0])
+  rate = np.log(dev[1] / dev[0]) / 100.0  # per alpha, or per lr x alpha
+  want = p["escape_rate"]
+  assert rate == pytest.approx(want, rel=0.02), (rate, want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_critical_lr_separates_learning_from_failing(k):
+  # critical_lr comes from the Jacobian's eigenvalues at the solution; the flow
+  # (a separate computation: RK4 through the nonlinear ODEs) from 1e-4 off the
+  # solution (T = I) must come back to it below the critical rate and leave it above:
+  # at 0.9 and 1.1 times it the slowest mode decays or grows like
+  # exp(-+0.05 alpha) or faster (its slope in lr is ~1 there), so after alpha
+  # 150 the error is down or up by e^7 or more.
+  lr_c = online_sgd.critical_lr(k)
+  rng = np.random.default_rng(k)
+  n = 50  # a student 1e-4 off its teacher, as weights (valid order parameters)
+  w_star = np.linalg.qr(rng.normal(size=(n, k)))[0].T * np.sqrt(n)
+  w = w_star + 1e-4 * rng.normal(size=(k, n))
+  q0, r0 = w @ w.T / n, w @ w_star.T / n
+  with jax.enable_x64(True):
+    err0 = float(online_sgd.committee_error(q0, r0, np.eye(k)))
+    below, above = (float(online_sgd.committee_flow(q0, r0, np.eye(k), [150.0], lr=f * lr_c,
+                                                    dalpha=0.02)["error"][-1])
+                    for f in (0.9, 1.1))
+  assert below < 1e-3 * err0, (below, err0)
+  assert not np.isfinite(above) or above > 1e3 * err0, (above, err0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: online_sgd.plateau(0), "`k` must be an integer >= 1"),
+    (lambda: online_sgd.plateau(2, 1.5), "`m` must be an integer"),
+    (lambda: online_sgd.plateau(2, activation="relu"), "'erf' for plateau"),
+    (lambda: online_sgd.plateau(2, lr=-0.1), "`lr` must be a finite number >= 0"),
+    (lambda: online_sgd.plateau(2, lr=float("nan")), "`lr` must be a finite number >= 0"),
+    (lambda: online_sgd.critical_lr(True), "`k` must be an integer"),
+    (lambda: online_sgd.committee_drift(np.eye(2), np.zeros((2, 2)), np.eye(2), lr=0.1,
+                                        noise=-1.0), "`noise` must be non-negative"),
+])
+def test_bad_plateau_arguments_are_named(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

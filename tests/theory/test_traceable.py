@@ -66,6 +66,8 @@ CASES = {
                                                              jnp.eye(2)), [0.5, 2.0]),
     "committee_drift": (lambda v: online_sgd.committee_drift(jnp.eye(2), 0.3 * jnp.eye(2),
                                                              jnp.eye(2), lr=v), [0.1, 1.0]),
+    "committee_drift (noise)": (lambda v: online_sgd.committee_drift(
+        jnp.eye(2), 0.3 * jnp.eye(2), jnp.eye(2), lr=0.5, noise=v)["dq"], [0.0, 0.5]),
     "committee_flow": (lambda v: online_sgd.committee_flow(jnp.eye(2), 0.3 * jnp.eye(2),
                                                            jnp.eye(2), [0.5, 1.0], lr=v,
                                                            dalpha=0.1), [0.1, 1.0]),
