@@ -192,6 +192,10 @@ def report(config, results) -> dict:
       ax2.set(xscale="log", xlabel="N", ylabel="alpha at which eps < plateau / 2",
               title="plateau length")
       ax2.legend(fontsize=8)
+    from matplotlib.ticker import NullFormatter
+    for ax in (ax1, ax2):
+      ax.set_xticks(ns, [f"{n:g}" for n in ns])
+      ax.xaxis.set_minor_formatter(NullFormatter())
     out["figures"][f"n_sweep_lr_{lr:g}"] = fig
     out.update(grid)
   lrs = sorted({x["lr"] for x in done})

@@ -90,3 +90,22 @@ def test_bad_config_fields_are_named():
   c.train.num_steps = 2001
   with pytest.raises(ValueError, match=r"train\.num_steps"):
     simulate(c)
+
+
+@pytest.mark.slow  # ~50 s each: six compiled groups; by default the one-step and run tests above
+@pytest.mark.parametrize("name", ["papers/saad1995", "papers/goldt2019"])
+def test_paper_configs_follow_the_flow(name):
+  # Each paper config's smoke grid (saad1995: K = M = 3 at lr 0.5 and 2.5, past
+  # critical_lr(3) = 1.62; goldt2019: K = 2, 4 over M = 2 with label noise, one
+  # layer or both trained), 8 seeds, N = 200, alpha 20: the seed mean of the
+  # error's difference from each seed's flow within 4 standard errors plus 3/N
+  # at every logged alpha, at every point.
+  c = load_config(f"{ROOT}/configs/{name}.py", arg="smoke")
+  c.num_seeds = 8
+  results, out = simulate(c)
+  for r in results:
+    diff = np.asarray(r.traj.logged["error"], np.float64) - r.pred["error"]
+    mean, se = diff.mean(0), diff.std(0) / np.sqrt(8)
+    assert np.all(np.abs(mean) <= 4 * se + 3 / 200), (r.fields, np.abs(mean).max())
+  if name == "papers/saad1995":
+    assert out["critical_lr"] == pytest.approx(online_sgd.critical_lr(3))
