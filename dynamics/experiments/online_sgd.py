@@ -144,7 +144,8 @@ def _figure_errors(results, rows):
     if not row:
       continue
     sim = np.asarray(r.traj.logged["error"], np.float64)
-    label = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in r.fields.items()
+    fmt = lambda v: v if isinstance(v, (bool, str)) else format(v, "g")
+    label = ", ".join(f"{k.split('.')[-1]} {fmt(v)}" for k, v in r.fields.items()
                       if k not in ("train.num_steps", "train.log_every")) or "online SGD"
     plots.trajectories(ax, _alpha(r.config), sim, r.pred["error"], color=f"C{i % 10}",
                        label=label, log=True)

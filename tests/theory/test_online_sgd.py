@@ -291,3 +291,27 @@ def test_critical_lr_separates_learning_from_failing(k):
 def test_bad_plateau_arguments_are_named(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_plateau_against_the_flows_plateau_at_small_lr(k):
+  # Identical students (w_i = w: q = c, r_in equal across students) stay
+  # identical under the flow, which then settles on the symmetric plateau.
+  # committee_flow at lr 1e-3 from a small such init, to lr x alpha = 300,
+  # against plateau(k): the lr^2 term moves the fixed point by O(lr) (its
+  # slope in lr is ~0.1 for these K, so ~1e-4), and the approach along the
+  # symmetric subspace decays like exp(-0.05 lr alpha) or faster (3e-7 left):
+  # tolerance 1e-3 on every overlap and on the error.
+  p = online_sgd.plateau(k)
+  rng = np.random.default_rng(k)
+  n = 40
+  w_star = np.linalg.qr(rng.normal(size=(n, k)))[0].T * np.sqrt(n)
+  w = np.tile(0.05 * rng.normal(size=(1, n)) + 0.01 * w_star.mean(0), (k, 1))
+  lr = 1e-3
+  with jax.enable_x64(True):
+    flow = online_sgd.committee_flow(w @ w.T / n, w @ w_star.T / n, w_star @ w_star.T / n,
+                                     [300 / lr], lr=lr, dalpha=10.0)  # rates ~1e-3
+  q, r = np.asarray(flow["q"][-1]), np.asarray(flow["r"][-1])
+  assert np.abs(q - p["q"]).max() < 1e-3, (q, p)  # q = c here
+  assert np.abs(r - p["r"]).max() < 1e-3, (r, p)
+  assert abs(float(flow["error"][-1]) - p["error"]) < 1e-3
