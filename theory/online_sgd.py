@@ -271,7 +271,8 @@ def plateau(k: int, m: int | None = None, activation: str = "erf", *, lr: float 
   `committee_drift` moves the fixed point) the flow restricted to the
   symmetric subspace (which it leaves invariant, and where the plateau
   attracts) is integrated from a small init to its fixed point, then polished
-  by a root finder. Plain Python: `k`, `m` and `lr` are not traced.
+  by a root finder. Numpy/scipy float64; not traceable (a traced argument is a
+  `TypeError`).
 
   Returns:
     `{"q", "c", "r", "error", "escape_rate"}` as floats (`c` is NaN for `k =
@@ -282,6 +283,7 @@ def plateau(k: int, m: int | None = None, activation: str = "erf", *, lr: float 
     starting `O(1/sqrt(N))` from it leaves the plateau after `ln N / (2
     escape_rate)` plus a constant.
   """
+  _checks.numpy_only("plateau", k=k, m=m, lr=lr)
   k = _checks.check_int("k", k)
   m = k if m is None else _checks.check_int("m", m)
   if activation != "erf":
@@ -359,9 +361,11 @@ def critical_lr(k: int, activation: str = "erf") -> float:
   to another fixed point with a nonzero error or grows without bound (Saad &
   Solla 1995's maximal learning rate). Found where the largest real part of
   the drift's Jacobian at the solution (`jax.jacfwd`, over `Q`'s upper
-  triangle and `R`) crosses zero, by Brent's method. Plain Python (`k` sets
-  shapes). Conventions: docs/conventions.md.
+  triangle and `R`) crosses zero, by Brent's method. Numpy/scipy float64;
+  not traceable (a traced argument is a `TypeError`). Conventions:
+  docs/conventions.md.
   """
+  _checks.numpy_only("critical_lr", k=k)
   k = _checks.check_int("k", k)
   if activation != "erf":
     raise ValueError(f"`activation` must be 'erf' for critical_lr, got {activation!r}.")

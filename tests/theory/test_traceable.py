@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from theory import deep_linear, diagonal_linear, linear_attention, ntk, online_sgd, pruning
+from theory import (deep_linear, diagonal_linear, learning_curves, linear_attention, ntk,
+                    online_sgd, pruning)
 
 RTOL, ATOL = 1e-5, 1e-6
-MODULES = (deep_linear, diagonal_linear, linear_attention, ntk, online_sgd, pruning)
+MODULES = (deep_linear, diagonal_linear, learning_curves, linear_attention, ntk, online_sgd,
+           pruning)
 
 X = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
 Y = jnp.sin(X[:, 0])
@@ -65,9 +67,8 @@ CASES = {
     "committee_error": (lambda v: online_sgd.committee_error(v * jnp.eye(2), 0.3 * jnp.eye(2),
                                                              jnp.eye(2)), [0.5, 2.0]),
     "committee_drift": (lambda v: online_sgd.committee_drift(jnp.eye(2), 0.3 * jnp.eye(2),
-                                                             jnp.eye(2), lr=v), [0.1, 1.0]),
-    "committee_drift (noise)": (lambda v: online_sgd.committee_drift(
-        jnp.eye(2), 0.3 * jnp.eye(2), jnp.eye(2), lr=0.5, noise=v)["dq"], [0.0, 0.5]),
+                                                             jnp.eye(2), lr=v, noise=v / 2),
+                        [0.1, 1.0]),
     "committee_flow": (lambda v: online_sgd.committee_flow(jnp.eye(2), 0.3 * jnp.eye(2),
                                                            jnp.eye(2), [0.5, 1.0], lr=v,
                                                            dalpha=0.1), [0.1, 1.0]),
@@ -83,6 +84,13 @@ CASES = {
             QUAD, scaled(P0, v), jax.tree_util.tree_map(lambda a: (a > 0).astype(a.dtype), P0)),
         [0.5, 2.0]),
     "prune_mask": (lambda v: pruning.prune_mask(P0, v), [0.0, 0.7]),
+    "effective_regularization": (lambda v: learning_curves.effective_regularization(
+        jnp.array([1.0, 0.3, 0.1]), v, 0.01), [1.0, 2.5]),
+    "learnability": (lambda v: learning_curves.learnability(jnp.array([1.0, 0.3, 0.1]), 2.0, v),
+                     [0.0, 0.5]),
+    "test_error": (lambda v: learning_curves.test_error(jnp.array([1.0, 0.3, 0.1]),
+                                                        jnp.array([0.5, 0.5, 0.2]), 2.0, 0.01,
+                                                        v), [0.0, 0.3]),
 }
 
 # written in numpy/scipy float64 (ODE solvers, float64 linear algebra at the
@@ -97,6 +105,11 @@ NUMPY = {
     "min_l1_solution": lambda v: diagonal_linear.min_l1_solution(v * X, Y),
     "min_l2_solution": lambda v: diagonal_linear.min_l2_solution(v * X, Y),
     "gradient_flow": lambda v: linear_attention.gradient_flow(v, 3, 10, 0.1, 0.1),
+    "plateau": lambda v: online_sgd.plateau(2, lr=v),
+    "critical_lr": lambda v: online_sgd.critical_lr(v),
+    "sphere_spectrum": lambda v: learning_curves.sphere_spectrum(
+        lambda a, b: a @ b.T, 3, 2, radius=v),
+    "empirical_spectrum": lambda v: learning_curves.empirical_spectrum(v * K),
 }
 
 
