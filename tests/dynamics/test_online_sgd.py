@@ -25,12 +25,13 @@ def config(**fields):
 
 @pytest.mark.parametrize("second, noise", [(False, 0.0), (True, 0.3)])
 def test_one_step_of_the_loss_moves_the_order_parameters_by_the_drift(second, noise):
-  # The runner's step is params - lr grad(loss). Over 40000 fresh samples the
+  # The runner's step is params - lr grad(loss). Over 20000 fresh samples the
   # mean change of Q, R (and v) times N must equal committee_drift at the
   # current order parameters, each entry within 5 standard errors: the drift
   # is exact in expectation up to the correlation of |x|^2 / N with the fields
-  # in the lr^2 term, O(1/N) = 1e-3 relative, below the standard errors here.
-  n, lr, samples = 1000, 0.8, 40_000
+  # in the lr^2 term, O(1/N) = 2e-3 relative, below the standard errors here
+  # (the lr^2 term itself is ~70 of them in Q: dropping it fails).
+  n, lr, samples = 500, 0.8, 20_000
   c = config(task__n=n, model__train_second_layer=second, task__noise=noise,
              init__scale=0.7, train__lr=lr)
   data = jax.tree_util.tree_map(jnp.asarray, exp.setup(c))
