@@ -184,6 +184,53 @@ def tidy(arrays: dict, names, num_seeds: int, num_logs: int) -> pd.DataFrame:
   return pd.DataFrame(cols)
 
 
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def machine() -> dict:
+  """What a timing depends on: the CPU (model, the SIMD and matrix flags of
+  `CPU_FLAGS` it reports, logical cores, cache sizes), the accelerator (JAX's
+  device kind), jax and jaxlib, the XLA flags in force and the engine's CPU
+  compiler options. Read from /proc/cpuinfo and /sys on Linux (`platform`
+  elsewhere); a field the system does not report is None."""
+  import jax
+  import jaxlib
+  from dynamics.devices import compiler_options
+  model, flags = platform.processor() or None, set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "CPU part") and model in (None, "", "x86_64"):
+          model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  caches = {}
+  base = "/sys/devices/system/cpu/cpu0/cache"
+  try:
+    for index in sorted(os.listdir(base)):
+      read = lambda name: open(os.path.join(base, index, name)).read().strip()
+      try:
+        level, kind, size = read("level"), read("type"), read("size")
+      except OSError:
+        continue
+      if kind != "Instruction":
+        caches[f"L{level}"] = size
+  except OSError:
+    pass
+  devices = jax.devices()
+  return {"cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+          "cpu_cores": os.cpu_count(), "cpu_caches": caches or None,
+          "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
+          "device_count": len(devices), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS"),
+          "compiler_options": compiler_options()}
+
+
 def provenance() -> dict:
   """What produced a run: the command, versions, git commit, devices, date."""
   import jax
@@ -210,5 +257,6 @@ def provenance() -> dict:
           "python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()], "host": platform.node(),
+          "machine": machine(),
           "env": {k: v for k, v in os.environ.items()
                   if k.startswith("DYNAMICS_") or k in ("XLA_FLAGS", "JAX_PLATFORMS")}}

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dynamics import io
 from dynamics import train as engine
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression
@@ -284,6 +285,7 @@ def main(argv=None):
     name, seeds, steps = args._row[0], int(args._row[1]), int(args._row[2])
     row = run_row(name, seeds, steps, args.repeats, matmul_peak_gflops())
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["machine"] = io.machine()
     print(json.dumps(row))
     return 0
   for w in args.workloads:
@@ -291,6 +293,9 @@ def main(argv=None):
       ap.error(f"unknown workload {w!r}; known: {', '.join(DEFAULT_SEEDS)}")
   peak = matmul_peak_gflops()
   if not args.json:
+    m = io.machine()
+    print(f"{m['cpu_model']} ({m['cpu_cores']} cores; {' '.join(m['cpu_flags']) or '-'}; "
+          f"caches {m['cpu_caches']}), jax {m['jax']}, XLA_FLAGS {m['xla_flags']!r}")
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
           f"matmul peak {peak:.1f} GFLOP/s")
     print(f"{'workload':>18} {'seeds':>6} {'steps':>6} {'compile s':>9} {'run s':>8} "
@@ -301,6 +306,7 @@ def main(argv=None):
       if args.in_process:
         row = run_row(w, s, steps, args.repeats, peak)
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row["machine"] = io.machine()
       else:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_row", w,
                                str(s), str(steps), "--repeats", str(args.repeats),

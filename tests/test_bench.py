@@ -14,7 +14,9 @@ from dynamics.models import deep_linear
 from tests.helpers import ROOT
 
 KEYS = {"workload", "seeds", "steps", "seed_steps_per_s", "compile_s", "run_s", "gflops",
-        "peak_fraction", "peak_rss_mb"}
+        "peak_fraction", "peak_rss_mb", "machine"}
+MACHINE = {"cpu_model", "cpu_flags", "cpu_cores", "cpu_caches", "backend", "device_kind",
+           "jax", "jaxlib", "xla_flags", "compiler_options"}
 
 
 def test_stats_loss_equals_sample_loss_and_trains_the_same():
@@ -62,6 +64,7 @@ def bench(*workloads):
   assert [r["workload"] for r in rows] == list(workloads)
   for r in rows:
     assert KEYS <= set(r) and r["seeds"] == 2, r
+    assert MACHINE <= set(r["machine"]) and r["machine"]["cpu_cores"] >= 1, r["machine"]
     if r["workload"] == "empirical_ntk":
       assert r["seconds"] > 0
     elif r["workload"] == "sweep":
