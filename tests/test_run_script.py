@@ -68,9 +68,9 @@ def checkpointed(out) -> float:
   return best
 
 
-def stop_at_half(args, out, sig, cache, extra=()):
-  """Runs `args` into `out` and sends `sig` once a checkpoint at half its steps
-  or more exists. Returns `(exit code, stderr)`."""
+def stop_at(args, out, sig, cache, fraction=0.5, extra=()):
+  """Runs `args` into `out` and sends `sig` once a checkpoint at `fraction` of
+  its steps or more exists. Returns `(exit code, stderr)`."""
   # SIGINT at its default in the run, as a terminal starts it (a process that
   # ignores SIGINT passes that on to its children)
   killed = subprocess.Popen([sys.executable, "scripts/run.py", *args, f"--out={out}",
@@ -78,7 +78,7 @@ def stop_at_half(args, out, sig, cache, extra=()):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
-  while time.time() < deadline and killed.poll() is None and checkpointed(out) < 0.5:
+  while time.time() < deadline and killed.poll() is None and checkpointed(out) < fraction:
     time.sleep(0.01)
   assert killed.poll() is None, "the run finished before it could be stopped"
   killed.send_signal(sig)
@@ -105,29 +105,41 @@ def resumed_from(stderr) -> float:
   return float(line.rsplit("(", 1)[1].rstrip("%)")) / 100
 
 
-def test_killed_interrupted_or_terminated_at_half_resumes(tmp_path):
-  """One chunk stopped at half its steps by SIGKILL, SIGINT or SIGTERM. SIGINT
-  and SIGTERM end it with one line saying where, and exit 130 or 143. The rerun
-  says it resumes from a checkpoint past 40%, and its table equals the
-  uninterrupted run's bit for bit."""
+def test_killed_interrupted_or_terminated_resumes(tmp_path):
+  """One run stopped three times inside its chunk, by SIGKILL, SIGINT and
+  SIGTERM (once a checkpoint at 20%, 35% and 50% of its steps exists), each
+  time rerun with the same command. SIGINT and SIGTERM end it with one line
+  saying where, and exit 130 or 143. Each rerun says it resumes from a
+  checkpoint at most 10% of the steps before where the run was stopped, and
+  the finished table equals the uninterrupted run's bit for bit. (One run
+  stopped three times: two runs' training in all, where three runs stopped
+  once each and resumed would train four.)"""
   ref = reference(QUADRATIC, tmp_path)
-  for sig, code, name in ((signal.SIGKILL, -9, None), (signal.SIGINT, 130, "SIGINT"),
-                          (signal.SIGTERM, 143, "SIGTERM")):
-    out = tmp_path / f"run_{int(sig)}"
+  out, stopped = tmp_path / "run", 0.0
+  for sig, code, name, at in ((signal.SIGKILL, -9, None, 0.2),
+                              (signal.SIGINT, 130, "SIGINT", 0.35),
+                              (signal.SIGTERM, 143, "SIGTERM", 0.5)):
     # a checkpoint after every segment: a run of seconds on a loaded machine
     # could otherwise skip from 10% to its end (a save is skipped while it
     # would cost over a tenth of the time since the last one); 48M steps, so
-    # that the signal comes seconds before the run would end
-    got, err = stop_at_half(QUADRATIC, out, sig, tmp_path / "cache",
-                            extra=["--checkpoint_every_s=0"])
+    # that the last signal comes seconds before the run would end. A rerun is
+    # stopped past the newest checkpoint on disk: by a checkpoint it wrote
+    # itself, while it trains.
+    at = max(at, checkpointed(out) + 0.01)
+    got, err = stop_at(QUADRATIC, out, sig, tmp_path / "cache", at,
+                       extra=["--checkpoint_every_s=0"])
     assert got == code, (got, err)
+    if stopped:  # a rerun of the run stopped before
+      assert resumed_from(err) >= stopped - 0.1, err
     if name:
-      lines = [l for l in err.splitlines() if l.strip() and "seed-step" not in l]
+      lines = [l for l in err.splitlines() if l.strip() and "seed-step" not in l
+               and "from its checkpoint at step" not in l]
       assert len(lines) == 1, err
       assert lines[0].startswith(f"interrupted ({name}) during group 1/") and \
           "rerun the same command to resume" in lines[0], lines
-    assert resumed_from(resume(QUADRATIC, out, tmp_path / "cache")) >= 0.4
-    pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
+    stopped = at
+  assert resumed_from(resume(QUADRATIC, out, tmp_path / "cache")) >= stopped - 0.1
+  pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
 
 
 @pytest.mark.slow
@@ -139,7 +151,7 @@ def test_every_builtin_experiment_resumes_from_inside_its_chunk(name, tmp_path):
   # a checkpoint after every segment: these runs take seconds, and segments of
   # half a second (`train.SEGMENT_S`) would otherwise skip saves that cost over
   # a tenth of the time since the last one
-  stop_at_half(args, out, signal.SIGKILL, tmp_path / "cache", extra=["--checkpoint_every_s=0"])
+  stop_at(args, out, signal.SIGKILL, tmp_path / "cache", 0.5, extra=["--checkpoint_every_s=0"])
   assert resumed_from(resume(args, out, tmp_path / "cache")) >= 0.4
   pd.testing.assert_frame_equal(load_sweep(str(ref)), load_sweep(str(out)))
   pd.testing.assert_frame_equal(load_summary(str(ref)), load_summary(str(out)))
