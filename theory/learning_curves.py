@@ -13,12 +13,16 @@ eigenlearning form of Simon, Dickens, Karkada & DeWeese 2023; Jacot et al.
     L_k = lambda_k / (lambda_k + kappa)                    (learnability),
     E0 = n / (n - sum_k m_k L_k^2),
     excess = E0 sum_k m_k (1 - L_k)^2 v_k^2 + (E0 - 1) noise,
-    test = excess + noise,      train = (delta / (n kappa))^2 test.
+    test = excess + noise,      train = (delta / (n kappa))^2 test,
+    residual_k = m_k [(1 - L_k)^2 v_k^2 + L_k^2 test / n].
 
 `v_k^2` is the target's power in each of the `m_k` modes of eigenvalue `k`
 (the group holds `m_k v_k^2`); `noise` is the label noise variance; `excess`
 is the mean squared error against the clean target, `test` against fresh
-noisy labels, `train` the training error, all averaged over training sets.
+noisy labels, `train` the training error, `residual_k` the power of the
+residual `f_hat - f` in group `k` (its mean misses `(1 - L_k) v_k`, its
+spread adds `L_k^2 test / n` per mode; the groups sum to `excess`), all
+averaged over training sets.
 With `delta = 0` and `n` at least the number of modes (`sum m_k` over
 `lambda_k > 0`), `kappa = 0`, every `L_k = 1` and `sum m_k L_k` the number of modes rather
 than `n`; `E0 = n / (n - modes)`, infinite at `n` = modes (the interpolation
@@ -146,9 +150,14 @@ def test_error(eigenvalues: ArrayLike, target_coefficients: ArrayLike, n, ridge=
 
   Returns:
     `{"excess", "test", "train", "kappa", "learnability" [K], "e0",
-    "mode_errors" [K]}`: `mode_errors_k = E0 (1 - L_k)^2 v_k^2 m_k`, the
-    group's share of the bias part of `excess`. At `ridge = 0` and `n` equal to
-    the number of modes `E0` is infinite (the interpolation peak).
+    "mode_errors" [K], "mode_residuals" [K]}`: `mode_errors_k = E0 (1 -
+    L_k)^2 v_k^2 m_k`, the group's share of the bias part of `excess`
+    (Canatar et al.'s mode error); `mode_residuals_k = m_k [(1 - L_k)^2 v_k^2
+    + L_k^2 test / n]`, the expected power of `f_hat - f` in the group's modes
+    (Simon et al.'s mean and covariance of the learned coefficients), what a
+    projection of one fit's residual measures. Both sum to the bias part and
+    to `excess`. At `ridge = 0` and `n` equal to the number of modes `E0` is
+    infinite (the interpolation peak).
   """
   lam, m = _check_spectrum(eigenvalues, multiplicities, target_coefficients)
   _check_n_ridge(n, ridge)
@@ -164,16 +173,45 @@ def test_error(eigenvalues: ArrayLike, target_coefficients: ArrayLike, n, ridge=
   excess = jnp.sum(mode) + jnp.where(noise > 0, (e0 - 1) * noise, 0.0)
   test = excess + noise
   ratio = jnp.where(kappa > 0, jnp.asarray(ridge, lam.dtype) / (n_ * kappa), 0.0)
+  spread = jnp.where(learn > 0, m * learn**2 * test / n_, 0.0)
   return {"excess": excess, "test": test, "train": ratio**2 * test, "kappa": kappa,
-          "learnability": learn, "e0": e0, "mode_errors": mode}
+          "learnability": learn, "e0": e0, "mode_errors": mode,
+          "mode_residuals": m * miss * v**2 + spread}
 
 
-def _multiplicity(d: int, degree: int) -> int:
-  """The dimension of the degree-`l` spherical harmonics on `S^{d-1}`."""
+def multiplicity(d: int, degree: int) -> int:
+  """The dimension of the degree-`l` spherical harmonics on `S^{d-1}`:
+  `(2l + d - 2) binom(l + d - 3, l - 1) / l` (1 at `l = 0`, 2 on the circle).
+  Python integers; not traceable (a traced argument is a `TypeError`)."""
   from math import comb
+  _checks.numpy_only("multiplicity", d=d, degree=degree)
+  d = _checks.check_int("d", d, minimum=2)
+  degree = _checks.check_int("degree", degree, minimum=0)
   if degree == 0:
     return 1
+  if d == 2:
+    return 2
   return (2 * degree + d - 2) * comb(degree + d - 3, degree - 1) // degree
+
+
+def gegenbauer(t: ArrayLike, max_degree: int, d: int) -> jax.Array:
+  """`P_l(t)` for `l = 0..max_degree`: the Gegenbauer polynomials of `S^{d-1}`,
+  `C_l^{(d-2)/2}` normalised to `P_l(1) = 1` (Legendre for `d = 3`,
+  Chebyshev `cos(l arccos t)` for `d = 2`), by the three-term recurrence
+  `(l + d - 2) P_{l+1} = (2l + d - 2) t P_l - l P_{l-1}`. For unit `x`, `y`
+  uniform on the sphere, `E_x[P_l(x.u) P_l(x.w)] = P_l(u.w) / m_l` (the
+  addition theorem, `m_l` the degree's multiplicity), so `sqrt(m_l) P_l(x.u)`
+  is a unit-power degree-`l` function. jit- and vmap-able over `t`.
+
+  Returns: `[max_degree + 1, *t.shape]`.
+  """
+  max_degree = _checks.check_int("max_degree", max_degree, minimum=0)
+  d = _checks.check_int("d", d, minimum=2)
+  t = jnp.asarray(t, jnp.result_type(t, float))
+  out = [jnp.ones_like(t), t]
+  for l in range(1, max_degree):
+    out.append(((2 * l + d - 2) * t * out[l] - l * out[l - 1]) / (l + d - 2))
+  return jnp.stack(out[:max_degree + 1])
 
 
 def sphere_spectrum(kernel_fn: Callable, d: int, max_degree: int, *, radius: float = 1.0,
@@ -200,7 +238,12 @@ def sphere_spectrum(kernel_fn: Callable, d: int, max_degree: int, *, radius: flo
     max_degree: the largest degree (>= 0).
 
   Returns:
-    `{"eigenvalues": [D], "multiplicities": [D], "degree": [D]}` (float64).
+    `{"eigenvalues": [D], "multiplicities": [D], "degree": [D], "tail"}`
+    (float64). `tail = h(1) - sum_l m_l lambda_l`, the trace the listed
+    degrees leave out (`h(1) = sum_l m_l lambda_l` over every degree): the
+    degrees above `max_degree` have eigenvalues far below `kappa` once they
+    matter, and there they act on kernel regression as a ridge of `tail`, so
+    pass `ridge + tail` to `test_error` (docs/learning_curves.md).
   """
   from scipy.special import eval_gegenbauer, eval_legendre, gammaln, roots_jacobi
   _checks.numpy_only("sphere_spectrum", d=d, max_degree=max_degree, radius=radius)
@@ -217,15 +260,16 @@ def sphere_spectrum(kernel_fn: Callable, d: int, max_degree: int, *, radius: flo
   xs = np.zeros((len(t), d))
   xs[:, 0], xs[:, 1] = radius * t, radius * np.sqrt(np.maximum(1 - t**2, 0.0))
   with jax.enable_x64(True):
-    out = kernel_fn(jnp.asarray(x0), jnp.asarray(xs))
+    out = kernel_fn(jnp.asarray(x0), jnp.asarray(np.concatenate([x0, xs])))
     if isinstance(out, dict):
       if which not in out:
         raise ValueError(f"`which` must be one of {sorted(out)}, got {which!r}.")
       out = out[which]
     h = np.asarray(out, np.float64).reshape(-1)
-  if h.shape != t.shape or not np.all(np.isfinite(h)):
-    raise ValueError(f"`kernel_fn` must return a finite [1, {len(t)}] array for one point "
-                     f"against {len(t)}, got shape {np.shape(out)}.")
+  if h.shape != (len(t) + 1,) or not np.all(np.isfinite(h)):
+    raise ValueError(f"`kernel_fn` must return a finite [1, {len(t) + 1}] array for one point "
+                     f"against {len(t) + 1}, got shape {np.shape(out)}.")
+  h_one, h = h[0], h[1:]
   c = np.exp(gammaln(d / 2) - 0.5 * np.log(np.pi) - gammaln((d - 1) / 2))
   degrees = np.arange(max_degree + 1)
   if d == 2:  # circle: Chebyshev, P_l(t) = cos(l arccos t), multiplicity 2
@@ -237,9 +281,9 @@ def sphere_spectrum(kernel_fn: Callable, d: int, max_degree: int, *, radius: flo
     poly = np.stack([eval_gegenbauer(l, alpha, t) / eval_gegenbauer(l, alpha, 1.0)
                      for l in degrees])
   lam = c * poly @ (w * h)
-  mult = np.array([1 if l == 0 else (2 if d == 2 else _multiplicity(d, l)) for l in degrees],
-                  np.float64)
-  return {"eigenvalues": lam, "multiplicities": mult, "degree": degrees}
+  mult = np.array([multiplicity(d, l) for l in degrees], np.float64)
+  return {"eigenvalues": lam, "multiplicities": mult, "degree": degrees,
+          "tail": float(h_one - np.sum(mult * lam))}
 
 
 def empirical_spectrum(kernel_matrix: ArrayLike) -> dict:

@@ -91,6 +91,8 @@ CASES = {
     "test_error": (lambda v: learning_curves.test_error(jnp.array([1.0, 0.3, 0.1]),
                                                         jnp.array([0.5, 0.5, 0.2]), 2.0, 0.01,
                                                         v), [0.0, 0.3]),
+    "gegenbauer": (lambda v: learning_curves.gegenbauer(v * jnp.array([0.1, -0.5, 1.0]), 4, 5),
+                   [0.3, 1.0]),
 }
 
 # written in numpy/scipy float64 (ODE solvers, float64 linear algebra at the
@@ -110,6 +112,7 @@ NUMPY = {
     "sphere_spectrum": lambda v: learning_curves.sphere_spectrum(
         lambda a, b: a @ b.T, 3, 2, radius=v),
     "empirical_spectrum": lambda v: learning_curves.empirical_spectrum(v * K),
+    "multiplicity": lambda v: learning_curves.multiplicity(3, v),
 }
 
 
