@@ -1,0 +1,58 @@
+"""Inputs uniform on the sphere and a target of chosen spectral content.
+
+`x: [n, d]` uniform on the sphere of radius `sqrt(d)` (`|x|^2 = d`,
+`theory.ntk.mlp_kernel`'s convention). The target is a sum of degree-`l`
+spherical harmonics, `l` in `degrees`, each a combination of zonal functions
+around `P` random unit directions `u_j` (shared by the degrees):
+
+    f(x) = sum_l sum_j c_lj sqrt(m_l) P_l(u_j . x / sqrt(d)),
+
+`P_l` the Gegenbauer polynomial with `P_l(1) = 1` (`theory.learning_curves.
+gegenbauer`), `m_l` the degree's multiplicity. By the addition theorem
+(`E_x[P_l(x.u) P_l(x.w)] = P_l(u.w) / m_l`) the degree-`l` part has power
+`E_x f_l(x)^2 = c_l^T P_l(U U^T) c_l`; the Gaussian `c_l` are scaled so that it
+is exactly `powers[l]` (the theory's target power per degree). Conventions:
+`docs/conventions.md`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.learning_curves import gegenbauer, multiplicity
+
+
+def sphere(key: jax.Array, n: int, d: int, dtype=jnp.float32) -> jax.Array:
+  """`[n, d]` uniform on the sphere of radius `sqrt(d)`."""
+  x = jax.random.normal(key, (n, d), dtype)
+  return x / jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.sqrt(jnp.asarray(d, dtype))
+
+
+def draw_target(key: jax.Array, d: int, degrees, powers, num_directions: int,
+                dtype=jnp.float32) -> dict:
+  """`{"u": [P, d] unit directions, "c": [max_degree + 1, P]}`: the target of
+  the module docstring with power `powers[i]` in degree `degrees[i]` (zero
+  rows for the other degrees)."""
+  top = max(degrees)
+  k_u, k_c = jax.random.split(key)
+  with jax.enable_x64(True):  # the normalisation in float64, then cast
+    u = np.array(jax.random.normal(k_u, (num_directions, d), jnp.float64))
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    g = np.asarray(jax.random.normal(k_c, (len(degrees), num_directions), jnp.float64))
+    gram = np.asarray(gegenbauer(u @ u.T, top, d))
+  c = np.zeros((top + 1, num_directions))
+  for i, (l, p) in enumerate(zip(degrees, powers)):
+    c[l] = g[i] * np.sqrt(p / (g[i] @ gram[l] @ g[i]))
+  return {"u": jnp.asarray(u, dtype), "c": jnp.asarray(c, dtype)}
+
+
+def evaluate(target: dict, x: jax.Array) -> jax.Array:
+  """`f(x)` for `x: [n, d]` on the sphere of radius `sqrt(d)`: `[n]`."""
+  u, c = target["u"], target["c"]
+  d = x.shape[-1]
+  top = c.shape[0] - 1
+  t = (x @ u.T) / jnp.sqrt(jnp.asarray(d, x.dtype))  # [n, P]
+  scale = jnp.sqrt(jnp.asarray([multiplicity(d, l) for l in range(top + 1)], x.dtype))
+  return jnp.einsum("lnp,lp->n", gegenbauer(t, top, d), scale[:, None] * c)
