@@ -230,6 +230,7 @@ def test_theory_loss_has_no_rounding_floor():
   assert floor > 0.1
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_saxe2014_depth_direction():
   # configs/papers/saxe2014_depth.py at reduced size (its smoke variant, 4
   # seeds to t = 5, over depth 1 and 8): at lr ~ 1/N the aligned (u0 = 1)

@@ -209,6 +209,7 @@ def test_aligned_init_tracks_gradient_flow():
   assert err_big > 2 * abs(err_small), (err_big, err_small)
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_finite_pool_of_prompts_overfits():
   """A pool of 32 prompts (shared by the seeds) against fresh prompts: the
   pool-trained layer generalises worse, as it must with so few tasks."""
@@ -218,6 +219,7 @@ def test_finite_pool_of_prompts_overfits():
   assert pooled["risk_measured"]["mean"] > 1.05 * online["risk_measured"]["mean"], (pooled, online)
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_shared_batches_are_an_opt_in():
   """`train.batches = 'shared'`: every seed's step-k prompts are
   `sample_moments(fold_in(shared_batch_key(seed), k), ...)`, the task's own
@@ -340,10 +342,11 @@ def test_uniform_inputs_need_an_isotropic_covariance():
     sweep.plan(c)
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 @pytest.mark.parametrize("inputs", [
     ("uniform",),  # the Gaussian point's claim, one GD step at the best rate, is
     # test_mahankali2023_direction's (same path: random init, compare_to eta I)
-    pytest.param(("uniform", "gaussian"), marks=pytest.mark.slow)])
+    ("uniform", "gaussian")])
 def test_vonoswald2023_direction(inputs):
   # configs/papers/vonoswald2023.py:smoke (2 seeds, 600 steps at lr 0.01: a
   # shorter run needs the longer step): with their uniform inputs and with

@@ -9,6 +9,7 @@ from dynamics.experiments import matrix_factorization as mf
 from tests.helpers import assert_plan_refuses, config
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_arora2019_direction():
   # configs/papers/arora2019.py, 2 seeds, 10000 steps, 300 entries: at 250 the time
   # depth 3 takes to recover M varies with the seed (16 seeds: median error 0.04,

@@ -50,6 +50,7 @@ def test_pruned_weights_stay_exactly_zero(optimizer):
   assert np.all(loss[:, -1] < loss[:, 0])
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_experiment_small():
   c = config("pruning")
   c.sweep.prune.fraction = (0.2, 0.5)  # the two fractions checked below

@@ -18,6 +18,7 @@ def small(parameterization, widths, num_seeds=2):
   return simulate(c)
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_ntk_parameterization_scalings():
   # two widths 64x apart: the least-squares slope over (64, 512, 4096),
   # log-equally spaced, is exactly the slope between its ends (the middle
@@ -42,6 +43,7 @@ def test_ntk_parameterization_scalings():
   np.testing.assert_allclose(widest.traj.t[:, -1], 200 * widest.config.train.lr, rtol=1e-5)
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_mean_field_kernel_moves_by_order_one():
   results, s = small("mean_field", (64, 1024))
   drifts = np.array([r.summary["drift"] for r in results])
@@ -83,6 +85,7 @@ def test_depth_and_activation_axes():
       (2, "tanh"), (3, "tanh")}
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_jacot_fig1_direction():
   # configs/papers/jacot2018_fig1.py at smoke size (widths 64 and 1024, 10
   # seeds, 30 steps): the wider network's NTK is nearer the limit at init and
@@ -102,6 +105,7 @@ def test_jacot_fig1_direction():
                              rtol=1e-4)
 
 
+@pytest.mark.slow  # experiment-scale: --runslow
 def test_lee2019_lr_direction():
   # configs/papers/lee2019_lr.py at reduced size: the linearisation converges
   # just below its critical rate and blows up just above it; the wide network
