@@ -40,11 +40,13 @@ from dynamics.tasks.linear_teacher import linear_teacher
 from theory import ntk
 
 DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
-                 "deep_linear_small": (1, 256, 4096), "relu_train": (1, 16, 64),
+                 "deep_linear_small": (1, 256, 4096), "deep_linear_small_stats": (1, 256, 4096),
+                 "relu_train": (1, 16, 64),
                  "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "lsa_icl_tokens": (1, 16),
                  "empirical_ntk": (1,),
                  "sweep": (64,)}
 DEFAULT_STEPS = {"deep_linear": 2000, "deep_linear_stats": 2000, "deep_linear_small": 5000,
+                 "deep_linear_small_stats": 5000,
                  "relu_train": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000,
                  "lsa_icl_tokens": 2000,
                  "empirical_ntk": 0, "sweep": 2000}
@@ -140,6 +142,8 @@ def build(workload: str, steps: int):
     return _deep_linear(3, 16, 32, 256, 0.05, steps, 10, stats=True)
   if workload == "deep_linear_small":
     return _deep_linear(2, 8, 16, 64, 0.05, steps, 50)
+  if workload == "deep_linear_small_stats":
+    return _deep_linear(2, 8, 16, 64, 0.05, steps, 50, stats=True)
   if workload == "relu_train":
     return _relu_train(steps)
   if workload == "lsa_icl":
