@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from theory import (deep_linear, diagonal_linear, learning_curves, linear_attention, ntk,
-                    online_sgd, pruning)
+                    online_sgd, pruning, stability)
 
 RTOL, ATOL = 1e-5, 1e-6
 MODULES = (deep_linear, diagonal_linear, learning_curves, linear_attention, ntk, online_sgd,
-           pruning)
+           pruning, stability)
 
 X = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
 Y = jnp.sin(X[:, 0])
@@ -93,6 +93,13 @@ CASES = {
                                                         v), [0.0, 0.3]),
     "gegenbauer": (lambda v: learning_curves.gegenbauer(v * jnp.array([0.1, -0.5, 1.0]), 4, 5),
                    [0.3, 1.0]),
+    "gd_threshold": (stability.gd_threshold, [0.1, 2.0]),
+    "momentum_threshold": (lambda v: stability.momentum_threshold(0.1, v, nesterov=True),
+                           [0.0, 0.9]),
+    "adam_threshold": (lambda v: stability.adam_threshold(v, 0.9), [0.01, 0.1]),
+    "quadratic_trajectory": (lambda v: stability.quadratic_trajectory(
+        jnp.array([3.0, 0.5]), jnp.array([1.0, -1.0]), v, jnp.array([0, 3, 10]), "momentum",
+        0.5), [0.1, 0.4]),
 }
 
 # written in numpy/scipy float64 (ODE solvers, float64 linear algebra at the
