@@ -16,6 +16,8 @@ Hessian. A Hessian-vector product is forward-over-reverse,
   diagonal preconditioner `sqrt(v_hat) + eps` at that step (Cohen et al. 2022),
   from optax's `scale_by_adam` state.
 - `hessian_trace`: Hutchinson's estimator `E[z^T H z]`, `z` Rademacher.
+- `gradient_alignment`: the cosine between the gradient and a direction (the
+  top eigenvector).
 
 Conventions: `docs/conventions.md`; the edge-of-stability thresholds these are
 compared with: `theory.stability`, `docs/curvature.md`.
@@ -162,3 +164,13 @@ def hessian_trace(loss_fn: Callable, params, *args, key: jax.Array, num_samples:
 
   samples = jax.vmap(one)(jax.random.split(key, num_samples))
   return samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_samples)
+
+
+def gradient_alignment(loss_fn: Callable, params, direction, *args):
+  """`|cos|` of the angle between the gradient of `loss_fn(params, *args)` and
+  `direction` (a pytree like `params`, e.g. `top_eigenvalues`' top vector):
+  1 when the gradient lies along it. 0 for a zero gradient."""
+  g = ravel_pytree(jax.grad(loss_fn)(params, *args))[0]
+  d = ravel_pytree(direction)[0].astype(g.dtype)
+  norm = jnp.linalg.norm(g) * jnp.linalg.norm(d)
+  return jnp.where(norm > 0, jnp.abs(jnp.vdot(g, d)) / jnp.where(norm > 0, norm, 1.0), 0.0)

@@ -118,6 +118,22 @@ def test_hessian_trace_within_its_standard_error():
   assert abs(float(est) - exact) <= 4 * float(se)
 
 
+def test_gradient_alignment_is_the_cosine():
+  # |cos| between the gradient and the top eigenvector against numpy's, 1e-12;
+  # a zero direction gives 0, not NaN.
+  with jax.enable_x64(True):
+    p = params(4)
+    _, vecs = curvature.top_eigenvalues(loss, p, X, Y, num_iters=31, return_vectors=True)
+    top = jax.tree_util.tree_map(lambda a: a[0], vecs)
+    got = float(curvature.gradient_alignment(loss, p, top, X, Y))
+    g = np.asarray(ravel_pytree(jax.grad(loss)(p, X, Y))[0])
+    v = np.asarray(ravel_pytree(top)[0])
+    zero = float(curvature.gradient_alignment(loss, p, jax.tree_util.tree_map(
+        jnp.zeros_like, p), X, Y))
+  assert got == pytest.approx(abs(g @ v) / np.linalg.norm(g) / np.linalg.norm(v), rel=1e-12)
+  assert zero == 0.0
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: curvature.top_eigenvalues(loss, params(0, jnp.float32), X, Y, k=0), "`k`"),
     (lambda: curvature.top_eigenvalues(loss, params(0, jnp.float32), X, Y, k=3, num_iters=2),
