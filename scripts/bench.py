@@ -32,22 +32,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dynamics import io
+from dynamics import curvature, io
 from dynamics import train as engine
 from dynamics.models import deep_linear, linear_attention, relu_net
 from dynamics.tasks import icl_regression
 from dynamics.tasks.linear_teacher import linear_teacher
 from theory import ntk
 
+SHARPNESS_ITERS = 20  # relu_train_sharpness: Hessian-vector products per logged step
+
 DEFAULT_SEEDS = {"deep_linear": (1, 64, 1024), "deep_linear_stats": (1, 64, 1024),
                  "deep_linear_small": (1, 256, 4096), "deep_linear_small_stats": (1, 256, 4096),
-                 "relu_train": (1, 16, 64),
+                 "relu_train": (1, 16, 64), "relu_train_sharpness": (1, 16, 64),
                  "lsa_icl": (1, 16), "lsa_icl_shared": (1, 16), "lsa_icl_tokens": (1, 16),
                  "empirical_ntk": (1,),
                  "sweep": (64,)}
 DEFAULT_STEPS = {"deep_linear": 2000, "deep_linear_stats": 2000, "deep_linear_small": 5000,
                  "deep_linear_small_stats": 5000,
-                 "relu_train": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000,
+                 "relu_train": 2000, "relu_train_sharpness": 2000, "lsa_icl": 2000, "lsa_icl_shared": 2000,
                  "lsa_icl_tokens": 2000,
                  "empirical_ntk": 0, "sweep": 2000}
 
@@ -101,15 +103,18 @@ def _deep_linear(depth, d, hidden, p, lr, steps, log_every, stats=False):
       (init, lambda w: loss(w, data, None), optax.sgd(lr)), flops
 
 
-def _relu_train(steps, d=64, m=1024, p=512, lr=0.5):
+def _relu_train(steps, d=64, m=1024, p=512, lr=0.5, sharpness=False):
   k_x, k_t = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.normal(k_x, (p, d))
   y = relu_net.apply(relu_net.init(k_t, d, 16, bias=False), x)
   loss = lambda w, dd, k: 0.5 * jnp.mean((relu_net.apply(w, dd["x"]) - dd["y"]) ** 2)
   init = lambda key: relu_net.init(key, d, m, bias=False)
   data = {"x": x, "y": y}
-  return _experiment(init, loss, lambda w, dd: {"loss": loss(w, dd, None)}, data, lr, steps,
-                     max(steps // 20, 1)), \
+  observe = lambda w, dd: {"loss": loss(w, dd, None)}
+  if sharpness:  # the Hessian's top eigenvalue at every logged step, 20 products
+    observe = lambda w, dd: {"loss": loss(w, dd, None), "sharpness": curvature.top_eigenvalues(
+        lambda v: loss(v, dd, None), w, num_iters=SHARPNESS_ITERS)[0]}
+  return _experiment(init, loss, observe, data, lr, steps, max(steps // 20, 1)), \
       (init, lambda w: loss(w, data, None), optax.sgd(lr)), 6 * p * (d * m + m)
 
 
@@ -146,6 +151,8 @@ def build(workload: str, steps: int):
     return _deep_linear(2, 8, 16, 64, 0.05, steps, 50, stats=True)
   if workload == "relu_train":
     return _relu_train(steps)
+  if workload == "relu_train_sharpness":
+    return _relu_train(steps, sharpness=True)
   if workload == "lsa_icl":
     return _lsa_icl(steps)
   if workload == "lsa_icl_shared":

@@ -86,10 +86,10 @@ def test_a_workload_runs_tiny():
 @pytest.mark.slow
 def test_every_workload_runs_tiny():
   rows = bench("deep_linear", "deep_linear_stats", "deep_linear_small",
-               "deep_linear_small_stats", "relu_train", "lsa_icl", "lsa_icl_shared",
-               "lsa_icl_tokens", "empirical_ntk", "sweep")
+               "deep_linear_small_stats", "relu_train", "relu_train_sharpness", "lsa_icl",
+               "lsa_icl_shared", "lsa_icl_tokens", "empirical_ntk", "sweep")
   trained = [r for r in rows if r["workload"] not in ("empirical_ntk", "sweep")]
-  assert len(trained) == 8
+  assert len(trained) == 9
   for r in trained:
     assert r["seed_steps_per_s"] * r["run_s"] == pytest.approx(2 * 20, rel=1e-9), r
 
