@@ -98,8 +98,8 @@ def top_eigenvalues(loss_fn: Callable, params, *args, k: int = 1, num_iters: int
     params: any pytree of float arrays.
     k: how many (>= 1). num_iters: Hessian-vector products (>= k; capped at
       the number of parameters, where the answer is exact to rounding).
-    v0: a start vector like `params` (warm start), else a Gaussian from `key`,
-      else all ones.
+    v0: a nonzero start vector like `params` (warm start), else a Gaussian
+      from `key`, else all ones.
     return_vectors: also return the unit eigenvectors, pytrees like `params`
       with a leading `[k]` axis.
 
@@ -110,6 +110,8 @@ def top_eigenvalues(loss_fn: Callable, params, *args, k: int = 1, num_iters: int
   """
   _check(k, num_iters)
   flat, unravel = ravel_pytree(params)
+  if k > flat.size:
+    raise ValueError(f"`k` ({k}) must be at most the number of parameters ({flat.size}).")
   if v0 is not None:
     start = ravel_pytree(v0)[0].astype(flat.dtype)
   elif key is not None:

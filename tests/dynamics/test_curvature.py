@@ -138,6 +138,8 @@ def test_gradient_alignment_is_the_cosine():
     (lambda: curvature.top_eigenvalues(loss, params(0, jnp.float32), X, Y, k=0), "`k`"),
     (lambda: curvature.top_eigenvalues(loss, params(0, jnp.float32), X, Y, k=3, num_iters=2),
      "`num_iters`"),
+    (lambda: curvature.top_eigenvalues(loss, params(0, jnp.float32), X, Y, k=40, num_iters=40),
+     "at most the number of parameters"),
     (lambda: curvature.preconditioned_sharpness(loss, params(0, jnp.float32),
                                                 optax.sgd(0.1).init(params(0, jnp.float32)), X, Y),
      "ScaleByAdamState"),
