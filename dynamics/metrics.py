@@ -192,3 +192,16 @@ def loglog_slope(x, y) -> float | None:
   if ok.sum() < 2 or len(set(x[ok])) < 2:
     return None
   return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
+
+
+def log_parabola_min(x, y) -> float:
+  """Where `y` is least over positive `x`: the vertex of the parabola in `log
+  x` through the smallest `y` and its two neighbours (clipped to them), or the
+  smallest `y`'s `x` at an end of the grid or where the parabola opens down."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  i = int(np.argmin(y))
+  if not 0 < i < len(x) - 1:
+    return float(x[i])
+  lx = np.log(x[i - 1:i + 2])
+  a, b, _ = np.polyfit(lx, y[i - 1:i + 2], 2)
+  return float(np.exp(np.clip(-b / (2 * a), lx[0], lx[-1]))) if a > 0 else float(x[i])

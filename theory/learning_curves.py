@@ -308,3 +308,31 @@ def empirical_spectrum(kernel_matrix: ArrayLike) -> dict:
   lam, u = np.linalg.eigh((k + k.T) / 2 / m)
   order = np.argsort(lam)[::-1]
   return {"eigenvalues": np.maximum(lam[order], 0.0), "eigenvectors": np.sqrt(m) * u[:, order]}
+
+
+def kernel_descent(k: ArrayLike, y: ArrayLike, lr, steps: ArrayLike, ridge=0.0):
+  """Gradient descent on a linear model of kernel `k [n, n]` (a network
+  linearised on its NTK) with weight decay to its init: after `steps [L]`
+  steps of size `lr` on `1/(2n) |f - y|^2 + ridge/(2n) |theta - theta0|^2`,
+  from `f = 0`, the coefficients `alpha [L, n]` of `f = k(., X) alpha`, and
+  kernel ridge regression's (`steps = inf`, `(K + ridge I)^{-1} y`). In the
+  eigenbasis `k = V diag(lambda) V^T`: `alpha = V diag((1 - (1 - a)^s) /
+  (lambda + ridge)) V^T y`, `a = lr (lambda + ridge) / n`. Eigenvalues at or
+  below `n eps max(lambda)` are null (as in `lstsq`). jit- and vmap-able.
+
+  Returns: `(alpha [L, n], alpha_krr [n])`.
+  """
+  _check_n_ridge(1.0, ridge)
+  _checks.check_positive("lr", lr)
+  k = jnp.asarray(k, jnp.result_type(float))
+  n = k.shape[0]
+  lam, vec = jnp.linalg.eigh(k)
+  lam = jnp.where(lam <= n * jnp.finfo(lam.dtype).eps * lam[-1], 0.0, lam)
+  s = lam + ridge
+  a, steps = lr * s / n, jnp.atleast_1d(jnp.asarray(steps, lam.dtype))[:, None]
+  decay = jnp.sign(1 - a) ** (steps % 2) * jnp.abs(1 - a) ** steps  # (1 - a)^steps
+  moved = jnp.where(a < 0.5, -jnp.expm1(steps * jnp.log1p(-jnp.minimum(a, 0.5))), 1 - decay)
+  null = s <= 0
+  inv = jnp.where(null, 0.0, 1 / jnp.where(null, 1.0, s))
+  proj = vec.T @ jnp.asarray(y, lam.dtype)
+  return (moved * inv * proj) @ vec.T, vec @ (inv * proj)

@@ -17,11 +17,14 @@ is exactly `powers[l]` (the theory's target power per degree). Conventions:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.learning_curves import gegenbauer, multiplicity
+from theory import ntk
+from theory.learning_curves import gegenbauer, multiplicity, sphere_spectrum
 
 
 def sphere(key: jax.Array, n: int, d: int, dtype=jnp.float32) -> jax.Array:
@@ -56,3 +59,34 @@ def evaluate(target: dict, x: jax.Array) -> jax.Array:
   t = (x @ u.T) / jnp.sqrt(jnp.asarray(d, x.dtype))  # [n, P]
   scale = jnp.sqrt(jnp.asarray([multiplicity(d, l) for l in range(top + 1)], x.dtype))
   return jnp.einsum("lnp,lp->n", gegenbauer(t, top, d), scale[:, None] * c)
+
+
+def degree_residuals(target: dict, x: jax.Array, alpha: jax.Array, eigenvalues, multiplicities,
+                     power, top: int) -> jax.Array:
+  """`E_x (f_hat_l - f_l)^2` for degrees `0..top`, exactly, for `f_hat = sum_i
+  alpha_i k(., x_i)` with a dot-product kernel `k(s) = sum_l lambda_l m_l
+  P_l(s)` (Mercer; `eigenvalues`, `multiplicities` from `sphere_spectrum`)
+  and `f` the target (`c` padded to `top + 1` degrees, `power` its power per
+  degree). By the addition theorem `|f_hat_l|^2 = lambda_l^2 m_l alpha^T
+  P_l(G) alpha` and `<f_hat_l, f_l> = lambda_l sqrt(m_l) alpha^T P_l(X U^T)
+  c_l`."""
+  d = x.shape[1]
+  xs = x / jnp.sqrt(jnp.asarray(d, x.dtype))
+  lam, mult = eigenvalues[:top + 1], multiplicities[:top + 1]
+  cross = jnp.einsum("lnp,n,lp->l", gegenbauer(xs @ target["u"].T, top, d), alpha, target["c"])
+  quad = jnp.einsum("lij,i,j->l", gegenbauer(xs @ xs.T, top, d), alpha, alpha)
+  return lam**2 * mult * quad - 2 * lam * jnp.sqrt(mult) * cross + power[:top + 1]
+
+
+@functools.lru_cache(maxsize=16)
+def ntk_spectrum(depth: int, activation: str, w_std: float, b_std: float, d: int,
+                 max_degree: int, quadrature: int) -> dict:
+  """`theory.learning_curves.sphere_spectrum` of `mlp_kernel`'s NTK on the sphere
+  of radius `sqrt(d)`, computed once per kernel and sphere (a grid's points
+  share it; the quadrature's kernel calls take seconds). Read-only arrays."""
+  kernel = ntk.mlp_kernel(depth, activation, w_std, b_std, "ntk")
+  sp = sphere_spectrum(kernel, d, max_degree, radius=np.sqrt(d), quadrature=quadrature)
+  for v in sp.values():
+    if isinstance(v, np.ndarray):
+      v.setflags(write=False)
+  return sp

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from dynamics import simulate
-from dynamics.experiments import learning_curves as exp
 from dynamics.tasks import sphere_harmonics as sh
 from tests.helpers import config as load
 from theory import learning_curves as lc
@@ -62,7 +61,8 @@ def test_degree_residuals_add_up_to_the_test_error():
             "eigenvalues": sp["eigenvalues"], "multiplicities": sp["multiplicities"]}
     x = sh.sphere(jax.random.PRNGKey(3), n, d, jnp.float64)
     alpha = jnp.linalg.solve(kern(x)["ntk"], sh.evaluate(t, x))
-    exact = np.asarray(exp._degree_residuals(data, x, alpha, top))
+    exact = np.asarray(sh.degree_residuals(data, x, alpha, sp["eigenvalues"],
+                                           sp["multiplicities"], power, top))
     xt = sh.sphere(jax.random.PRNGKey(4), m, d, jnp.float64)
     r2 = np.asarray((kern(xt, x)["ntk"] @ alpha - sh.evaluate(t, xt)) ** 2)
   assert np.all(exact > -1e-12)
@@ -73,7 +73,7 @@ def test_degree_residuals_add_up_to_the_test_error():
 def test_descent_is_gradient_descent_on_the_linear_model(lr):
   # A linear model f = phi(x) . theta with 40 random features on 15 points:
   # explicit gradient descent on 1/(2n)|f - y|^2 + ridge/(2n)|theta - theta0|^2
-  # against `descent` on its kernel phi phi^T at 0, 1, 7 and 60 steps, and
+  # against `kernel_descent` on its kernel phi phi^T at 0, 1, 7 and 60 steps, and
   # kernel ridge regression, to 1e-9 (float64). lr is in units of n /
   # (lambda_max + ridge): 1.6 makes the top mode overshoot and come back.
   rng = np.random.default_rng(0)
@@ -83,8 +83,8 @@ def test_descent_is_gradient_descent_on_the_linear_model(lr):
   k = phi @ phi.T
   step = lr * n / (np.linalg.eigvalsh(k)[-1] + ridge)
   with jax.enable_x64(True):
-    alpha, krr = (np.asarray(a) for a in exp.descent(k, y, step, np.array([0, 1, 7, 60]),
-                                                    ridge))
+    alpha, krr = (np.asarray(a) for a in lc.kernel_descent(
+        k, y, step, np.array([0, 1, 7, 60]), ridge))
   theta, seen = np.zeros(p), {}
   for s in range(61):
     if s in (0, 1, 7, 60):

@@ -93,6 +93,9 @@ CASES = {
                                                         v), [0.0, 0.3]),
     "gegenbauer": (lambda v: learning_curves.gegenbauer(v * jnp.array([0.1, -0.5, 1.0]), 4, 5),
                    [0.3, 1.0]),
+    "kernel_descent": (lambda v: learning_curves.kernel_descent(
+        jnp.array([[2.0, 0.5], [0.5, 1.0]]), jnp.array([1.0, -1.0]), v, jnp.array([0, 3]),
+        0.1)[0], [0.1, 0.5]),
     "gd_threshold": (stability.gd_threshold, [0.1, 2.0]),
     "momentum_threshold": (lambda v: stability.momentum_threshold(0.1, v, nesterov=True),
                            [0.0, 0.9]),
