@@ -138,6 +138,9 @@ def split_state(state: dict, who: str = "init") -> tuple[PyTree, dict]:
   if not isinstance(state, dict) or "params" not in state:
     raise ValueError(f"{who}() must return a dict with 'params' (and any per-seed "
                      f"constants), got {type(state).__name__}.")
+  if "opt_state" in state:
+    raise ValueError(f"{who}() returned a constant named 'opt_state': that name is the "
+                     f"optimizer's state, which observe() sees; rename the constant.")
   return state["params"], {k: v for k, v in state.items() if k != "params"}
 
 
@@ -171,11 +174,10 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
   decay = (optax.cosine_decay_schedule(1.0, schedule.num_steps)
            if schedule.decay == "cosine" else None)
 
-  def watch(config, params, consts, data):
-    state = {**consts, "params": params}
+  def watch(config, params, consts, data, opt_state):
     if observe is None:
-      return {"loss": experiment.loss(config, state, data, None)}
-    return observe(config, state, data)
+      return {"loss": experiment.loss(config, {**consts, "params": params}, data, None)}
+    return observe(config, {**consts, "params": params, "opt_state": opt_state}, data)
 
   def start(row, shared):
     config, data = bind(row), data_of(row, shared)
@@ -185,9 +187,10 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
     dtype = leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
     lr = jnp.asarray(config.train.lr, dtype) * jnp.asarray(consts.get("lr_scale", 1.0), dtype)
     zero = jnp.zeros((), dtype)
-    state = TrainState(params, direction_fn.init(params), consts, batch_key, lr, zero, zero,
+    opt_state = direction_fn.init(params)
+    state = TrainState(params, opt_state, consts, batch_key, lr, zero, zero,
                        -jnp.ones((), jnp.int32), row)
-    return state, watch(config, params, consts, data)
+    return state, watch(config, params, consts, data, opt_state)
 
   def logger(state: TrainState, shared):
     """`log(s, i)`: logged step `i` of a call starting at `shared['step0']`."""
@@ -216,7 +219,7 @@ def row_program(experiment, bind: Callable, data_of: Callable, schedule: Schedul
       s, _ = jax.lax.scan(step, s, first + jnp.arange(schedule.log_every))
       if decay is None:  # a constant step: t = lr x steps, rounded once
         s = s._replace(t=s.lr * (first + schedule.log_every).astype(s.lr.dtype))
-      return s, (watch(config, s.params, consts, data), s.t)
+      return s, (watch(config, s.params, consts, data, s.opt_state), s.t)
 
     return log
 

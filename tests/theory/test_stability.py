@@ -99,7 +99,59 @@ def test_the_trajectory_knows_the_thresholds():
     (lambda: stability.quadratic_trajectory([1.0], [1.0, 2.0], 0.1, [3]), "`x0` must have"),
     (lambda: stability.quadratic_trajectory([1.0], [1.0], 0.1, [3], "adam"), "`optimizer`"),
     (lambda: stability.quadratic_trajectory([1.0], [1.0], 0.1, [-1]), "`steps` must be"),
+    (lambda: stability.gradient_flow(_quad, {"w": jnp.ones(3)}, [0.0, 2.0, 1.0], A),
+     "`t` must be non-decreasing"),
+    (lambda: stability.gradient_flow(_quad, {"w": jnp.ones(3)}, [[1.0]], A), "`t` must"),
+    (lambda: stability.gradient_flow(_quad, {"w": jnp.ones(3)}, [1.0], A, rtol=0.0), "`rtol`"),
+    (lambda: stability.gradient_flow(_quad, {"w": jnp.ones(3)}, [1.0], A, max_steps=0),
+     "`max_steps`"),
 ])
 def test_bad_input_is_named(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+A = jnp.array([0.5, 2.0, 30.0])
+
+
+def _quad(p, a):
+  return 0.5 * jnp.sum(a * p["w"] ** 2)
+
+
+def test_gradient_flow_is_the_quadratic_closed_form():
+  """`w_i(t) = w_i(0) exp(-a_i t)` on `1/2 sum a_i w_i^2`, stiff (a ratio of 60).
+  Tsit5's global error is about the local tolerance times the number of
+  steps' error growth: with rtol 1e-9 a relative error below 1e-6 of
+  `max |w|` is ample and an O(1) mistake (a sign, a missing step) far above it."""
+  with jax.enable_x64(True):
+    t = jnp.array([0.0, 0.01, 0.1, 0.5, 1.0, 1.0, 3.0])  # a repeated time included
+    w0 = jnp.array([1.0, -2.0, 0.5])
+    got = stability.gradient_flow(_quad, {"w": w0}, t, A, rtol=1e-9, atol=1e-12)["w"]
+    np.testing.assert_allclose(got, w0 * jnp.exp(-A * t[:, None]), rtol=0, atol=1e-6 * 2.0)
+    cut = stability.gradient_flow(_quad, {"w": w0}, t, A, max_steps=2)["w"]
+    assert np.isnan(cut).all()  # past the step cap: NaN, never a stand-in
+
+
+def test_gradient_descent_reaches_the_flow_at_first_order():
+  """GD on a small tanh network, at t = lr x steps, differs from the flow by
+  `e(lr) = c lr + d lr^2` (Euler's global error), so `e(lr) / e(lr/2) = 2 (1 +
+  d lr) / (1 + d lr / 2) = 2 + O(lr)`. At lr 0.02 and 0.01 (the sharpness is
+  about 2, so lr lam ~ 0.04) the ratio lies within 2 +- 0.15; a flow off by
+  any fixed amount would give a ratio near 1."""
+  with jax.enable_x64(True):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    x, y = jax.random.normal(k1, (16, 3)), jnp.sin(jax.random.normal(k2, (16,)))
+    p0 = {"w": jax.random.normal(k3, (3, 8)) / jnp.sqrt(3.0), "a": jnp.ones(8) / jnp.sqrt(8.0)}
+    loss = lambda p: 0.5 * jnp.mean((jnp.tanh(x @ p["w"]) @ p["a"] - y) ** 2)
+    T = 2.0
+    flow = stability.gradient_flow(loss, p0, jnp.array([0.0, T]), rtol=1e-10, atol=1e-13)
+
+    def gd(lr):
+      def step(p, _):
+        return jax.tree_util.tree_map(lambda a, g: a - lr * g, p, jax.grad(loss)(p)), None
+      return jax.lax.scan(step, p0, None, length=round(T / lr))[0]
+
+    dist = lambda p: float(jnp.sqrt(sum(jnp.sum((p[k] - flow[k][1]) ** 2) for k in p)))
+    e1, e2 = dist(gd(0.02)), dist(gd(0.01))
+    assert e1 > 1e-6  # GD is visibly off the flow at this lr: the ratio measures something
+    assert abs(e1 / e2 - 2.0) < 0.15, (e1, e2)

@@ -103,6 +103,9 @@ CASES = {
     "quadratic_trajectory": (lambda v: stability.quadratic_trajectory(
         jnp.array([3.0, 0.5]), jnp.array([1.0, -1.0]), v, jnp.array([0, 3, 10]), "momentum",
         0.5), [0.1, 0.4]),
+    "stability.gradient_flow": (lambda v: stability.gradient_flow(
+        lambda p, a: 0.5 * jnp.sum(a * p ** 2), v * jnp.ones(2), jnp.array([0.0, 0.5, 1.0]),
+        jnp.array([1.0, 3.0]))[-1], [0.5, 2.0]),
 }
 
 # written in numpy/scipy float64 (ODE solvers, float64 linear algebra at the
@@ -116,7 +119,8 @@ NUMPY = {
     "implicit_bias_solution": lambda v: diagonal_linear.implicit_bias_solution(X, Y, v),
     "min_l1_solution": lambda v: diagonal_linear.min_l1_solution(v * X, Y),
     "min_l2_solution": lambda v: diagonal_linear.min_l2_solution(v * X, Y),
-    "gradient_flow": lambda v: linear_attention.gradient_flow(v, 3, 10, 0.1, 0.1),
+    "linear_attention.gradient_flow": lambda v: linear_attention.gradient_flow(
+        v, 3, 10, 0.1, 0.1),
     "plateau": lambda v: online_sgd.plateau(2, lr=v),
     "critical_lr": lambda v: online_sgd.critical_lr(v),
     "sphere_spectrum": lambda v: learning_curves.sphere_spectrum(
@@ -127,8 +131,12 @@ NUMPY = {
 
 
 def public_functions():
-  return {name for m in MODULES for name, f in inspect.getmembers(m, inspect.isfunction)
-          if not name.startswith("_") and f.__module__ == m.__name__}
+  """Every public function's name; `module.name` where two modules share it."""
+  found = [(m.__name__.split(".")[-1], name) for m in MODULES
+           for name, f in inspect.getmembers(m, inspect.isfunction)
+           if not name.startswith("_") and f.__module__ == m.__name__]
+  names = [n for _, n in found]
+  return {n if names.count(n) == 1 else f"{m}.{n}" for m, n in found}
 
 
 def test_every_public_function_is_listed():
@@ -148,8 +156,11 @@ def test_vmap_over_one_argument_equals_the_loop(name):
 
 @pytest.mark.parametrize("name", sorted(NUMPY))
 def test_numpy_functions_refuse_a_traced_argument_by_name(name):
-  fn = {n: f for m in MODULES for n, f in inspect.getmembers(m, inspect.isfunction)}[name]
+  module, _, bare = name.rpartition(".")
+  fn = {n: f for m in MODULES if module in ("", m.__name__.split(".")[-1])
+        for n, f in inspect.getmembers(m, inspect.isfunction)
+        if f.__module__ == m.__name__}[bare]
   assert "not traceable" in fn.__doc__, name
-  with pytest.raises(TypeError, match=f"`{name}` .*not traceable") as e:
+  with pytest.raises(TypeError, match=f"`{bare}` .*not traceable") as e:
     jax.vmap(NUMPY[name])(jnp.array([0.5, 1.0]))
   assert "\n" not in str(e.value)
