@@ -8,7 +8,7 @@ full-batch GD on 512 Gaussian points in R^16 labelled by a random tanh teacher
 (10 classes, one-hot targets), with the MSE loss and with cross-entropy
 (`task.loss`), at lr 0.3, 0.25 and 0.2 (`2/lr` = 6.7, 8 and 10), 4 seeds,
 4000 steps, the sharpness every 50. `theory` integrates each seed's gradient
-flow from the same init to t = 600 (float64, adaptive). `figure.png` draws the
+flow from the same init to t = 500 (float64, adaptive). `figure.png` draws the
 sharpness against t with `2/lr` dashed and the flow in black;
 `figures/loss.png` the loss. Per point the summary gives the crossing time,
 the mean ratio of the sharpness to `2/lr` after it, the growth before it
@@ -19,7 +19,7 @@ Their claims: (i) progressive sharpening: the sharpness rises until it
 reaches `2/lr`; (ii) it then hovers just above `2/lr` while the loss keeps
 falling, non-monotonically; (iii) GD follows the gradient flow until the
 crossing and leaves it there. The setting is ours (they trained on a
-5000-image CIFAR-10 subset). `:smoke`: width 16, 64 points, 2 seeds, 200 steps.
+CIFAR-10 subset). `:smoke`: width 16, 64 points, 2 seeds, 200 steps.
 """
 
 import os
@@ -35,7 +35,7 @@ def get_config(arg=None):
   config.output_dir = "runs/cohen2021_eos"
   config.train.optimizer = "sgd"
   config.train.num_steps = 4000
-  config.theory.flow_time = 600.0
+  config.theory.flow_time = 500.0
   config.sweep = ml_collections.ConfigDict()
   config.sweep.task = ml_collections.ConfigDict({"loss": ("mse", "cross_entropy")})
   config.sweep.train = ml_collections.ConfigDict({"lr": (0.3, 0.25, 0.2)})

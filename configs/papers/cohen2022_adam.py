@@ -16,7 +16,7 @@ docs/curvature.md, docs/reproductions.md.
 Their claims: the preconditioned sharpness rises to the frozen-preconditioner
 threshold `(2 + 2 b1) / ((1 - b1) lr)` and hovers there (the adaptive edge of
 stability), while the raw sharpness need not stay bounded. The setting is
-ours (they trained on CIFAR-10 and WMT). `:smoke`: width 16, 64 points, 2
+ours, not the paper's. `:smoke`: width 16, 64 points, 2
 seeds, 200 steps.
 """
 

@@ -202,16 +202,16 @@ def _median(x):
 
 
 def _panels(results, name, flow_name, log_y):
-  """Activation x optimizer panels of `name` against t, one color per lr, the
+  """(Activation, loss) x optimizer panels of `name` against t, one color per lr, the
   threshold dashed (sharpness), the gradient flow in black."""
-  acts = sorted({r.config.model.activation for r in results})
+  rows = sorted({(r.config.model.activation, r.config.task.loss) for r in results})
   opts = [o for o in ("sgd", "momentum", "adam")
           if any(r.config.train.get("optimizer", "sgd") == o for r in results)]
-  fig, axes = plots.figure(len(opts), len(acts), size=(4.6, 3.6))
-  axes = np.asarray(axes).reshape(len(acts), len(opts))
-  for (i, act), (j, opt) in ((a, o) for a in enumerate(acts) for o in enumerate(opts)):
-    ax, flow_done = axes[i, j], False
-    pts = sorted((r for r in results if r.config.model.activation == act
+  fig, axes = plots.figure(len(opts), len(rows), size=(4.6, 3.6))
+  axes = np.asarray(axes).reshape(len(rows), len(opts))
+  for (i, row), (j, opt) in ((a, o) for a in enumerate(rows) for o in enumerate(opts)):
+    ax = axes[i, j]
+    pts = sorted((r for r in results if (r.config.model.activation, r.config.task.loss) == row
                   and r.config.train.get("optimizer", "sgd") == opt and r.traj.kept.any()),
                  key=lambda r: r.config.train.lr)
     for n, r in enumerate(pts):
@@ -221,11 +221,11 @@ def _panels(results, name, flow_name, log_y):
               label=f"lr {r.config.train.lr:g}")
       if name.endswith("sharpness"):
         ax.axhline(threshold(r.config), color=color, ls="--", lw=0.9)
-      if flow_name in r.pred and not flow_done and n == len(pts) - 1:
+      if flow_name in r.pred and n == len(pts) - 1:  # the same flow at every lr: the longest
         ax.plot(t, _median(r.pred[flow_name][k]), "k-", lw=1.0, alpha=0.8,
                 label="gradient flow")
-        flow_done = True
-    ax.set(xlabel="t = lr x steps", ylabel=name.replace("_", " "), title=f"{act}, {opt}",
+    title = ", ".join(row if len({l for _, l in rows}) > 1 else row[:1]) + f", {opt}"
+    ax.set(xlabel="t = lr x steps", ylabel=name.replace("_", " "), title=title,
            yscale="log" if log_y or opt == "adam" else "linear")
     ax.legend(fontsize=7)
   return fig

@@ -22,14 +22,14 @@ def config(overrides=()):
 
 
 def test_observe_is_the_dense_hessian():
-  """A 282-parameter tanh network (n 32, d 16, width 8, 10 classes), float64, at
+  """A 118-parameter tanh network (n 32, d 16, width 4, 10 classes), float64, at
   init and after 30 Adam steps: with as many Lanczos products as parameters the
-  logged sharpness is `eigvalsh(jax.hessian)`'s top to 1e-9 (rounding in 282
+  logged sharpness is `eigvalsh(jax.hessian)`'s top to 1e-9 (rounding in 118
   reorthogonalised products), Adam's effective sharpness the top of `P^-1/2 H
   P^-1/2` with optax's bias-corrected `v` (1e-9), the alignment `|cos|`
   between the gradient and the dense top eigenvector (1e-6: the eigenvector's
   error is the rounding over the gap), and the trace within 4 s.e. of `tr H`."""
-  c = config(["task.n=32", "model.widths=(8,)", "curvature.trace_samples=64"])
+  c = config(["task.n=32", "model.widths=(4,)", "curvature.trace_samples=64"])
   with jax.enable_x64(True):
     data = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), eos.setup(c))
     params = eos.init(c, jax.random.PRNGKey(3), data)["params"]
