@@ -20,7 +20,7 @@ at that step, NaN at step 0 where Adam has none), the Hessian's trace
 `theory` gives each point's threshold (`theory.stability`: `2/lr`,
 `(2 + 2 beta)/lr`, `38/lr`) and, for GD with a smooth activation, the gradient
 flow from the seed's own init (`theory.stability.gradient_flow`, float64) with
-its loss and sharpness up to `theory.flow_time`. Not for relu: its gradient
+its loss and sharpness up to `theory.flow_time` (0: none). Not for relu: its gradient
 jumps wherever a unit's pre-activation changes sign, and an adaptive solver
 shrinks its step at each of the many such crossings (minutes per seed). `report` measures, per point: when the effective
 sharpness first reaches the threshold, its mean ratio to the threshold after,
@@ -59,7 +59,7 @@ def setup(config) -> dict:
     cfg.fail("model.widths", f"must be a tuple of positive integers, got {widths!r}.")
   cfg.integer(config, "curvature.num_iters")
   cfg.integer(config, "curvature.trace_samples", minimum=2)
-  cfg.positive(config, "theory.flow_time")
+  cfg.nonnegative(config, "theory.flow_time")  # 0: no flow
   cfg.positive(config, "theory.rtol")
   k_x, k_w, k_a = jax.random.split(jax.random.PRNGKey(config.task.seed), 3)
   x = jax.random.normal(k_x, (n, d))
@@ -128,7 +128,8 @@ def theory(config, data, start, t) -> dict:
   its loss and sharpness (Lanczos with 2x the logged iterations) at the logged
   times up to `theory.flow_time`, NaN after."""
   out = {"threshold": jnp.asarray(threshold(config))}
-  if config.train.get("optimizer", "sgd") != "sgd" or config.model.activation == "relu":
+  if (config.train.get("optimizer", "sgd") != "sgd" or config.model.activation == "relu"
+      or config.theory.flow_time == 0):
     return out
   fn = lambda p: objective(config, p, data)
   horizon = min(config.theory.flow_time, config.train.lr * config.train.num_steps)

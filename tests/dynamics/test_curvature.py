@@ -23,7 +23,12 @@ def loss(p, x, y):
 
 def dense(p, x=X, y=Y):
   flat, unravel = ravel_pytree(p)
-  return np.asarray(jax.hessian(lambda f: loss(unravel(f), x, y))(flat))
+  return np.asarray(jax.jit(jax.hessian(lambda f: loss(unravel(f), x, y)))(flat))
+
+
+# compiled once per (k, num_iters, vectors): eager Lanczos would trace its scan each call
+top = jax.jit(lambda p, k, n, vectors: curvature.top_eigenvalues(
+    loss, p, X, Y, k=k, num_iters=n, return_vectors=vectors), static_argnums=(1, 2, 3))
 
 
 def params(seed, dtype=jnp.float64):
@@ -40,12 +45,11 @@ def test_top_eigenvalues_against_eigvalsh(k):
   with jax.enable_x64(True):
     p = params(1)
     want = np.linalg.eigvalsh(dense(p))[::-1][:k]
-    got = np.asarray(curvature.top_eigenvalues(loss, p, X, Y, k=k, num_iters=31))
+    got = np.asarray(top(p, k, 31, False))
     np.testing.assert_allclose(got, want, atol=1e-10 * abs(want[0]))
-    short = float(curvature.top_eigenvalues(loss, p, X, Y, num_iters=12)[0])
+    short = float(top(p, 1, 12, False)[0])
     assert abs(short - want[0]) < 1e-6 * abs(want[0])
-    evals, vecs = curvature.top_eigenvalues(loss, p, X, Y, k=k, num_iters=31,
-                                            return_vectors=True)
+    evals, vecs = top(p, k, 31, True)
     v = jax.vmap(lambda t: ravel_pytree(t)[0])(vecs)
     np.testing.assert_allclose(np.asarray(v) @ dense(p), np.asarray(evals)[:, None] * v,
                                atol=1e-9)
