@@ -144,6 +144,7 @@ def at(points, n_context, covariance):
   return p
 
 
+@pytest.mark.slow  # experiment-scale (the random init's training grid): --runslow
 def test_trained_models_reach_the_optimum(random_init):
   # configs/lsa_icl.py at N = 20 (the fixture's points there are small()'s
   # runs of it: the point's prompts and the seeds' keys do not depend on the grid)
@@ -167,6 +168,7 @@ def test_trained_models_reach_the_optimum(random_init):
   assert skew["risk_gd_theory"] > 1.2 * skew["risk_opt_theory"]  # GD is not optimal here
 
 
+@pytest.mark.slow  # experiment-scale (the random init's training grid): --runslow
 def test_risk_against_context_length(random_init):
   """Two context lengths in one grid: each point's theory is icl_risk of its
   own optimum (computed here independently), and the step follows the
@@ -392,6 +394,7 @@ def test_zhang2024_direction():
   assert np.linalg.norm(gs - eta * np.eye(5)) > 0.2 * np.linalg.norm(gs)
 
 
+@pytest.mark.slow  # experiment-scale (the random init's training grid): --runslow
 def test_mahankali2023_direction(random_init):
   # configs/papers/mahankali2023.py:smoke at N = 5 and 20 (the fixture's
   # isotropic points; its seeds 0 and 1 are the smoke's 2 seeds, trained
