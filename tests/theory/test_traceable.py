@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from theory import (deep_linear, diagonal_linear, learning_curves, linear_attention, ntk,
-                    online_sgd, pruning, stability)
+from theory import (deep_linear, diagonal_linear, dmft, learning_curves, linear_attention,
+                    ntk, online_sgd, pruning, stability)
 
 RTOL, ATOL = 1e-5, 1e-6
-MODULES = (deep_linear, diagonal_linear, learning_curves, linear_attention, ntk, online_sgd,
-           pruning, stability)
+MODULES = (deep_linear, diagonal_linear, dmft, learning_curves, linear_attention, ntk,
+           online_sgd, pruning, stability)
 
 X = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
 Y = jnp.sin(X[:, 0])
@@ -103,6 +103,11 @@ CASES = {
     "quadratic_trajectory": (lambda v: stability.quadratic_trajectory(
         jnp.array([3.0, 0.5]), jnp.array([1.0, -1.0]), v, jnp.array([0, 3, 10]), "momentum",
         0.5), [0.1, 0.4]),
+    "deep_linear_flow": (lambda v: dmft.deep_linear_flow(
+        2, v, X[:3], Y[:3], jnp.array([0.0, 0.5, 1.0]), rtol=1e-7, atol=1e-9)["f"],
+                         [0.0, 1.5]),
+    "single_point_time": (lambda v: dmft.single_point_time(jnp.array([0.2, 0.9]), v),
+                          [0.0, 2.0]),
     "stability.gradient_flow": (lambda v: stability.gradient_flow(
         lambda p, a: 0.5 * jnp.sum(a * p ** 2), v * jnp.ones(2), jnp.array([0.0, 0.5, 1.0]),
         jnp.array([1.0, 3.0]))[-1], [0.5, 2.0]),
