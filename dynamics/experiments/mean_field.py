@@ -1,0 +1,139 @@
+"""Finite-width mean-field networks against their infinite-width kernel
+dynamics, across richness gamma0 (Bordelon & Pehlevan 2022; docs/dmft.md).
+
+A grid point is one width `model.width` (N) and richness `model.gamma0`. The
+task is fixed by `task.seed`: `task.n` (P) Gaussian inputs in `R^d` with a
+linear teacher's targets `y = x . beta / sqrt(d)`, `|beta|^2 = d`. The model,
+with every weight N(0, 1) per seed:
+
+    h(x) = W x / sqrt(d),    f(x) = a . h(x) / (gamma0 N),
+
+trained by full-batch gradient descent on `gamma0^2 N L`, `L = 1/(2P) sum (f -
+y)^2`: the step `gamma0^2 N lr` on every parameter, so that time is `t = lr x
+steps` (docs/conventions.md). Logged: the loss `L`, the outputs `f` on the
+training points, the hidden kernel `H = h h^T / N`, the readout's `A = |a|^2 /
+N` and the NTK's alignment with the targets.
+
+`theory` is `theory.dmft.deep_linear_flow` from the infinite-width start
+(`f = 0, H = K, A = 1`), named like the observations (the runner compares them),
+and `f_own`: the same equations from the seed's own `(f, H, A)` at step 0,
+exact at every width, so that its gap is gradient descent's O(lr) alone.
+`report` measures per point the finite-width gap `max_t |f_N - f_inf|` per
+seed (RMS over seeds) and of the seed mean, and draws the loss and the
+alignment against t per gamma0 and the gaps against width with their slopes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynamics import config as cfg
+from dynamics import metrics, plots
+from theory import dmft
+
+
+def setup(config) -> dict:
+  p, d = cfg.integer(config, "task.n"), cfg.integer(config, "task.d")
+  cfg.integer(config, "task.seed", minimum=0)
+  cfg.integer(config, "model.width")
+  cfg.positive(config, "model.gamma0")
+  k_x, k_b = jax.random.split(jax.random.PRNGKey(config.task.seed))
+  x = jax.random.normal(k_x, (p, d))
+  beta = jax.random.normal(k_b, (d,))
+  beta = beta * np.sqrt(d) / jnp.linalg.norm(beta)
+  return {"x": x, "y": x @ beta / np.sqrt(d)}
+
+
+def init(config, key, data) -> dict:
+  k_w, k_a = jax.random.split(key)
+  n, d = config.model.width, data["x"].shape[1]
+  return {"params": {"W": jax.random.normal(k_w, (n, d), data["x"].dtype),
+                     "a": jax.random.normal(k_a, (n,), data["x"].dtype)}}
+
+
+def _hidden(params, x):
+  return x @ params["W"].T / np.sqrt(x.shape[1])
+
+
+def _out(config, params, x):
+  return _hidden(params, x) @ params["a"] / (config.model.gamma0 * params["a"].shape[0])
+
+
+def loss(config, state, data, key):
+  """`gamma0^2 N L`: its gradient step is the mean-field flow's (module docstring)."""
+  n = state["params"]["a"].shape[0]
+  f = _out(config, state["params"], data["x"])
+  return config.model.gamma0**2 * n * 0.5 * jnp.mean((f - data["y"]) ** 2)
+
+
+def observe(config, state, data) -> dict:
+  params, x, y = state["params"], data["x"], data["y"]
+  n = params["a"].shape[0]
+  h = _hidden(params, x)
+  f = _out(config, params, x)
+  big_h, a = h @ h.T / n, params["a"] @ params["a"] / n
+  ntk = big_h + a * x @ x.T / x.shape[1]
+  return {"loss": 0.5 * jnp.mean((f - y) ** 2), "f": f, "H": big_h, "A": a,
+          "alignment": metrics.kernel_alignment(ntk, y)}
+
+
+def theory(config, data, start, t) -> dict:
+  """The infinite-width kernel dynamics (float64), and `f_own` from this seed's
+  own step-0 `(f, H, A)`."""
+  x, y, g = data["x"], data["y"], config.model.gamma0
+  inf = dmft.deep_linear_flow(2, g, x, y, t)
+  own = dmft.deep_linear_flow(2, g, x, y, t,
+                              init={"f": start["f"], "H": start["H"], "A": start["A"]})
+  return {"f": inf["f"], "H": inf["H"], "A": inf["A"], "f_own": own["f"],
+          "loss": 0.5 * jnp.mean((inf["f"] - y) ** 2, -1),
+          "alignment": metrics.kernel_alignment(inf["ntk"], y)}
+
+
+def _point(r) -> dict:
+  k = r.traj.kept
+  f, inf, own = r.traj.logged["f"][k], r.pred["f"][k], r.pred["f_own"][k]
+  per_seed = np.max(np.linalg.norm(f - inf, axis=-1), axis=1)
+  return {"width": int(r.config.model.width), "gamma0": float(r.config.model.gamma0),
+          "gap_seed": float(np.sqrt(np.mean(per_seed**2))),
+          "gap_mean": float(np.max(np.linalg.norm(f.mean(0) - inf[0], axis=-1))),
+          "gap_own": float(np.max(np.linalg.norm(f - own, axis=-1)))}
+
+
+def report(config, results) -> dict:
+  """Per point its gaps; per gamma0 the slopes of the gaps against width; the
+  figure: loss and alignment against t at the largest width (theory as black
+  lines) and the gaps against width."""
+  rows = [_point(r) if r.traj.kept.any() else {} for r in results]
+  gammas = sorted({r["gamma0"] for r in rows if r})
+  widths = sorted({r["width"] for r in rows if r})
+  fig, axes = plots.figure(3, 1, size=(4.6, 3.8))
+  slopes = {}
+  for j, g in enumerate(gammas):
+    color = f"C{j}"
+    top = [r for r, row in zip(results, rows) if row and row["gamma0"] == g
+           and row["width"] == widths[-1]]
+    for r in top:
+      t = np.median(r.traj.t, 0)
+      for ax, name in ((axes[0], "loss"), (axes[1], "alignment")):
+        ax.plot(t, np.median(r.traj.logged[name][r.traj.kept], 0), color=color, lw=1.5,
+                label=f"gamma0 {g:g}, N {widths[-1]}" if name == "loss" else None)
+        ax.plot(t, r.pred[name][0], "k--", lw=0.9)
+    pts = sorted((row["width"], row["gap_seed"], row["gap_mean"]) for row in rows
+                 if row and row["gamma0"] == g)
+    w, seed_gap, mean_gap = (np.array(c) for c in zip(*pts))
+    slopes[str(g)] = {"seed": metrics.loglog_slope(w, seed_gap),
+                      "mean": metrics.loglog_slope(w, mean_gap)}
+    axes[2].plot(w, seed_gap, "o-", color=color, label=f"gamma0 {g:g}: one seed "
+                 f"(slope {slopes[str(g)]['seed'] or float('nan'):.2f})")
+    axes[2].plot(w, mean_gap, "s--", color=color, label=f"seed mean "
+                 f"(slope {slopes[str(g)]['mean'] or float('nan'):.2f})")
+  axes[0].set(xlabel="t = lr x steps", ylabel="loss", yscale="log",
+              title="simulation (color), infinite width (black)")
+  axes[1].set(xlabel="t = lr x steps", ylabel="NTK-target alignment")
+  axes[2].set(xscale="log", yscale="log", xlabel="width N",
+              ylabel="max_t |f_N - f_inf|", title="finite-width gap")
+  for ax in (axes[0], axes[2]):
+    ax.legend(fontsize=7)
+  return {"points": rows, "slopes": slopes, "figure": fig}
