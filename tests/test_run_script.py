@@ -36,7 +36,7 @@ LONGER = {
     "matrix_factorization": ["train.num_steps=80000", "train.log_every=800", "sweep={}"],
     "online_sgd": ["task.n=500", "train.num_steps=100000", "train.log_every=500", "sweep={}"],
     "learning_curves": ["train.num_steps=40000", "train.log_every=400", "sweep={}"],
-    "edge_of_stability": ["train.num_steps=20000", "train.log_every=200", "sweep={}"],
+    "edge_of_stability": ["train.num_steps=200000", "train.log_every=2000", "sweep={}"],
     "mean_field": ["train.num_steps=200000", "train.log_every=2000", "sweep={}"],
 }
 QUADRATIC = ["--config=examples/quadratic/config.py", "--config.num_seeds=64",
