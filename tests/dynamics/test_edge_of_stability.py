@@ -146,3 +146,33 @@ def test_heavy_ball_hovers_at_its_threshold():
   c.sweep_zip = ()
   for r in simulate(c)[0]:
     _assert_edge(r)
+
+
+SMALL = ["task.n=128", "model.widths=(32, 32)", "train.num_steps=1500", "train.log_every=50",
+         "num_seeds=2", "curvature.trace_samples=2"]
+
+
+@pytest.mark.slow
+def test_cohen2021_direction():
+  """configs/papers/cohen2021_eos.py at the size above, lr 0.3: under MSE the
+  sharpness sharpens to 2/lr and hovers in the band; under cross-entropy it
+  never reaches 2/lr and ends below where it started (docs/curvature.md)."""
+  c = load("papers/cohen2021_eos", [*SMALL, "theory.flow_time=0.0", "sweep.train.lr=(0.3,)"])
+  for r in simulate(c)[0]:
+    if r.config.task.loss == "mse":
+      _assert_edge(r)
+    else:
+      s = r.traj.logged["sharpness"]
+      assert (s < eos.threshold(r.config)).all() and (s[:, -1] < s[:, 0]).all(), s[:, ::6]
+
+
+@pytest.mark.slow
+def test_cohen2022_direction():
+  """configs/papers/cohen2022_adam.py at the size above, tanh, lr 0.01: the
+  preconditioned sharpness reaches 38/lr and hovers in the band, while the raw
+  sharpness stays far below 2/lr."""
+  c = load("papers/cohen2022_adam", [*SMALL, "sweep.model.activation=('tanh',)",
+                                     "sweep.train.lr=(0.01,)"])
+  (r,), _ = simulate(c)
+  _assert_edge(r)
+  assert np.nanmax(r.traj.logged["sharpness"]) < 0.1 * 2 / 0.01
