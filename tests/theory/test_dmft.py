@@ -10,7 +10,7 @@ import pytest
 import scipy.integrate
 import scipy.linalg
 
-from theory import dmft
+from theory import dmft, ntk
 
 
 def test_single_point_time_is_the_integral():
@@ -42,7 +42,9 @@ def test_one_point_against_its_closed_form(gamma0):
 
 def test_gamma0_zero_is_the_ntk_limit():
   """At gamma0 = 0 the kernels stay at init and `f(t) = (I - exp(-2 K t / P)) y`,
-  the linearized network with NTK `2K` (K = x x^T / D): scipy's expm, to 1e-9."""
+  the linearized network with NTK `2K` (K = x x^T / D): scipy's expm, to 1e-9;
+  and `theory.ntk`'s predictor of the same network (the depth-2 linear
+  `mlp_kernel`'s NTK, `gradient_flow_mse`) to 1e-9."""
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=5)
@@ -52,6 +54,8 @@ def test_gamma0_zero_is_the_ntk_limit():
     want = np.stack([y - scipy.linalg.expm(-2 * k * s / 5) @ y for s in t])
     np.testing.assert_allclose(out["f"], want, atol=1e-9)
     np.testing.assert_allclose(out["ntk"][-1], 2 * k, atol=1e-12)
+    theta = ntk.mlp_kernel(2, "linear")(x)["ntk"]
+    np.testing.assert_allclose(out["f"], ntk.gradient_flow_mse(theta, y, t), atol=1e-9)
 
 
 def _network(key, n, x, y, gamma0, lr, steps):
