@@ -60,6 +60,8 @@ def setup(config) -> dict:
   cfg.integer(config, "curvature.num_iters")
   cfg.integer(config, "curvature.trace_samples", minimum=2)
   cfg.nonnegative(config, "theory.flow_time")  # 0: no flow
+  if config.train.get("decay", "constant") != "constant":
+    cfg.fail("train.decay", "must be 'constant': the thresholds are those of a fixed lr.")
   cfg.positive(config, "theory.rtol")
   k_x, k_w, k_a = jax.random.split(jax.random.PRNGKey(config.task.seed), 3)
   x = jax.random.normal(k_x, (n, d))
@@ -124,9 +126,8 @@ def threshold(config) -> float:
 
 def theory(config, data, start, t) -> dict:
   """The threshold; for GD (smooth activations) the gradient flow from this
-  seed's init (float64):
-  its loss and sharpness (Lanczos with 2x the logged iterations) at the logged
-  times up to `theory.flow_time`, NaN after."""
+  seed's init (float64): its loss and sharpness (Lanczos with 2x the logged
+  iterations) at the logged times up to `theory.flow_time`, NaN after."""
   out = {"threshold": jnp.asarray(threshold(config))}
   if (config.train.get("optimizer", "sgd") != "sgd" or config.model.activation == "relu"
       or config.theory.flow_time == 0):

@@ -39,6 +39,9 @@ def setup(config) -> dict:
   cfg.integer(config, "task.seed", minimum=0)
   cfg.integer(config, "model.width")
   cfg.positive(config, "model.gamma0")
+  for field, fixed in (("optimizer", "sgd"), ("decay", "constant")):
+    if config.train.get(field, fixed) != fixed:
+      cfg.fail(f"train.{field}", f"must be {fixed!r}: the theory is the gradient flow.")
   k_x, k_b = jax.random.split(jax.random.PRNGKey(config.task.seed))
   x = jax.random.normal(k_x, (p, d))
   beta = jax.random.normal(k_b, (d,))

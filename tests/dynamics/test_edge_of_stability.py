@@ -69,7 +69,8 @@ def _adam_step(c, data, adam, params, state):
 
 @pytest.mark.parametrize("field, value", [
     ("task.loss", "hinge"), ("model.widths", (8, 0)), ("model.activation", "sigmoid"),
-    ("task.classes", 1), ("curvature.trace_samples", 1), ("theory.flow_time", -1.0)])
+    ("task.classes", 1), ("curvature.trace_samples", 1), ("theory.flow_time", -1.0),
+    ("train.decay", "cosine")])
 def test_bad_fields_are_named(field, value):
   assert_plan_refuses("edge_of_stability", field, value)
 

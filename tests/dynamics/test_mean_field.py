@@ -46,6 +46,8 @@ def test_finite_width_gap_falls_like_one_over_sqrt_width():
 
 
 @pytest.mark.parametrize("field, value", [("model.gamma0", 0.0), ("model.width", 0),
-                                          ("task.n", 0), ("task.d", 0)])
+                                          ("task.n", 0), ("task.d", 0),
+                                          ("train.optimizer", "adam"),
+                                          ("train.decay", "cosine")])
 def test_bad_fields_are_named(field, value):
   assert_plan_refuses("mean_field", field, value)
