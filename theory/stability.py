@@ -36,13 +36,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from theory import _checks
+from theory import _checks, _ode
 
 OPTIMIZERS = ("gd", "momentum", "nesterov")
 
@@ -164,11 +163,7 @@ def gradient_flow(loss_fn: Callable, params, t: ArrayLike, *args, rtol: float = 
   Returns:
     The parameters at `t`: a pytree like `params` with a leading `[L]` axis.
   """
-  _checks.check_finite_nonnegative("t", t)
-  _checks.check_ndim("t", t, (1,))
-  tc = _checks.concrete(t)
-  if tc is not None and (np.any(np.diff(tc) < 0)):
-    raise ValueError("`t` must be non-decreasing.")
+  _ode.check_times(t)
   for name, tol in (("rtol", rtol), ("atol", atol)):
     if not isinstance(tol, (int, float)) or not tol > 0:
       raise ValueError(f"`{name}` must be a positive number, got {tol!r}.")
@@ -177,10 +172,4 @@ def gradient_flow(loss_fn: Callable, params, t: ArrayLike, *args, rtol: float = 
   leaf = jax.tree_util.tree_leaves(params)[0]
   t = jnp.asarray(t, leaf.dtype)
   field = lambda _, p, a: jax.tree_util.tree_map(jnp.negative, jax.grad(loss_fn)(p, *a))
-  sol = diffrax.diffeqsolve(
-      diffrax.ODETerm(field), diffrax.Tsit5(), t0=jnp.zeros((), t.dtype), t1=t[-1], dt0=None,
-      y0=params, args=args, saveat=diffrax.SaveAt(ts=t),
-      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-      max_steps=max_steps, throw=False)
-  ok = sol.result == diffrax.RESULTS.successful
-  return jax.tree_util.tree_map(lambda y: jnp.where(ok, y, jnp.nan), sol.ys)
+  return _ode.solve(field, params, t, args, rtol=rtol, atol=atol, max_steps=max_steps)
