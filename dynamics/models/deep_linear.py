@@ -72,10 +72,38 @@ def init_aligned(key: jax.Array, sizes: list[int], u0: ArrayLike,
 
 
 def apply(params: Params, x: jax.Array) -> jax.Array:
-  """`f(x) = W_N ... W_1 x` for `x: [P, d_in]`, returns `[P, d_out]`."""
-  for w in params:
-    x = x @ w.T
-  return x
+  """`f(x) = W_N ... W_1 x` for `x: [P, d_in]`, returns `[P, d_out]`.
+
+  The product `x W_1^T ... W_N^T` is associated in the order of fewest
+  multiply-adds (the matrix-chain order, from the static shapes): layer by layer
+  when the samples are few, the weights' product first when `P` exceeds the
+  widths (`deep_linear_small`'s 64 samples through 8-16-8: 10,240 against 32,768
+  forward FLOPs), which also turns the products with the shared `x` into one GEMM
+  over all seeds under `vmap`. The same function, equal to rounding."""
+  return _chain([x] + [w.T for w in params])
+
+
+def _chain(mats: list) -> jax.Array:
+  """The product of `mats` in its matrix-chain order (dynamic programming over
+  the static shapes; ties keep the left-to-right order)."""
+  dims = [mats[0].shape[-2]] + [m.shape[-1] for m in mats]
+  n = len(mats)
+  cost = {(i, i): 0 for i in range(n)}
+  split = {}
+  for length in range(2, n + 1):
+    for i in range(n - length + 1):
+      j = i + length - 1
+      cost[i, j], split[i, j] = min(
+          (cost[i, k] + cost[k + 1, j] + dims[i] * dims[k + 1] * dims[j + 1], -k)
+          for k in range(i, j))
+      split[i, j] = -split[i, j]
+
+  def product(i, j):
+    if i == j:
+      return mats[i]
+    k = split[i, j]
+    return product(i, k) @ product(k + 1, j)
+  return product(0, n - 1)
 
 
 def statistics(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

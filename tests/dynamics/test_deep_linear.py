@@ -261,3 +261,28 @@ def test_saxe2014_modes_direction():
   t = [m["learning_time_measured"] for m in modes]
   assert t == sorted(t), t
   assert 4 < t[-1] / t[0] < 8, t
+
+
+@pytest.mark.parametrize("p, sizes, weights_first", [
+    (64, [8, 16, 8], True),         # deep_linear_small: 10,240 against 32,768 FLOPs
+    (256, [16, 32, 32, 16], True),  # deep_linear
+    (4, [16, 32, 32, 16], False),   # few samples: layer by layer is cheaper
+])
+def test_apply_associates_the_cheaper_way(p, sizes, weights_first):
+  """`apply` is `x W_1^T ... W_N^T` in either association: equal to the
+  layer-by-layer product to float64 rounding (1e-12 relative), and it forms the
+  weights' product first exactly when that costs fewer multiply-adds."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(0), (p, sizes[0]), np.float64)
+    ws = model.init_random(jax.random.PRNGKey(1), sizes, 1.0, np.float64)
+    layers = x
+    for w in ws:
+      layers = layers @ w.T
+    out = model.apply(ws, x)
+    np.testing.assert_allclose(out, layers, rtol=1e-12, atol=1e-12 * float(np.abs(layers).max()))
+    dots = [e for e in jax.make_jaxpr(model.apply)(ws, x).jaxpr.eqns
+            if e.primitive.name == "dot_general"]
+  # the first product computed is W_2 W_1 ([n_1, d_in] and [n_2, n_1] transposed)
+  # when the weights go first, x W_1^T otherwise
+  first = tuple(v.aval.shape for v in dots[0].invars)
+  assert (first[0][0] != p) == weights_first, first
