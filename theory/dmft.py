@@ -26,11 +26,38 @@ obeys `ds/df = 4 gamma0^2 f / s`, so `s = 2 sqrt(1 + gamma0^2 f^2)` and
 
     df/dt = 2 (1 - f) sqrt(1 + gamma0^2 f^2)
 
-(tests/theory/test_dmft.py checks the solver against it). Deeper networks and
-the nonlinear single-site process are not implemented here yet.
+(tests/theory/test_dmft.py checks the solver against it).
+
+Deeper networks (`depth` weight layers, hidden layers `l = 1 ... depth-1`):
+
+    h^1 = W^0 x / sqrt(D),   h^(l+1) = W^l h^l / sqrt(N),   f = w . h^(depth-1) / (gamma0 N),
+
+with `g^l = gamma0 N df/dh^l` (`g^(depth-1) = w`, `g^l = W^l^T g^(l+1) / sqrt(N)`;
+one vector per layer, the same for every input since the network is linear).
+Their kernel dynamics do not close in equal-time kernels: `W^l(0)` acts in the
+forward and the backward pass, and each unit's fields depend on the past. At
+infinite width each hidden layer is a single-site process (Bordelon & Pehlevan
+2022, written here for gradient descent at step `lr`, time steps `j < k`):
+
+    h^l(k) = u^l(k) + gamma0 sum_j [b^(l-1)(k, j) + lr (Delta(j)/P) . H^(l-1)(j, k)] g^l(j)
+    g^l(k) = r^l(k) + gamma0 sum_j [d^(l+1)(k, j) + lr G^(l+1)(j, k) Delta(j)/P] . h^l(j)
+
+with Gaussian sources `u^l ~ GP(0, H^(l-1))`, `r^l ~ GP(0, G^(l+1))` over `[P x
+steps]` and `[steps]` (`H^0 = K` and `G^depth = 1` are static), the two-time
+kernels `H^l(j, k) = <h^l(j) h^l(k)^T>`, `G^l(j, k) = <g^l(j) g^l(k)>`, and the
+responses `gamma0 b^l(k, j) = <dh^l(k)/dr^l(j)>`, `gamma0 d^l(k, j) =
+<dg^l(k)/du^l(j)>`, which carry `W^l(0)`'s action in both directions. The
+equations are strictly causal, so `deep_linear_gd` marches them step by step:
+each field is linear in the sources, its coefficients are the responses, and
+the kernels are their quadratic forms. `f(k) = <g^(depth-1)(k) h^(depth-1)(k)> /
+gamma0`. This is gradient descent at infinite width, exactly; `deep_linear_flow`
+extrapolates it to the flow. At depth 2 the responses vanish and the march
+agrees with the equal-time equations to O(lr) (tested).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -53,37 +80,46 @@ def _field(t, state, args):
 
 def deep_linear_flow(depth: int, gamma0: ArrayLike, x: ArrayLike, y: ArrayLike,
                      t: ArrayLike, *, init: dict | None = None, rtol: float = 1e-10,
-                     atol: float = 1e-12) -> dict:
-  """The kernel dynamics of the module docstring's network at richness
-  `gamma0`, at the times `t`, by diffrax's Tsit5 (adaptive).
+                     atol: float = 1e-12, steps: int = 100) -> dict:
+  """The infinite-width gradient flow of the module docstring's networks at
+  richness `gamma0`, at the times `t`.
+
+  Depth 2: the equal-time equations `(f, H, A)` by diffrax's Tsit5 (adaptive).
+  Depth >= 3: Richardson's extrapolation of `deep_linear_gd` (the two-time
+  DMFT) at the steps `dt = max(t) / steps` and `dt / 2`, linearly interpolated
+  to `t`; its error is O(dt^2) (measured in tests/theory/test_dmft.py).
 
   Args:
-    depth: weight layers; 2 (one hidden layer) is implemented.
+    depth: weight layers, >= 2 (2: one hidden layer).
     gamma0: the richness (>= 0; 0 is the NTK limit). Traceable: vmap over it.
     x: `[P, D]` inputs (the first layer divides by sqrt(D)). y: `[P]` targets.
     t: `[L]` non-decreasing times from 0 (`lr x steps`, docs/conventions.md).
     init: the state at t = 0, `{"f": [P], "H": [P, P], "A": []}` (a finite
       network's own); default the infinite-width one, `f = 0, H = K, A = 1`.
-    rtol, atol: the step-size controller's tolerances.
+      Depth 2 only.
+    rtol, atol: the step-size controller's tolerances (depth 2).
+    steps: the coarse grid's steps over `[0, max(t)]` (depth >= 3; the cost
+      grows as `steps^3`).
 
   Returns:
-    `{"f": [L, P], "H": [L, P, P], "A": [L], "ntk": [L, P, P]}`: the outputs on
-    the training points, the hidden features' kernel `h h^T / N`, the readout's
-    `|a|^2 / N` and the NTK `H + A K`. NaN where the solver failed (past 1e6
-    steps), never a stand-in.
+    `{"f": [L, P], "H_layers": [L, depth-1, P, P], "G_layers": [L, depth-1],
+    "ntk": [L, P, P]}`: the outputs on the training points, each hidden layer's
+    features kernel `h h^T / N` and gradient kernel `g . g / N` (the last is the
+    readout's `|w|^2 / N`), the NTK. Depth 2 also returns `"H"` and `"A"`, its one
+    layer's kernels. NaN where the adaptive solver failed (past 1e6 steps),
+    never a stand-in.
   """
-  if depth != 2:
-    raise ValueError(f"`depth` must be 2 (one hidden layer); deeper networks are not "
-                     f"implemented yet, got {depth!r}.")
+  if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 2:
+    raise ValueError(f"`depth` must be an int >= 2 (weight layers), got {depth!r}.")
   _checks.check_finite_nonnegative("gamma0", gamma0)
-  _checks.check_finite("x", x)
-  _checks.check_ndim("x", x, (2,))
-  _checks.check_finite("y", y)
-  _checks.check_ndim("y", y, (1,))
-  if np.shape(y)[0] != np.shape(x)[0]:
-    raise ValueError(f"`y` must have one target per row of `x` ({np.shape(x)[0]}), "
-                     f"got {np.shape(y)[0]}.")
+  _check_data(x, y)
   _ode.check_times(t)
+  if depth > 2:
+    if init is not None:
+      raise ValueError("`init` is for depth 2 only: deeper networks' kernel dynamics do "
+                       "not close in equal-time kernels (start from infinite width).")
+    steps = _checks.check_int("steps", steps)
+    return _flow_by_steps(int(depth), gamma0, x, y, t, steps)
   dtype = jnp.result_type(float)
   x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
   k = x @ x.T / x.shape[1]
@@ -102,7 +138,149 @@ def deep_linear_flow(depth: int, gamma0: ArrayLike, x: ArrayLike, y: ArrayLike,
   t = jnp.asarray(t, dtype)
   g2 = jnp.asarray(gamma0, dtype) ** 2
   out = _ode.solve(_field, init, t, (k, y, g2), rtol=rtol, atol=atol)
-  return {**out, "ntk": out["H"] + out["A"][:, None, None] * k}
+  return {**out, "ntk": out["H"] + out["A"][:, None, None] * k,
+          "H_layers": out["H"][:, None], "G_layers": out["A"][:, None]}
+
+
+def _flow_by_steps(depth, gamma0, x, y, t, steps):
+  """The flow as Richardson's extrapolation `2 F(dt/2) - F(dt)` of infinite-width
+  gradient descent (`deep_linear_gd`, first order in its step) on `steps` steps of
+  `dt = max(t) / steps`, interpolated linearly to `t`: error O(dt^2)."""
+  dtype = jnp.result_type(float)
+  x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+  t = jnp.asarray(t, dtype)
+  t_max = jnp.maximum(t[-1], jnp.finfo(dtype).tiny)
+  g = jnp.asarray(gamma0, dtype)
+  coarse = _march(depth, g, x, y, t_max / steps, steps)
+  fine = _march(depth, g, x, y, t_max / (2 * steps), 2 * steps)
+  grid = jnp.linspace(0.0, t_max, steps + 1)
+  interp = jax.vmap(lambda column: jnp.interp(t, grid, column), in_axes=1, out_axes=1)
+  out = {}
+  for name in coarse:
+    v = 2 * fine[name][::2] - coarse[name]
+    out[name] = interp(v.reshape(steps + 1, -1)).reshape((t.shape[0],) + v.shape[1:])
+  return out
+
+
+def _check_data(x, y):
+  _checks.check_finite("x", x)
+  _checks.check_ndim("x", x, (2,))
+  _checks.check_finite("y", y)
+  _checks.check_ndim("y", y, (1,))
+  if np.shape(y)[0] != np.shape(x)[0]:
+    raise ValueError(f"`y` must have one target per row of `x` ({np.shape(x)[0]}), "
+                     f"got {np.shape(y)[0]}.")
+
+
+def deep_linear_gd(depth: int, gamma0: ArrayLike, x: ArrayLike, y: ArrayLike,
+                   lr: ArrayLike, steps: int) -> dict:
+  """Infinite-width gradient descent of the deep linear mean-field network at
+  step `lr`, exactly: the discrete-time DMFT (the module docstring's second
+  part) marched step by step, every layer's two-time kernels and responses.
+
+  The network has `depth` weight layers (`depth - 1` hidden layers of width N):
+
+      h^1 = W^0 x / sqrt(D),  h^(l+1) = W^l h^l / sqrt(N),  f = w . h^(depth-1) / (gamma0 N),
+
+  all weights N(0, 1), trained by the step `gamma0^2 N lr` on `L = 1/(2P) sum (f -
+  y)^2` (docs/conventions.md, t = lr x steps). A network of width N trained so
+  differs from this by O(1/sqrt(N)) per seed and O(1/N) for the mean over seeds,
+  with no O(lr) term: both take the same discrete steps.
+
+  Args:
+    depth: weight layers, >= 2.
+    gamma0: richness, >= 0 (0: the NTK limit, static kernels). Traceable.
+    x: `[P, D]` inputs. y: `[P]` targets.
+    lr: the step, > 0. Traceable.
+    steps: the number of steps, >= 1 (a static int: the memory is
+      `O(depth (P (steps + 1))^2)` and the time `O(depth P^3 steps^3)`).
+
+  Returns:
+    `{"f": [steps+1, P], "H_layers": [steps+1, depth-1, P, P],
+    "G_layers": [steps+1, depth-1], "ntk": [steps+1, P, P]}`: the outputs, each
+    hidden layer's features kernel `h^l h^l^T / N` and gradient kernel
+    `g^l . g^l / N` (`g^l = gamma0 N df/dh^l`; the last is `|w|^2 / N`), and the
+    NTK `sum_l G^l H^(l-1) + H^(depth-1)` with `H^0 = K = x x^T / D`, at every step.
+  """
+  if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 2:
+    raise ValueError(f"`depth` must be an int >= 2 (weight layers), got {depth!r}.")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    raise ValueError(f"`steps` must be an int >= 1, got {steps!r}.")
+  _checks.check_finite_nonnegative("gamma0", gamma0)
+  _checks.check_positive("lr", lr)
+  _check_data(x, y)
+  dtype = jnp.result_type(float)
+  x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+  return _march(int(depth), jnp.asarray(gamma0, dtype), x, y, jnp.asarray(lr, dtype),
+                int(steps))
+
+
+@functools.partial(jax.jit, static_argnames=("depth", "steps"))
+def _march(depth, gamma0, x, y, lr, steps):
+  p, n_t = y.shape[0], steps + 1
+  tp, dtype, g2 = n_t * p, x.dtype, gamma0**2
+  k_in = x @ x.T / x.shape[1]
+  h_in = jnp.tile(k_in, (n_t, n_t))           # u^1 is static: H^0(s, t) = K
+  g_out = jnp.ones((n_t, n_t), dtype)         # w(0) is static: G^depth(s, t) = 1
+  layers = depth - 1
+  zeros = lambda *shape: jnp.zeros(shape, dtype)
+  state = {"A": zeros(layers, tp, tp), "b": zeros(layers, tp, n_t), "C": zeros(layers, n_t, n_t),
+           "d": zeros(layers, n_t, tp), "H": zeros(layers, tp, tp), "G": zeros(layers, n_t, n_t),
+           "f": zeros(n_t, p)}
+  eye_p = jnp.eye(p, dtype=dtype)
+
+  def step(k, s):
+    s = dict(s)
+    A, b, C, d, H, G = (list(s[n]) for n in "AbCdHG")
+    before = (jnp.arange(n_t) < k).astype(dtype)                  # j < k
+    delta = (y - s["f"]) * before[:, None] / p                    # Delta_nu(j) / P, j < k
+    e_u = jax.lax.dynamic_update_slice(zeros(p, tp), eye_p, (0, k * p))
+    e_r = jax.nn.one_hot(k, n_t, dtype=dtype)
+    below_h = lambda i: H[i - 1] if i else h_in
+    above_g = lambda i: G[i + 1] if i < layers - 1 else g_out
+    rows_a = [None] * layers
+    # bottom-up: h^l(k) = u(k) + gamma0 sum_{j<k} m_a(k, j) g^l(j)
+    for i in range(layers):
+      hb = below_h(i)
+      col = jax.lax.dynamic_slice(hb, (0, k * p), (tp, p)).reshape(n_t, p, p)
+      m_a = lr * jnp.einsum("jn,jnm->mj", delta, col)             # [P, T]
+      if i:
+        m_a = m_a + jax.lax.dynamic_slice(b[i - 1], (k * p, 0), (p, n_t)) * before
+      a_row = e_u + g2 * m_a @ d[i]
+      b_row = m_a @ C[i]
+      A[i] = jax.lax.dynamic_update_slice(A[i], a_row, (k * p, 0))
+      b[i] = jax.lax.dynamic_update_slice(b[i], b_row, (k * p, 0))
+      h_col = A[i] @ (hb @ a_row.T) + g2 * b[i] @ (above_g(i) @ b_row.T)
+      H[i] = jax.lax.dynamic_update_slice(H[i], h_col, (0, k * p))
+      H[i] = jax.lax.dynamic_update_slice(H[i], h_col.T, (k * p, 0))
+      rows_a[i] = (a_row, b_row)
+    # top-down: g^l(k) = r(k) + gamma0 sum_{j<k} m_b(k, j) . h^l(j)
+    for i in reversed(range(layers)):
+      ga, hb = above_g(i), below_h(i)
+      m_b = (lr * ga[:, k, None] * delta).reshape(tp)
+      if i < layers - 1:
+        m_b = m_b + jax.lax.dynamic_slice(d[i + 1], (k, 0), (1, tp))[0] * jnp.repeat(before, p)
+      c_row = e_r + g2 * m_b @ b[i]
+      d_row = m_b @ A[i]
+      C[i] = jax.lax.dynamic_update_slice(C[i], c_row[None], (k, 0))
+      d[i] = jax.lax.dynamic_update_slice(d[i], d_row[None], (k, 0))
+      ga_c, hb_d = ga @ c_row, hb @ d_row
+      g_col = C[i] @ ga_c + g2 * d[i] @ hb_d
+      G[i] = G[i].at[:, k].set(g_col).at[k, :].set(g_col)
+      if i == layers - 1:    # f(k) = <g h(k)> / gamma0 at the last hidden layer
+        a_row, b_row = rows_a[i]
+        s["f"] = s["f"].at[k].set(b_row @ ga_c + a_row @ hb_d)
+    for n, v in zip("AbCdHG", (A, b, C, d, H, G)):
+      s[n] = jnp.stack(v)
+    return s
+
+  state = jax.lax.fori_loop(0, n_t, step, state)
+  idx = jnp.arange(n_t)
+  h_eq = state["H"].reshape(layers, n_t, p, n_t, p)[:, idx, :, idx, :]     # [T, layers, P, P]
+  g_eq = state["G"][:, idx, idx].T                                          # [T, layers]
+  below = jnp.concatenate([jnp.broadcast_to(k_in, (n_t, 1, p, p)), h_eq[:, :-1]], 1)
+  ntk = jnp.einsum("tl,tlpq->tpq", g_eq, below) + h_eq[:, -1]
+  return {"f": state["f"], "H_layers": h_eq, "G_layers": g_eq, "ntk": ntk}
 
 
 def single_point_time(f: ArrayLike, gamma0: ArrayLike) -> jax.Array:
