@@ -27,7 +27,7 @@ def get_config(arg=None):
   config.output_dir = "runs/mean_field"
 
   config.task = ml_collections.ConfigDict({"seed": 0, "n": 8, "d": 16})
-  config.model = ml_collections.ConfigDict({"width": 1024, "gamma0": 1.0})
+  config.model = ml_collections.ConfigDict({"width": 1024, "gamma0": 1.0, "depth": 2})
   config.train = ml_collections.ConfigDict({"lr": 0.025, "num_steps": 400, "log_every": 10})
 
   config.sweep = ml_collections.ConfigDict()
