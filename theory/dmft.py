@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import functools
 
+import diffrax
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -301,3 +303,104 @@ def single_point_time(f: ArrayLike, gamma0: ArrayLike) -> jax.Array:
     root = jnp.sqrt(1 + g**2 * (1 - v) ** 2)
     return -jnp.log((2 * c**2 - 2 * g**2 * v + 2 * c * root) / v) / c
   return (primitive(jnp.ones_like(f)) - primitive(1 - f)) / 2
+
+
+_ACTIVATIONS = {
+    "relu": (jax.nn.relu, lambda h: (h > 0).astype(h.dtype)),
+    "tanh": (jnp.tanh, lambda h: 1 - jnp.tanh(h) ** 2),
+    "erf": (jax.scipy.special.erf, lambda h: 2 / np.sqrt(np.pi) * jnp.exp(-h * h)),
+    "linear": (lambda h: h, jnp.ones_like),
+}
+
+
+def _two_layer_field(t, state, args):
+  """The single-site drift: each sampled unit's fields `h: [P]` and readout `a`,
+  and the output `f` driven by the sample NTK."""
+  k, y, gamma0, act = args
+  phi, dphi = _ACTIVATIONS[act]
+  h, a, f = state["h"], state["a"], state["f"]
+  p, m = y.shape[0], a.shape[0]
+  delta = (y - f) / p
+  v, dv = phi(h), dphi(h)                                        # [M, P]
+  ntk = (v.T @ v + (dv * (a * a)[:, None]).T @ dv * k) / m
+  return {"f": ntk @ delta,
+          "a": gamma0 * v @ delta,
+          "h": gamma0 * a[:, None] * (dv * delta) @ k}
+
+
+def single_site_flow(activation: str, gamma0: ArrayLike, x: ArrayLike, y: ArrayLike,
+                   t: ArrayLike, *, key: jax.Array | None = None, samples: int = 16384,
+                   steps: int = 400, init: dict | None = None) -> dict:
+  """The infinite-width gradient flow of the two-layer mean-field network
+
+      h = W x / sqrt(D),    f = a . phi(h) / (gamma0 N),    W_ij, a_i ~ N(0, 1),
+
+  trained by `dtheta/dt = -gamma0^2 N grad L` (docs/conventions.md), by sampling
+  its single-site process: at infinite width every unit's fields `h_i: [P]` and
+  readout `a_i` follow, independently given the residual `Delta = y - f`,
+
+      dh/dt = gamma0 a (phi'(h) * Delta / P) K,    da/dt = gamma0 phi(h) . Delta / P,
+
+  from `h(0) ~ N(0, K)`, `a(0) ~ N(0, 1)` (`K = x x^T / D`), and the output from
+  `f(0) = 0` by `df/dt = NTK Delta / P` with `NTK = <phi(h) phi(h)^T> + <a^2
+  phi'(h) phi'(h)^T> * K`. The averages are over `samples` units drawn from `key`,
+  the residual deterministic: the error is Monte Carlo's, O(1/sqrt(samples)) (at
+  `gamma0 = 0` the NTK is static and equals `theory.ntk.mlp_kernel(2, activation)`'s
+  up to that error). A fixed-step Tsit5 on `steps` steps over `[0, max(t)]`, since
+  relu's drift is discontinuous in each unit's field.
+
+  Args:
+    activation: `'relu'`, `'tanh'`, `'erf'` or `'linear'`.
+    gamma0: richness, >= 0. Traceable. x: `[P, D]`. y: `[P]`.
+    t: `[L]` non-decreasing times from 0 (`lr x steps`).
+    key: draws the units (required unless `init`). samples: their number.
+    steps: the solver's steps.
+    init: a finite network's own units, `{"h": [N, P], "a": [N], "f": [P]}`
+      (`h = W x / sqrt(D)`): the same equations are then that network's flow
+      exactly, at its width.
+
+  Returns:
+    `{"f": [L, P], "ntk": [L, P, P], "Phi": [L, P, P], "G": [L, P, P]}`: the
+    outputs, the NTK, the features' kernel `<phi(h) phi(h)^T>` and the gradients'
+    `<a^2 phi'(h) phi'(h)^T>`.
+  """
+  if activation not in _ACTIVATIONS:
+    raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
+  _checks.check_finite_nonnegative("gamma0", gamma0)
+  _check_data(x, y)
+  _ode.check_times(t)
+  steps = _checks.check_int("steps", steps)
+  dtype = jnp.result_type(float)
+  x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+  p = y.shape[0]
+  k = x @ x.T / x.shape[1]
+  if init is None:
+    samples = _checks.check_int("samples", samples)
+    if key is None:
+      raise ValueError("`key` is required to draw the units (or pass `init`).")
+    lam, q = jnp.linalg.eigh(k)
+    root = q * jnp.sqrt(jnp.maximum(lam, 0.0))                   # K = root root^T
+    k_h, k_a = jax.random.split(key)
+    init = {"h": jax.random.normal(k_h, (samples, p), dtype) @ root.T,
+            "a": jax.random.normal(k_a, (samples,), dtype), "f": jnp.zeros(p, dtype)}
+  else:
+    if not isinstance(init, dict) or set(init) != {"h", "a", "f"}:
+      raise ValueError(f"`init` must be a dict with keys ['a', 'f', 'h'], got {init!r}.")
+    n = np.shape(init["a"])[0] if np.ndim(init["a"]) == 1 else -1
+    for name, shape in (("h", (n, p)), ("a", (n,)), ("f", (p,))):
+      if np.shape(init[name]) != shape:
+        raise ValueError(f"`init['{name}']` must have shape {shape}, got {np.shape(init[name])}.")
+    init = {n_: jnp.asarray(v, dtype) for n_, v in init.items()}
+  t = jnp.asarray(t, dtype)
+  g = jnp.asarray(gamma0, dtype)
+  sol = diffrax.diffeqsolve(
+      diffrax.ODETerm(_two_layer_field), diffrax.Tsit5(), t0=jnp.zeros((), dtype), t1=t[-1],
+      dt0=jnp.maximum(t[-1], jnp.finfo(dtype).tiny) / steps, y0=init,
+      args=(k, y, g, activation), saveat=diffrax.SaveAt(ts=t),
+      stepsize_controller=diffrax.ConstantStepSize(), max_steps=steps + 1)
+  phi, dphi = _ACTIVATIONS[activation]
+  v, dv = phi(sol.ys["h"]), dphi(sol.ys["h"])                    # [L, M, P]
+  m = sol.ys["a"].shape[1]
+  feats = jnp.einsum("lmp,lmq->lpq", v, v) / m
+  grads = jnp.einsum("lmp,lm,lmq->lpq", dv, sol.ys["a"] ** 2, dv) / m
+  return {"f": sol.ys["f"], "ntk": feats + grads * k, "Phi": feats, "G": grads}

@@ -108,6 +108,9 @@ CASES = {
                          [0.0, 1.5]),
     "deep_linear_gd": (lambda v: dmft.deep_linear_gd(3, v, X[:3], Y[:3], 0.1, 4)["f"],
                        [0.0, 1.5]),
+    "single_site_flow": (lambda v: dmft.single_site_flow(
+        "tanh", v, X[:3], Y[:3], jnp.array([0.0, 0.5]), key=jax.random.PRNGKey(0),
+        samples=64, steps=20)["f"], [0.0, 1.5]),
     "single_point_time": (lambda v: dmft.single_point_time(jnp.array([0.2, 0.9]), v),
                           [0.0, 2.0]),
     "stability.gradient_flow": (lambda v: stability.gradient_flow(
