@@ -27,11 +27,12 @@ def get_config(arg=None):
   config.output_dir = "runs/mean_field"
 
   config.task = ml_collections.ConfigDict({"seed": 0, "n": 8, "d": 16})
-  config.model = ml_collections.ConfigDict({"width": 1024, "gamma0": 1.0, "depth": 2})
+  config.model = ml_collections.ConfigDict({"width": 1024, "gamma0": 1.0, "depth": 2,
+                                           "activation": "linear", "samples": 16384})
   config.train = ml_collections.ConfigDict({"lr": 0.025, "num_steps": 400, "log_every": 10})
 
   config.sweep = ml_collections.ConfigDict()
   config.sweep.model = ml_collections.ConfigDict({"width": (64, 256, 1024, 4096),
                                                  "gamma0": (0.25, 1.0, 2.0, 4.0)})
-  return smoke(arg, config, num_seeds=4, train__num_steps=40, train__log_every=10,
+  return smoke(arg, config, num_seeds=4, train__num_steps=40, train__log_every=10, model__samples=2048,
                sweep__model__width=(64, 256), sweep__model__gamma0=(1.0, 4.0))

@@ -53,6 +53,11 @@ the kernels are their quadratic forms. `f(k) = <g^(depth-1)(k) h^(depth-1)(k)> /
 gamma0`. This is gradient descent at infinite width, exactly; `deep_linear_flow`
 extrapolates it to the flow. At depth 2 the responses vanish and the march
 agrees with the equal-time equations to O(lr) (tested).
+
+Two-layer nonlinear networks `f = a . phi(W x / sqrt(D)) / (gamma0 N)`: every unit
+is independent given the residual, so the single-site process is one unit's
+ODE (`single_site_flow`), solved by sampling many units with the deterministic
+residual driven by their average NTK.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ linear teacher's targets `y = x . beta / sqrt(d)`, `|beta|^2 = d`. The model,
 
     h^1 = W x / sqrt(d),   h^(l+1) = V_l h^l / sqrt(N),   f(x) = a . h^(depth-1) / (gamma0 N),
 
+or, with `model.activation` relu, tanh or erf (depth 2), `f(x) = a . phi(h^1) / (gamma0 N)`.
+
 trained by full-batch gradient descent on `gamma0^2 N L`, `L = 1/(2P) sum (f -
 y)^2`: the step `gamma0^2 N lr` on every parameter, so that time is `t = lr x
 steps` (docs/conventions.md). Logged: the loss `L`, the outputs `f` on the
@@ -21,7 +23,10 @@ df/dh^l`).
 1`) and `f_own`, the same equations from the seed's own `(f, H, A)` at step 0,
 exact at every width, so that its gap is gradient descent's O(lr) alone. At
 depth >= 3, `theory.dmft.deep_linear_gd`: infinite-width gradient descent at the
-run's own lr and steps, so that the gap is the finite width's alone.
+run's own lr and steps, so that the gap is the finite width's alone. With an
+activation, `theory.dmft.single_site_flow` on `model.samples` units drawn once
+per task, logged as the features' kernel `Phi = phi(h) phi(h)^T / N` and the
+gradients' `G = (a^2 phi'(h)) phi'(h)^T / N`.
 `report` measures per point the finite-width gap `max_t |f_N - f_inf|` per
 seed (RMS over seeds) and of the seed mean, and draws the loss and the
 alignment against t per gamma0 and the gaps against width with their slopes.
@@ -44,6 +49,13 @@ def setup(config) -> dict:
   cfg.integer(config, "model.width")
   cfg.integer(config, "model.depth", minimum=2)
   cfg.positive(config, "model.gamma0")
+  if _act(config) not in ("linear", "relu", "tanh", "erf"):
+    cfg.fail("model.activation", "must be 'linear', 'relu', 'tanh' or 'erf'.")
+  if _act(config) != "linear":
+    cfg.integer(config, "model.samples")
+    if _depth(config) != 2:
+      cfg.fail("model.activation", "a nonlinear network must have model.depth 2: the "
+               "single-site process is the two-layer network's.")
   for field, fixed in (("optimizer", "sgd"), ("decay", "constant")):
     if config.train.get(field, fixed) != fixed:
       cfg.fail(f"train.{field}", f"must be {fixed!r}: the theory is the gradient flow.")
@@ -56,6 +68,10 @@ def setup(config) -> dict:
 
 def _depth(config) -> int:
   return int(config.model.get("depth", 2))
+
+
+def _act(config) -> str:
+  return config.model.get("activation", "linear")
 
 
 def init(config, key, data) -> dict:
@@ -80,7 +96,8 @@ def _hidden(params, x):
 
 
 def _out(config, params, x):
-  return _hidden(params, x) @ params["a"] / (config.model.gamma0 * params["a"].shape[0])
+  phi = dmft._ACTIVATIONS[_act(config)][0]
+  return phi(_hidden(params, x)) @ params["a"] / (config.model.gamma0 * params["a"].shape[0])
 
 
 def loss(config, state, data, key):
@@ -94,6 +111,13 @@ def observe(config, state, data) -> dict:
   params, x, y = state["params"], data["x"], data["y"]
   n = params["a"].shape[0]
   f = _out(config, params, x)
+  if _act(config) != "linear":   # the features' and the gradients' kernels, [P, P] each
+    phi, dphi = dmft._ACTIVATIONS[_act(config)]
+    h = _hidden(params, x)
+    feats, grads = phi(h) @ phi(h).T / n, (dphi(h) * params["a"] ** 2) @ dphi(h).T / n
+    ntk = feats + grads * (x @ x.T / x.shape[1])
+    return {"loss": 0.5 * jnp.mean((f - y) ** 2), "f": f, "Phi": feats, "G": grads,
+            "alignment": metrics.kernel_alignment(ntk, y)}
   if _depth(config) == 2:
     h = _hidden(params, x)
     big_h, a = h @ h.T / n, params["a"] @ params["a"] / n
@@ -118,6 +142,19 @@ def theory(config, data, start, t) -> dict:
   from this seed's own step-0 `(f, H, A)`; deeper, gradient descent at the run's
   lr (`theory.dmft.deep_linear_gd`) at the logged steps."""
   x, y, g = data["x"], data["y"], config.model.gamma0
+  if _act(config) != "linear":  # sampled units, the same draw at every point of the task
+    # solved once on the logged steps' grid (not on each seed's `t`, which would
+    # batch the whole solve over the seeds), then read at `t`
+    steps, every = int(config.train.num_steps), int(config.train.log_every)
+    grid = config.train.lr * jnp.asarray(sorted(set(range(0, steps + 1, every)) | {steps}),
+                                         t.dtype)
+    out = dmft.single_site_flow(_act(config), g, x, y, grid,
+                                key=jax.random.PRNGKey(config.task.seed + 1),
+                                samples=int(config.model.samples), steps=steps)
+    out = {n: v[jnp.argmin(jnp.abs(grid[:, None] - t[None]), axis=0)] for n, v in out.items()}
+    return {"f": out["f"], "Phi": out["Phi"], "G": out["G"],
+            "loss": 0.5 * jnp.mean((out["f"] - y) ** 2, -1),
+            "alignment": metrics.kernel_alignment(out["ntk"], y)}
   if _depth(config) > 2:
     lr = config.train.lr
     out = dmft.deep_linear_gd(_depth(config), g, x, y, lr, int(config.train.num_steps))
