@@ -185,11 +185,13 @@ def _deep_task():
 @pytest.mark.parametrize("depth", [2, 3, 4])
 def test_gd_march_at_gamma0_zero_is_lazy_gradient_descent(depth):
   """gamma0 = 0: the kernels stay at init, every layer's `H = K`, `G = 1`, the NTK
-  is `depth K`, and `f(k+1) = f(k) + lr depth K (y - f(k)) / P` in closed form:
-  equal to float64 rounding (1e-12)."""
+  is `depth K` (`theory.ntk.mlp_kernel(depth, 'linear')`'s, checked), and `f(k+1)
+  = f(k) + lr depth K (y - f(k)) / P` in closed form: equal to float64 rounding
+  (1e-12)."""
   with jax.enable_x64(True):
     x, y = _deep_task()
     k = x @ x.T / x.shape[1]
+    np.testing.assert_allclose(ntk.mlp_kernel(depth, "linear")(x)["ntk"], depth * k, atol=1e-12)
     out = dmft.deep_linear_gd(depth, 0.0, x, y, 0.05, 30)
     f, want = np.zeros(4), [np.zeros(4)]
     for _ in range(30):
