@@ -183,3 +183,34 @@ def grid(results, path: str, title: str | None = None) -> None:
     ax.legend(fontsize=7)
   save(fig, path, title or (f"first 10 of {len(results)} grid points" if len(results) > 10
                             else None))
+
+
+def ridge_minima(groups: dict):
+  """The test error against the ridge, one line per group, with the theory's
+  minimum on a fine grid (dotted) and the measured one (`v`,
+  `metrics.log_parabola_min` over the swept ridges). `groups`: name -> (ridges,
+  measured, standard errors, `theory(ridges) -> test error`); groups of fewer
+  than three positive ridges are left out. Returns `(figure, {name:
+  {"predicted", "measured", "measured_on_grid"}})`, or `(None, None)`."""
+  from dynamics import metrics
+  groups = {k: v for k, v in groups.items() if len(v[0]) >= 3}
+  if not groups:
+    return None, None
+  fig, (ax,) = figure(1, size=(6.4, 4.6))
+  optimal = {}
+  for j, (name, (ridges, measured, se, theory)) in enumerate(groups.items()):
+    order = np.argsort(ridges)
+    ridges, measured = np.asarray(ridges)[order], np.asarray(measured)[order]
+    dense = np.geomspace(ridges.min() / 3, ridges.max() * 3, 400)
+    curve, best, col = theory(dense), metrics.log_parabola_min(ridges, measured), f"C{j % 10}"
+    optimal[name] = {"predicted": float(dense[np.argmin(curve)]), "measured": best,
+                     "measured_on_grid": float(ridges[np.argmin(measured)])}
+    ax.plot(dense, curve, "-", color=col, label=f"{name}: test_error")
+    ax.errorbar(ridges, measured, np.asarray(se)[order], fmt="o", ms=4, color=col)
+    ax.axvline(optimal[name]["predicted"], color=col, ls=":", lw=1)
+    ax.plot(best, measured.min(), "v", color=col, ms=9, mfc="none")
+  ax.set(xscale="log", yscale="log", xlabel="ridge", ylabel="test error (excess + noise)",
+         title="kernel regression (o), test_error (-);\noptimal ridge predicted (dotted), "
+         "measured (v)")
+  ax.legend(fontsize=7)
+  return fig, optimal

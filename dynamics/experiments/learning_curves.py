@@ -20,6 +20,8 @@ where the network leaves its infinite-width descent (docs/learning_curves.md).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,20 +55,7 @@ def setup(config) -> dict:
     cfg.nonnegative(config, field)
   cfg.integer(config, "model.depth", minimum=2), cfg.integer(config, "task.seed", minimum=0)
   cfg.one_of(config, "model.activation", ntk.ACTIVATIONS)
-  d = cfg.integer(config, "task.d", minimum=2)
-  degrees = cfg.get(config, "task.degrees")
-  degrees = tuple(degrees) if isinstance(degrees, (tuple, list)) else (degrees,)
-  powers = cfg.numbers(config, "task.powers", minimum=0.0)
-  if not degrees or len(set(degrees)) != len(degrees) or any(
-      not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in degrees):
-    cfg.fail("task.degrees", f"must be distinct non-negative integers, got {degrees!r}.")
-  if len(powers) != len(degrees):
-    cfg.fail("task.powers", f"must give one power per degree of task.degrees "
-             f"({len(degrees)}), got {len(powers)}.")
-  top = cfg.integer(config, "task.max_degree", minimum=0)
-  if top < _modes(config):
-    cfg.fail("task.max_degree", f"must reach the reported degrees (max(task.degrees) + 2 = "
-             f"{_modes(config)}), got {top}.")
+  d, degrees, powers, top = sh.check_target(config, reported=2)
   for field, only in (("optimizer", "sgd"), ("decay", "constant")):  # the linearisation's
     if field in config.train:
       cfg.one_of(config, f"train.{field}", (only,))
@@ -235,41 +224,16 @@ def report(config, results) -> dict:
     ax.legend(fontsize=7)
   out = {"points": rows, "figure": fig, "network_leaves_at_n": leaves,
          "figures": {"modes": fig_m} if panels else {}}
-  ridge_fig, optimal = _ridge_figure(done)
-  if ridge_fig is not None:
-    out["figures"]["ridge"], out["optimal_ridge"] = ridge_fig, optimal
-  return out
-
-
-def _ridge_figure(done):
-  """At each `n` with three or more positive ridges: the test error against
-  the ridge, the theory's minimum on a fine grid and kernel regression's
-  (`metrics.log_parabola_min` over the swept ridges)."""
-  groups = {}
+  groups = {}  # the optimal ridge where three or more positive ridges share an n
   for r, x in done:
     if x["ridge"] > 0:
       groups.setdefault(_key(x) + (x["n"],), []).append((r, x))
-  groups = {k: sorted(v, key=lambda p: p[1]["ridge"]) for k, v in groups.items() if len(v) >= 3}
-  if not groups:
-    return None, None
-  fig, (ax,) = plots.figure(1, size=(6.4, 4.6))
-  optimal = {}
-  for j, (key, pts) in enumerate(sorted(groups.items())):
-    ridges = np.array([x["ridge"] for _, x in pts])
-    measured = np.array([x["krr_excess"] + x["noise"] for _, x in pts])
-    dense = np.geomspace(ridges.min() / 3, ridges.max() * 3, 400)
-    theory = _curve(pts[0][0], key[3], dense)["test"]
-    best = metrics.log_parabola_min(ridges, measured)
-    name, col = f"d_{key[0]}_noise_{key[1]:g}_n_{key[3]}", f"C{j % 10}"
-    optimal[name] = {"predicted": float(dense[np.argmin(theory)]), "measured": best,
-                     "measured_on_grid": float(ridges[np.argmin(measured)])}
-    ax.plot(dense, theory, "-", color=col, label=f"n {key[3]}, d {key[0]}: test_error")
-    ax.errorbar(ridges, measured, [x["krr_excess_se"] for _, x in pts], fmt="o", ms=4,
-                color=col)
-    ax.axvline(optimal[name]["predicted"], color=col, ls=":", lw=1)
-    ax.plot(best, measured.min(), "v", color=col, ms=9, mfc="none")
-  ax.set(xscale="log", yscale="log", xlabel="ridge", ylabel="test error (excess + noise)",
-         title="kernel regression (o), test_error (-);\noptimal ridge predicted (dotted), "
-         "measured (v)")
-  ax.legend(fontsize=7)
-  return fig, optimal
+  ridge_fig, optimal = plots.ridge_minima(
+      {f"d_{k[0]}_noise_{k[1]:g}_n_{k[3]}": (
+          [x["ridge"] for _, x in v], [x["krr_excess"] + x["noise"] for _, x in v],
+          [x["krr_excess_se"] for _, x in v], functools.partial(
+              lambda r, n, ridge: _curve(r, n, ridge)["test"], v[0][0], k[3]))
+       for k, v in sorted(groups.items())})
+  if ridge_fig is not None:
+    out["figures"]["ridge"], out["optimal_ridge"] = ridge_fig, optimal
+  return out

@@ -90,3 +90,26 @@ def ntk_spectrum(depth: int, activation: str, w_std: float, b_std: float, d: int
     if isinstance(v, np.ndarray):
       v.setflags(write=False)
   return sp
+
+
+def check_target(config, reported: int = 0) -> tuple:
+  """The config fields of a target on the sphere, each refused by name:
+  `task.d` (>= 2), `task.degrees` (distinct non-negative integers), `task.powers`
+  (one non-negative power per degree) and `task.max_degree` (reaching
+  `max(task.degrees) + reported`). Returns `(d, degrees, powers, max_degree)`."""
+  from dynamics import config as cfg
+  d = cfg.integer(config, "task.d", minimum=2)
+  degrees = cfg.get(config, "task.degrees")
+  degrees = tuple(degrees) if isinstance(degrees, (tuple, list)) else (degrees,)
+  powers = cfg.numbers(config, "task.powers", minimum=0.0)
+  if not degrees or len(set(degrees)) != len(degrees) or any(
+      not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in degrees):
+    cfg.fail("task.degrees", f"must be distinct non-negative integers, got {degrees!r}.")
+  if len(powers) != len(degrees):
+    cfg.fail("task.powers", f"must give one power per degree of task.degrees "
+             f"({len(degrees)}), got {len(powers)}.")
+  top = cfg.integer(config, "task.max_degree", minimum=0)
+  if top < max(degrees) + reported:
+    cfg.fail("task.max_degree", f"must reach the reported degrees (max(task.degrees) + "
+             f"{reported} = {max(degrees) + reported}), got {top}.")
+  return d, degrees, powers, top
