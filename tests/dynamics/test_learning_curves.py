@@ -96,6 +96,7 @@ def test_descent_is_gradient_descent_on_the_linear_model(lr):
   np.testing.assert_allclose(phi_t @ phi.T @ krr, want, atol=1e-9)
 
 
+@pytest.mark.slow  # experiment-scale; the step itself: test_descent_is_gradient_descent_on_the_linear_model
 def test_a_wide_network_follows_its_infinite_width_descent():
   # Width 1024, n = 16 on S^2, ridge 0.1, 4 draws, 100 steps. The network's
   # function differs from the infinite-width descent's by O(1/sqrt(width))

@@ -16,6 +16,7 @@ def config(overrides=()):
   return load("mean_field", ["sweep={}", *overrides])
 
 
+@pytest.mark.slow  # experiment-scale; the same law at the theory level: tests/theory/test_dmft.py
 def test_the_step_is_the_mean_field_flow():
   """Width 256, gamma0 2, 4 seeds, t = 4 (float64): the logged outputs against
   `theory.dmft` from each seed's own step-0 `(f, H, A)`. The equations are exact
@@ -74,6 +75,7 @@ def test_deep_network_kernels_follow_the_march():
     assert np.abs(th[-1] - th[0]).max() > 4 * 0.06 * scale, name
 
 
+@pytest.mark.slow  # experiment-scale; the same law at the theory level: tests/theory/test_dmft.py
 def test_nonlinear_network_follows_the_single_site_process():
   """tanh, width 1024, gamma0 2, 8 seeds, 80 steps at lr 0.025 (t = 2): the seed
   mean of the outputs against `theory.dmft.single_site_flow` on 8192 sampled
