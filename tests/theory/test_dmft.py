@@ -360,3 +360,33 @@ def test_two_layer_single_site_is_a_networks_flow_from_its_own_units():
 def test_two_layer_bad_input_is_named(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_a_balanced_finite_network_is_theory_deep_linear_two_layer_flow():
+  """Where `theory.deep_linear.two_layer_flow` applies: whitened inputs
+  (`x^T x / P = I`) and a lambda-balanced init. The mean-field network of width
+  N is the standard `f = W2 W1 x` with `W1 = U / alpha`, `W2 = alpha v^T` (`U = W /
+  sqrt(D)`, `v = a / (gamma0 N)`, `alpha^4 = gamma0^2 N^2 / D`), whose two layers
+  then share the time constant `tau = sqrt(D) / gamma0`. From the network's own
+  `(f, H, A)` the equal-time equations must give the closed form's
+  `f(t) = x (W2 W1)(t)^T` to the solver's precision (1e-8; tolerances 1e-10)."""
+  from theory import deep_linear
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(4)
+    p = d = 4
+    n, g = 3, 1.5
+    x = np.sqrt(p) * np.linalg.qr(rng.standard_normal((p, d)))[0]      # x^T x / P = I
+    y = x @ rng.standard_normal(d)
+    w2 = rng.standard_normal((1, n))
+    m = w2.T @ w2 + 0.7 * np.eye(n)                                      # lambda = -0.7
+    lam, q = np.linalg.eigh(m)
+    rows = np.linalg.qr(rng.standard_normal((d, n)))[0].T                # [n, d] orthonormal rows
+    w1 = (q * np.sqrt(lam)) @ q.T @ rows                                 # W1 W1^T = m
+    alpha = (g**2 * n**2 / d) ** 0.25
+    u, v = alpha * w1, w2[0] / alpha                                     # the network's U and v
+    h = x @ u.T                                                          # h = W x / sqrt(D) = U x
+    own = {"f": h @ v, "H": h @ h.T / n, "A": np.asarray(g**2 * n * v @ v)}  # A = |a|^2 / N
+    t = np.array([0.0, 0.5, 2.0, 6.0])
+    ours = dmft.deep_linear_flow(2, g, x, y, jnp.asarray(t), init=own)["f"]
+    closed = deep_linear.two_layer_flow(t, w1, w2, (y @ x / p)[None], tau=np.sqrt(d) / g)["w"]
+    np.testing.assert_allclose(np.asarray(ours), np.einsum("tod,pd->tp", closed, x), atol=1e-8)
