@@ -1,7 +1,8 @@
 """One device, one chunk: seed-steps per second of `vmap(grad)` steps of the
-`deep_linear_small` network (64 samples through 8-16-8) in three forms: layer by
-layer, the weights' product first (`deep_linear.apply`'s matrix-chain order),
-and the sufficient statistics (`deep_linear.stats_loss`). docs/performance.md.
+`deep_linear_small` network (64 samples through 8-16-8) in four forms: layer by
+layer, the weights' product first, `deep_linear.apply` (the same order computed
+transposed, `(W_2 W_1 x^T)^T`), and the sufficient statistics
+(`deep_linear.stats_loss`). docs/performance.md.
 
     python scripts/deep_linear_orders.py [SEEDS ...]     # default 128 1024
 """
@@ -40,6 +41,7 @@ def main(seeds):
   sample_loss = lambda f: lambda w: 0.5 * jnp.mean(jnp.sum((f(w) - y) ** 2, -1))
   forms = {"layers": sample_loss(lambda w: x @ w[0].T @ w[1].T),
            "weights_first": sample_loss(lambda w: x @ (w[1] @ w[0]).T),
+           "apply": sample_loss(lambda w: deep_linear.apply(w, x)),
            "statistics": lambda w: deep_linear.stats_loss(w, *stats)}
   for s in seeds:
     ws = jax.vmap(lambda k: deep_linear.init_random(k, [8, 16, 8], 0.5))(

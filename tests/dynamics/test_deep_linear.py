@@ -282,7 +282,7 @@ def test_apply_associates_the_cheaper_way(p, sizes, weights_first):
     np.testing.assert_allclose(out, layers, rtol=1e-12, atol=1e-12 * float(np.abs(layers).max()))
     dots = [e for e in jax.make_jaxpr(model.apply)(ws, x).jaxpr.eqns
             if e.primitive.name == "dot_general"]
-  # the first product computed is W_2 W_1 ([n_1, d_in] and [n_2, n_1] transposed)
-  # when the weights go first, x W_1^T otherwise
+  # the first product computed is W_2 W_1 when the weights go first (no
+  # operand with the P samples), W_1 x^T otherwise
   first = tuple(v.aval.shape for v in dots[0].invars)
-  assert (first[0][0] != p) == weights_first, first
+  assert (p not in first[0] + first[1]) == weights_first, first
