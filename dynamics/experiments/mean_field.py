@@ -210,7 +210,8 @@ def report(config, results) -> dict:
         y = r.data["y"]
         sim = metrics.kernel_alignment(np.median(r.traj.logged["H_layers"][r.traj.kept], 0), y)
         th = metrics.kernel_alignment(r.pred["H_layers"][0], y)
-        layers[str(g)] = {"simulation": np.asarray(sim[-1]).tolist(),
+        layers[str(g)] = {"width": widths[-1], "t": float(t[-1]),
+                          "simulation": np.asarray(sim[-1]).tolist(),
                           "theory": np.asarray(th[-1]).tolist(),
                           "start": np.asarray(th[0]).tolist()}
         for l in range(sim.shape[1]):
@@ -230,6 +231,12 @@ def report(config, results) -> dict:
   axes[0].set(xlabel="t = lr x steps", ylabel="loss", yscale="log",
               title="simulation (color), infinite width (black)")
   axes[1].set(xlabel="t = lr x steps", ylabel="NTK-target alignment")
+  w = np.array(widths, float)
+  for power, style in ((0.5, ":"), (1.0, "-.")):  # reference slopes through the first gap
+    first = max((row["gap_seed"] for row in rows if row and row["width"] == widths[0]),
+                default=None)
+    if first:
+      axes[2].plot(w, first * (w / w[0]) ** -power, "k" + style, lw=0.8, label=f"N^-{power:g}")
   axes[2].set(xscale="log", yscale="log", xlabel="width N",
               ylabel="max_t |f_N - f_inf|", title="finite-width gap")
   for ax in (axes[0], axes[2]) + ((axes[3],) if deep else ()):
