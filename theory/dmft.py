@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from theory import _checks, _ode
+from theory import _checks, _ode, ntk
 
 
 def _field(t, state, args):
@@ -310,12 +310,9 @@ def single_point_time(f: ArrayLike, gamma0: ArrayLike) -> jax.Array:
   return (primitive(jnp.ones_like(f)) - primitive(1 - f)) / 2
 
 
-_ACTIVATIONS = {
-    "relu": (jax.nn.relu, lambda h: (h > 0).astype(h.dtype)),
-    "tanh": (jnp.tanh, lambda h: 1 - jnp.tanh(h) ** 2),
-    "erf": (jax.scipy.special.erf, lambda h: 2 / np.sqrt(np.pi) * jnp.exp(-h * h)),
-    "linear": (lambda h: h, jnp.ones_like),
-}
+# each activation with its derivative: theory.ntk's, for the activations the
+# single-site sampler offers
+_ACTIVATIONS = {name: ntk._PHI[name] for name in ("relu", "tanh", "erf", "linear")}
 
 
 def _two_layer_field(t, state, args):

@@ -232,11 +232,10 @@ def report(config, results) -> dict:
               title="simulation (color), infinite width (black)")
   axes[1].set(xlabel="t = lr x steps", ylabel="NTK-target alignment")
   w = np.array(widths, float)
-  for power, style in ((0.5, ":"), (1.0, "-.")):  # reference slopes through the first gap
-    first = max((row["gap_seed"] for row in rows if row and row["width"] == widths[0]),
-                default=None)
-    if first:
-      axes[2].plot(w, first * (w / w[0]) ** -power, "k" + style, lw=0.8, label=f"N^-{power:g}")
+  first = max((row["gap_seed"] for row in rows if row and row["width"] == widths[0]),
+              default=None)
+  for power, style in ((0.5, ":"), (1.0, "-.")) if first else ():  # through the first gap
+    axes[2].plot(w, first * (w / w[0]) ** -power, "k" + style, lw=0.8, label=f"N^-{power:g}")
   axes[2].set(xscale="log", yscale="log", xlabel="width N",
               ylabel="max_t |f_N - f_inf|", title="finite-width gap")
   for ax in (axes[0], axes[2]) + ((axes[3],) if deep else ()):
